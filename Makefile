@@ -1,0 +1,57 @@
+# SAGE — two commands on a fresh machine:  `make demo`  and  `make test`.
+# Every target creates the virtualenv (.venv) and installs what it needs first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+PIP    := $(PY) -m pip --disable-pip-version-check --quiet
+
+.PHONY: help demo test bench quality clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make demo     create .venv, install SAGE, run the demo pipeline"
+	@echo "make test     create .venv, install SAGE and test tools, run the whole test suite"
+	@echo "make bench    run every benchmark under benchmarks/ (installs the peers they compare with)"
+	@echo "make quality  ruff check, ruff format --check, mypy"
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "SAGE needs Python >= 3.11: run make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per set of extras; each is redone when pyproject.toml changes.
+$(VENV)/.stamp-core: pyproject.toml | $(PY)
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-core
+	$(PIP) install -e '.[test]'
+	@touch $@
+
+$(VENV)/.stamp-quality: pyproject.toml $(VENV)/.stamp-core
+	$(PIP) install -e '.[quality,test]'
+	@touch $@
+
+$(VENV)/.stamp-bench: pyproject.toml $(VENV)/.stamp-core
+	$(PIP) install -e '.[bench]'
+	@touch $@
+
+demo: $(VENV)/.stamp-core
+	$(BIN)/sage demo
+
+test: $(VENV)/.stamp-test
+	$(PY) -m pytest
+
+bench: $(VENV)/.stamp-bench
+	@set -e; for script in benchmarks/*.py; do \
+		echo "== $$script"; $(PY) $$script; \
+	done
+
+quality: $(VENV)/.stamp-quality
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts

@@ -1,0 +1,1 @@
+"""Command-line programs (``sage``) built with Typer and Rich."""

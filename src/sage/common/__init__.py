@@ -1,0 +1,1 @@
+"""Pieces shared by every layer: function base classes, configuration and errors."""

@@ -1,0 +1,1 @@
+"""Core user-facing building blocks (function base classes)."""

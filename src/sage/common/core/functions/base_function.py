@@ -1,0 +1,75 @@
+"""``BaseFunction``: the one base class of every user function."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sage.common.core.context import RuntimeContext
+from sage.common.core.state import KeyedState
+
+__all__ = ["BaseFunction"]
+
+
+class BaseFunction:
+    """Base class of user functions.
+
+    The runtime builds one function object per parallel instance of an operator (from the
+    class and its arguments, or by copying an instance) and calls, in that instance's thread:
+
+    * ``open(context)`` once, before the first record;
+    * ``execute(...)`` for each record;
+    * ``close()`` once, at the end (also when the job fails or is stopped).
+
+    Subclasses accept and forward ``**kwargs`` (``super().__init__(**kwargs)``).
+
+    Example:
+        >>> class Upper(BaseFunction):
+        ...     def execute(self, data):
+        ...         return data.upper()
+    """
+
+    ctx: RuntimeContext | None
+    _sage_state: KeyedState | None
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.ctx = None
+        self._sage_state = None
+        self.init_kwargs = kwargs
+
+    def open(self, context: RuntimeContext) -> None:
+        """Called once per parallel instance before its first record."""
+
+    def execute(self, *args: Any) -> Any:
+        """Process one record; subclasses override this."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.execute() is not implemented; override execute() "
+            "in your function class"
+        )
+
+    def close(self) -> None:
+        """Called once per parallel instance after its last record (also on failure)."""
+
+    @property
+    def logger(self) -> logging.Logger:
+        """A logger named after the operator instance (or the class before ``open``)."""
+        ctx = getattr(self, "ctx", None)
+        return (
+            ctx.logger if ctx is not None else logging.getLogger(f"sage.fn.{type(self).__name__}")
+        )
+
+    @property
+    def state(self) -> KeyedState:
+        """Per-key state of the current record's key (only after ``keyby``).
+
+        Raises:
+            AttributeError: the operator does not run on a keyed stream.
+        """
+        state: KeyedState | None = getattr(self, "_sage_state", None)
+        if state is None:
+            raise AttributeError(
+                f"{type(self).__name__}.state is per-key state and exists only for operators "
+                "that follow .keyby(...); key the stream first, e.g. "
+                "stream.keyby(lambda r: r['user'])"
+            )
+        return state

@@ -1,0 +1,108 @@
+"""The exception tree of SAGE.
+
+Every error SAGE raises on purpose derives from :class:`SageError`, with one branch per
+layer, so callers can catch as broadly or narrowly as they need::
+
+    SageError
+    ├── ConfigError          a configuration value or argument is invalid
+    ├── PlanError            the pipeline cannot be built or compiled
+    └── JobError             a job failed while running
+        ├── OperatorError    user code raised inside an operator (names operator, instance, record)
+        └── JobCancelledError the job was cancelled before it finished
+
+Messages say what happened, why, and what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "JobCancelledError",
+    "JobError",
+    "OperatorError",
+    "PlanError",
+    "SageError",
+]
+
+
+class SageError(Exception):
+    """Root of every error SAGE raises on purpose."""
+
+
+class ConfigError(SageError, ValueError):
+    """A configuration value or an argument is invalid; the message names it and the fix."""
+
+
+class PlanError(SageError, ValueError):
+    """The pipeline cannot be built or compiled (bad operator argument, missing source, ...)."""
+
+
+class JobError(SageError, RuntimeError):
+    """A job failed while running."""
+
+
+class JobCancelledError(JobError):
+    """The job was cancelled (by ``stop``/``close`` or an interrupt) before it finished."""
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    """``repr`` that never raises and never floods a log line."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # a broken __repr__ must not hide the real error
+        text = f"<unrepresentable {type(value).__name__}: {exc!r}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class OperatorError(JobError):
+    """User code raised inside an operator.
+
+    The original exception is chained as ``__cause__``.
+
+    Attributes:
+        operator: Display name of the operator (for example ``"map 'Parse'"``).
+        instance: Index of the parallel instance that failed (0-based).
+        parallelism: Number of parallel instances of the operator.
+        record: The input record the operator was processing (``None`` for ``open``/``close``).
+        phase: ``"execute"`` (a record), ``"read"`` (a source), ``"open"`` or ``"close"``.
+    """
+
+    def __init__(
+        self,
+        operator: str,
+        instance: int,
+        parallelism: int,
+        record: Any,
+        cause: BaseException,
+        phase: str = "execute",
+    ) -> None:
+        self.operator = operator
+        self.instance = instance
+        self.parallelism = parallelism
+        self.record = record
+        self.phase = phase
+        self.cause = cause
+        where = f"{operator} (instance {instance + 1}/{parallelism})"
+        cause_text = f"{type(cause).__name__}: {cause}"
+        if phase == "execute":
+            message = f"{where} failed on record {_short_repr(record)}: {cause_text}"
+        elif phase == "read":
+            message = f"{where} failed while producing its next record: {cause_text}"
+        else:
+            message = f"{where} failed in {phase}(): {cause_text}"
+        hint = (
+            "; to keep the job running past bad records, use "
+            'config={"on_error": "skip"} or {"on_error": "dead_letter"}'
+            if phase == "execute"
+            else ""
+        )
+        super().__init__(message + hint)
+        self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.operator, self.instance, self.parallelism, self.record, self.cause, self.phase),
+        )

@@ -1,0 +1,1 @@
+"""Demo pipelines shipped with SAGE (run by ``sage demo``)."""

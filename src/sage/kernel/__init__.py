@@ -1,0 +1,1 @@
+"""The dataflow kernel: pipeline API (``api``), compiler (``graph``), runtimes (``runtime``)."""

@@ -1,0 +1,245 @@
+"""``BaseEnvironment``: building a pipeline, compiling it, and controlling its job.
+
+Subclasses decide where the job runs (:class:`~sage.kernel.api.local_environment.LocalEnvironment`
+on threads of this process). This module starts no threads and imports no runtime until
+``submit``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sage.common.errors import JobError, PlanError
+from sage.kernel.api.datastream import DataStream
+from sage.kernel.config import JobConfig
+from sage.kernel.graph.compiler import compile_plan
+from sage.kernel.graph.function_spec import FunctionSpec, describe_callable
+from sage.kernel.graph.logical import LogicalGraph, OpKind, SourceKind, validate_parallelism
+from sage.kernel.graph.plan import PhysicalPlan
+
+if TYPE_CHECKING:
+    from sage.kernel.runtime.error_policy import DeadLetter
+    from sage.kernel.runtime.metrics import JobMetrics
+
+__all__ = ["BaseEnvironment", "Job"]
+
+
+class Job(Protocol):
+    """What an environment needs from a job of any runtime."""
+
+    def start(self) -> Job: ...
+    def run(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+    def stop(self, timeout: float | None = None) -> bool: ...
+    def close(self) -> None: ...
+    def metrics(self) -> JobMetrics: ...
+    @property
+    def status(self) -> Any: ...
+    @property
+    def dead_letters(self) -> list[DeadLetter]: ...
+
+
+def _is_data(obj: Any) -> bool:
+    """Whether ``obj`` is data to iterate (rather than a function to call)."""
+    if callable(getattr(obj, "execute", None)) or isinstance(obj, type):
+        return False
+    return isinstance(obj, Iterable) and not callable(obj)
+
+
+class BaseEnvironment:
+    """A pipeline under construction and the job that runs it.
+
+    Args:
+        name: Name of the job (used in plans, metrics, thread names and logs).
+        config: Settings; see :class:`sage.kernel.config.JobConfig` for the kernel's keys
+            (``on_error``, ``parallelism``, ``batch_size``, ``channel_capacity``, ``chaining``...).
+
+    Raises:
+        ConfigError: a configuration value is invalid.
+    """
+
+    def __init__(self, name: str = "sage_job", config: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise PlanError(f"environment name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.job_config = JobConfig.from_mapping(config)
+        self.config: dict[str, Any] = dict(config or {})
+        self.graph = LogicalGraph()
+        self._job: Job | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, operators={len(self.graph)})"
+
+    def __enter__(self) -> BaseEnvironment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sources --------------------------------------------------------------------------
+
+    def _source(
+        self, kind: SourceKind, spec: FunctionSpec, parallelism: int, name: str | None
+    ) -> DataStream:
+        op = "source" if name is None else f"source {name!r}"
+        parallelism = validate_parallelism(op, parallelism)
+        if kind is SourceKind.ITERATOR and parallelism > 1:
+            raise PlanError(
+                f"{op}: a one-shot iterator ({spec.label}) can be read by one instance only, "
+                f"but parallelism={parallelism}; pass a list/sequence to from_collection(...) "
+                "or a SourceFunction that reads its share via self.ctx.instance_index"
+            )
+        node = self.graph.add(
+            OpKind.SOURCE, spec, parallelism=parallelism, name=name, source_kind=kind
+        )
+        return DataStream(self, node)
+
+    def _data_source(self, data: Iterable[Any], parallelism: int, name: str | None) -> DataStream:
+        label = type(data).__name__
+        if isinstance(data, Collection) and not isinstance(data, Iterator):
+            return self._source(
+                SourceKind.COLLECTION, FunctionSpec.of_iterable(data, label), parallelism, name
+            )
+        return self._source(
+            SourceKind.ITERATOR, FunctionSpec.of_iterable(data, label), parallelism, name
+        )
+
+    def from_source(
+        self,
+        function: Any,
+        *args: Any,
+        parallelism: int = 1,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> DataStream:
+        """Start a stream from a ``SourceFunction``, a callable, or any iterable/generator.
+
+        A ``SourceFunction`` (class, with ``*args, **kwargs``, or instance) or a zero-argument
+        callable returns the next record per call and :class:`StopSignal` to end; ``None``
+        emits nothing for that call. The runtime never sleeps between calls: a source that
+        has nothing yet should block until it has.
+
+        Raises:
+            PlanError: ``function`` is neither a source function nor iterable.
+        """
+        if _is_data(function) and not args and not kwargs:
+            return self._data_source(function, parallelism, name)
+        spec = FunctionSpec.of("from_source", function, args, kwargs)
+        return self._source(SourceKind.SOURCE_FUNCTION, spec, parallelism, name)
+
+    def from_batch(
+        self,
+        function: Any,
+        *args: Any,
+        parallelism: int = 1,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> DataStream:
+        """Start a bounded stream from a ``BatchFunction`` (ends on ``None``) or an iterable."""
+        if _is_data(function) and not args and not kwargs:
+            return self._data_source(function, parallelism, name)
+        spec = FunctionSpec.of("from_batch", function, args, kwargs)
+        return self._source(SourceKind.BATCH_FUNCTION, spec, parallelism, name)
+
+    def from_collection(
+        self, data: Iterable[Any], *, parallelism: int = 1, name: str | None = None
+    ) -> DataStream:
+        """Start a stream from the items of ``data``.
+
+        A sized collection (list, tuple, range, dict...) may be read by several parallel
+        instances, each taking every ``parallelism``-th item; a one-shot iterator or
+        generator by one.
+        """
+        if not isinstance(data, Iterable) or isinstance(data, type):
+            raise PlanError(
+                f"from_collection: expected an iterable (list, range, generator...), got "
+                f"{describe_callable(data) if callable(data) else type(data).__name__}; "
+                "use from_source(...) for a source function"
+            )
+        return self._data_source(data, parallelism, name)
+
+    # -- compiling ------------------------------------------------------------------------
+
+    def plan(self) -> PhysicalPlan:
+        """Compile the pipeline into its physical execution graph (no job is started)."""
+        return compile_plan(self.name, self.graph.nodes(), chaining=self.job_config.chaining)
+
+    def explain(self) -> str:
+        """Print the physical execution graph (chains, tasks, partitioning) and return it."""
+        text = self.plan().explain()
+        sys.stdout.write(text + "\n")
+        return text
+
+    # -- running --------------------------------------------------------------------------
+
+    def _create_job(self, plan: PhysicalPlan) -> Job:
+        """Build (not start) the job that runs ``plan`` on this environment's runtime."""
+        raise NotImplementedError
+
+    def submit(self, autostop: bool = True) -> Job:
+        """Compile and run the pipeline.
+
+        Args:
+            autostop: ``True`` (default): block until every source is exhausted and every
+                record has reached the sinks. ``False``: return at once; use ``stop()``,
+                ``wait()`` and ``close()``.
+
+        Returns:
+            The job (also reachable through the environment's shortcuts).
+
+        Raises:
+            PlanError: the pipeline is invalid.
+            OperatorError: (``autostop=True``) user code failed, naming operator, instance
+                and record.
+            JobError: a job of this environment is still running.
+        """
+        if self._job is not None and self._job.status.value in ("running", "stopping"):
+            raise JobError(
+                f"a job of environment {self.name!r} is still running; call env.wait(), "
+                "env.stop() or env.close() before submitting again"
+            )
+        job = self._create_job(self.plan())
+        self._job = job
+        if not autostop:
+            job.start()
+            return job
+        try:
+            job.run()
+        except KeyboardInterrupt:
+            job.close()
+            raise
+        return job
+
+    def _current(self) -> Job:
+        if self._job is None:
+            raise JobError(f"environment {self.name!r} has no job yet; call env.submit() first")
+        return self._job
+
+    @property
+    def job(self) -> Job | None:
+        """The most recently submitted job, if any."""
+        return self._job
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job ends; ``False`` if ``timeout`` passed first. Raises its error."""
+        return self._current().wait(timeout)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the job gracefully (sources end, records in flight drain) and wait for it."""
+        return self._current().stop(timeout)
+
+    def close(self) -> None:
+        """Cancel the job if it still runs and release its resources; never raises."""
+        if self._job is not None:
+            self._job.close()
+
+    def metrics(self) -> JobMetrics:
+        """Per-operator and per-task metrics of the current (or last) job."""
+        return self._current().metrics()
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        """Records kept by ``on_error="dead_letter"`` in the current (or last) job."""
+        return [] if self._job is None else self._job.dead_letters

@@ -1,0 +1,256 @@
+"""``DataStream``: the fluent pipeline API.
+
+Every method records one operator in the environment's logical graph and returns the stream
+it produces; nothing runs until ``env.submit()``. Each operator takes its function as a class
+(plus constructor arguments), an instance or a plain callable, and ``parallelism=N`` and
+``name=...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from sage.common.core.functions.sink_function import SinkFunction
+from sage.common.errors import PlanError
+from sage.kernel.graph.function_spec import FunctionSpec
+from sage.kernel.graph.logical import LogicalNode, OpKind, validate_parallelism
+from sage.kernel.graph.partition import Partitioning
+
+if TYPE_CHECKING:
+    from sage.kernel.api.base_environment import BaseEnvironment
+    from sage.kernel.api.connected_streams import ConnectedStreams
+
+__all__ = ["DataStream", "KeyedStream", "PrintSink"]
+
+
+class PrintSink(SinkFunction):
+    """Writes each record to standard output as ``<prefix><record>`` (what ``.print()`` adds)."""
+
+    def __init__(self, prefix: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.prefix = prefix
+
+    def execute(self, data: Any) -> None:
+        sys.stdout.write(f"{self.prefix}{data}\n")
+
+
+class DataStream:
+    """A stream of records produced by one operator of a pipeline.
+
+    Example:
+        >>> from sage.kernel.api.local_environment import LocalEnvironment
+        >>> env = LocalEnvironment("doc")
+        >>> out = []
+        >>> (env.from_collection(range(5))
+        ...     .map(lambda x: x * x, parallelism=2)
+        ...     .filter(lambda x: x % 2 == 0)
+        ...     .sink(out.append))  # doctest: +ELLIPSIS
+        <DataStream of sink ...>
+        >>> _ = env.submit()
+        >>> sorted(out)
+        [0, 4, 16]
+    """
+
+    def __init__(
+        self, env: BaseEnvironment, node: LogicalNode, partitioning: Partitioning | None = None
+    ) -> None:
+        self._env = env
+        self._node = node
+        self._partitioning = partitioning
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {self._node.name}>"
+
+    @property
+    def node(self) -> LogicalNode:
+        """The logical operator that produces this stream."""
+        return self._node
+
+    @property
+    def env(self) -> BaseEnvironment:
+        """The environment the stream belongs to."""
+        return self._env
+
+    # -- shared machinery -----------------------------------------------------------------
+
+    def _parallelism(self, op: str, parallelism: int | None) -> int:
+        if parallelism is None:
+            return self._env.job_config.parallelism
+        return validate_parallelism(op, parallelism)
+
+    def _add(
+        self,
+        kind: OpKind,
+        function: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        parallelism: int | None,
+        name: str | None,
+        methods: tuple[str, ...] = ("execute",),
+    ) -> LogicalNode:
+        op = kind.value if name is None else f"{kind.value} {name!r}"
+        spec = FunctionSpec.of(op, function, args, kwargs, methods=methods)
+        return self._env.graph.add(
+            kind,
+            spec,
+            parallelism=self._parallelism(op, parallelism),
+            inputs=(self._node.id,),
+            name=name,
+            input_partitioning=self._partitioning,
+        )
+
+    # -- operators ------------------------------------------------------------------------
+
+    def map(
+        self,
+        function: Any,
+        *args: Any,
+        parallelism: int | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> DataStream:
+        """Transform each record; a ``None`` result emits nothing.
+
+        Args:
+            function: A ``MapFunction`` class (constructed with ``*args, **kwargs`` once per
+                parallel instance), an instance (copied per extra instance) or a callable.
+            parallelism: Parallel instances (default: the environment's ``parallelism``).
+            name: Display name in plans, metrics and errors.
+
+        Raises:
+            PlanError: ``function`` is not usable or ``parallelism`` is not an int >= 1.
+        """
+        node = self._add(OpKind.MAP, function, args, kwargs, parallelism=parallelism, name=name)
+        return DataStream(self._env, node)
+
+    def filter(
+        self,
+        function: Any,
+        *args: Any,
+        parallelism: int | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> DataStream:
+        """Keep the records for which ``function`` returns a true value."""
+        node = self._add(OpKind.FILTER, function, args, kwargs, parallelism=parallelism, name=name)
+        return DataStream(self._env, node)
+
+    def flatmap(
+        self,
+        function: Any,
+        *args: Any,
+        parallelism: int | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> DataStream:
+        """Emit every item of the iterable ``function`` returns for each record."""
+        node = self._add(OpKind.FLATMAP, function, args, kwargs, parallelism=parallelism, name=name)
+        return DataStream(self._env, node)
+
+    def keyby(
+        self,
+        function: Any,
+        *args: Any,
+        parallelism: int | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> KeyedStream:
+        """Partition the stream by ``function(record)``.
+
+        Records with equal keys reach the same parallel instance of the next operator, whose
+        function can keep per-key state in ``self.state``. Keys are routed with a hash that
+        is stable across processes (see :func:`sage.kernel.graph.partition.stable_hash`).
+        ``parallelism`` defaults to the upstream operator's, so the key function runs fused
+        with it.
+        """
+        if parallelism is None:
+            parallelism = self._node.parallelism
+        node = self._add(OpKind.KEYBY, function, args, kwargs, parallelism=parallelism, name=name)
+        return KeyedStream(self._env, node)
+
+    def sink(
+        self,
+        function: Any,
+        *args: Any,
+        parallelism: int | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> DataStream:
+        """End the stream in ``function``: a ``SinkFunction`` or a callable (``list.append``)."""
+        node = self._add(OpKind.SINK, function, args, kwargs, parallelism=parallelism, name=name)
+        return DataStream(self._env, node)
+
+    def print(
+        self, prefix: str = "", *, parallelism: int = 1, name: str | None = None
+    ) -> DataStream:
+        """End the stream by writing each record to standard output."""
+        return self.sink(PrintSink, prefix, parallelism=parallelism, name=name or "print")
+
+    def batch(
+        self,
+        size: int,
+        timeout_s: float | None = None,
+        *,
+        parallelism: int | None = None,
+        name: str | None = None,
+    ) -> DataStream:
+        """Group records into lists of up to ``size``.
+
+        A list is emitted when it is full, when ``timeout_s`` has passed since its oldest
+        record arrived (even if no new record comes), and at end of stream. Use it before a
+        function that is cheaper per record in bulk (an LLM or embedding call).
+        """
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise PlanError(f"batch: size={size!r} is invalid; use an integer >= 1")
+        if timeout_s is not None and (
+            isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0
+        ):
+            raise PlanError(
+                f"batch: timeout_s={timeout_s!r} is invalid; use a number of seconds > 0 or None"
+            )
+        label = f"size={size}" + (f", timeout_s={timeout_s}" if timeout_s is not None else "")
+        node = self._env.graph.add(
+            OpKind.BATCH,
+            FunctionSpec.of_iterable((), label),
+            parallelism=self._parallelism("batch", parallelism),
+            inputs=(self._node.id,),
+            name=name or label,
+            input_partitioning=self._partitioning,
+            options={"size": size, "timeout_s": None if timeout_s is None else float(timeout_s)},
+        )
+        return DataStream(self._env, node)
+
+    def connect(self, other: DataStream) -> ConnectedStreams:
+        """Combine with ``other`` for ``comap``, ``join`` or a shared ``map``.
+
+        Both streams keep flowing independently; the combined operator ends after both ended.
+        """
+        from sage.kernel.api.connected_streams import ConnectedStreams
+
+        return ConnectedStreams(self._env, [self]).connect(other)
+
+    def broadcast(self) -> DataStream:
+        """Send every record to every parallel instance of the next operator."""
+        return type(self)(self._env, self._node, Partitioning.BROADCAST)
+
+    def rebalance(self) -> DataStream:
+        """Spread records round-robin over the next operator's instances (no chaining)."""
+        return type(self)(self._env, self._node, Partitioning.ROUND_ROBIN)
+
+
+class KeyedStream(DataStream):
+    """A stream partitioned by key (the result of :meth:`DataStream.keyby`).
+
+    The operator applied next gets per-key state (``self.state``) and sees every record of a
+    key in the same parallel instance.
+    """
+
+
+def check_same_env(env: BaseEnvironment, other: Any, op: str) -> DataStream:
+    if not isinstance(other, DataStream):
+        raise PlanError(f"{op}: expected a DataStream, got {type(other).__name__}")
+    if other.env is not env:
+        raise PlanError(f"{op}: both streams must come from the same environment")
+    return other

@@ -1,0 +1,133 @@
+"""The job configuration: the ``config`` mapping given to an environment, validated once.
+
+Unknown keys are kept (later layers read their own sections, such as ``"ray"``) but a key
+that looks like a misspelling of a known one is an error naming the right spelling.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sage.common.errors import ConfigError
+
+__all__ = ["ErrorMode", "JobConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorMode(StrEnum):
+    """What happens when user code raises on a record (``config["on_error"]``).
+
+    * ``fail`` (default): the job stops and ``submit`` raises an ``OperatorError``.
+    * ``skip``: the record is dropped and counted in the operator's ``errors`` metric.
+    * ``dead_letter``: the record, the operator and the error are kept in
+      ``env.dead_letters`` (and appended to ``dead_letter_path`` as JSON lines if set).
+    """
+
+    FAIL = "fail"
+    SKIP = "skip"
+    DEAD_LETTER = "dead_letter"
+
+
+# Sections owned by other layers; accepted here and validated where they are used.
+_OTHER_SECTIONS = frozenset({"ray", "services", "fault_tolerance", "dashboard", "jobmanager"})
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"config[{key!r}]={value!r} is invalid; use an integer >= 1")
+    return value
+
+
+def _positive_float(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"config[{key!r}]={value!r} is invalid; use a number of seconds > 0")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Validated runtime settings of a job.
+
+    Attributes:
+        on_error: Error mode (see :class:`ErrorMode`).
+        dead_letter_path: File to append dead letters to (JSON lines), if any.
+        parallelism: Default parallelism of operators that do not set one.
+        batch_size: Maximum records per batch moved between tasks.
+        channel_capacity: Batches a task's input channel holds before producers block.
+        max_batch_delay_s: Longest a source holds a partial batch while reading.
+        chaining: Fuse forward edges into one task (disable to measure channel cost).
+        metrics_sample_interval_s: How often each task times its operators per record.
+        raw: The full mapping as given (other layers read their own sections from it).
+    """
+
+    on_error: ErrorMode = ErrorMode.FAIL
+    dead_letter_path: str | None = None
+    parallelism: int = 1
+    batch_size: int = 1024
+    channel_capacity: int = 16
+    max_batch_delay_s: float = 0.01
+    chaining: bool = True
+    metrics_sample_interval_s: float = 0.2
+    raw: Mapping[str, Any] | None = None
+
+    @staticmethod
+    def from_mapping(config: Mapping[str, Any] | None) -> JobConfig:
+        """Validate ``config`` and return the settings.
+
+        Raises:
+            ConfigError: a value is invalid or a key is a likely misspelling.
+        """
+        if config is None:
+            return JobConfig(raw={})
+        if not isinstance(config, Mapping):
+            raise ConfigError(
+                f"config must be a dict, got {type(config).__name__}; "
+                'e.g. LocalEnvironment("job", config={"on_error": "skip"})'
+            )
+        known = {
+            "on_error",
+            "dead_letter_path",
+            "parallelism",
+            "batch_size",
+            "channel_capacity",
+            "max_batch_delay_s",
+            "chaining",
+            "metrics_sample_interval_s",
+        }
+        for key in config:
+            if key in known or key in _OTHER_SECTIONS:
+                continue
+            close = difflib.get_close_matches(str(key), sorted(known | _OTHER_SECTIONS), n=1)
+            if close:
+                raise ConfigError(f"config key {key!r} is unknown; did you mean {close[0]!r}?")
+            logger.debug("config key %r is not used by the kernel", key)
+        values: dict[str, Any] = {"raw": dict(config)}
+        if "on_error" in config:
+            try:
+                values["on_error"] = ErrorMode(config["on_error"])
+            except ValueError:
+                choices = ", ".join(repr(m.value) for m in ErrorMode)
+                raise ConfigError(
+                    f"config['on_error']={config['on_error']!r} is invalid; use one of {choices}"
+                ) from None
+        if config.get("dead_letter_path") is not None:
+            values["dead_letter_path"] = str(config["dead_letter_path"])
+        for key in ("parallelism", "batch_size", "channel_capacity"):
+            if key in config:
+                values[key] = _positive_int(key, config[key])
+        for key in ("max_batch_delay_s", "metrics_sample_interval_s"):
+            if key in config:
+                values[key] = _positive_float(key, config[key])
+        if "chaining" in config:
+            if not isinstance(config["chaining"], bool):
+                raise ConfigError(
+                    f"config['chaining']={config['chaining']!r} must be True or False"
+                )
+            values["chaining"] = config["chaining"]
+        return JobConfig(**values)

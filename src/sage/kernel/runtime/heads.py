@@ -1,0 +1,316 @@
+"""The first operator of a task: it turns the task's input into records for the fused body.
+
+* Source heads read records from a collection, an iterator or a source function, in batches.
+* :class:`PassThroughHead` hands channel batches to the body (unwrapping keyed pairs when
+  the first operator is not keyed).
+* :class:`BatchHead` groups records into lists by size and by time, with a timer the task
+  loop waits on (no polling).
+* :class:`CoMapHead` and :class:`JoinHead` read several connected inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from time import perf_counter
+from typing import Any
+
+from sage.common.core.functions.source_function import StopSignal
+from sage.common.core.state import KeyedStateBackend
+from sage.common.errors import OperatorError
+from sage.kernel.runtime.error_policy import ErrorHandler
+from sage.kernel.runtime.metrics import OperatorStats
+
+__all__ = [
+    "BatchHead",
+    "CoMapHead",
+    "CollectionSource",
+    "FunctionSource",
+    "Head",
+    "IteratorSource",
+    "JoinHead",
+    "PassThroughHead",
+    "SourceHead",
+]
+
+
+class Head:
+    """Reads a task's input; the default passes batches through unchanged."""
+
+    def process(self, input_index: int, records: list[Any]) -> list[Any]:
+        """Records for the body, given a batch that arrived on input ``input_index``."""
+        return records
+
+    def finish(self) -> list[Any]:
+        """Records to emit at end of stream (buffered ones)."""
+        return []
+
+    def deadline(self) -> float | None:
+        """``perf_counter`` time at which :meth:`on_timer` must run, or ``None``."""
+        return None
+
+    def on_timer(self, now: float) -> list[Any]:
+        """Records released because time passed."""
+        return []
+
+
+def _unwrap(records: list[Any]) -> list[Any]:
+    return [value for _, value in records]
+
+
+class PassThroughHead(Head):
+    """Feeds channel batches to the body; strips keys from inputs the body does not key on."""
+
+    def __init__(self, unwrap: Sequence[bool]) -> None:
+        self._unwrap = tuple(unwrap)
+
+    def process(self, input_index: int, records: list[Any]) -> list[Any]:
+        return _unwrap(records) if self._unwrap[input_index] else records
+
+
+class BatchHead(Head):
+    """``.batch(size, timeout_s)``: emits lists of up to ``size`` records.
+
+    A list is emitted when ``size`` records are buffered, when ``timeout_s`` has passed since
+    the oldest buffered record arrived (even if no new record comes), and at end of stream.
+    """
+
+    def __init__(
+        self, size: int, timeout_s: float | None, stats: OperatorStats, unwrap: Sequence[bool]
+    ) -> None:
+        self.size = size
+        self.timeout_s = timeout_s
+        self.stats = stats
+        self._unwrap = tuple(unwrap)
+        self._buffer: list[Any] = []
+        self._deadline: float | None = None
+
+    def process(self, input_index: int, records: list[Any]) -> list[Any]:
+        if self._unwrap[input_index]:
+            records = _unwrap(records)
+        self.stats.records_in += len(records)
+        if not self._buffer and records and self.timeout_s is not None:
+            self._deadline = perf_counter() + self.timeout_s
+        self._buffer.extend(records)
+        out: list[Any] = []
+        size = self.size
+        while len(self._buffer) >= size:
+            out.append(self._buffer[:size])
+            del self._buffer[:size]
+        if out:
+            # the remainder arrived with this batch: its clock starts now
+            self._deadline = (
+                perf_counter() + self.timeout_s if self._buffer and self.timeout_s else None
+            )
+        self.stats.records_out += len(out)
+        return out
+
+    def deadline(self) -> float | None:
+        return self._deadline
+
+    def on_timer(self, now: float) -> list[Any]:
+        if self._deadline is None or now < self._deadline:
+            return []
+        return self.finish()
+
+    def finish(self) -> list[Any]:
+        self._deadline = None
+        if not self._buffer:
+            return []
+        out, self._buffer = [self._buffer], []
+        self.stats.records_out += 1
+        return out
+
+
+class CoMapHead(Head):
+    """``connect(...).comap(f)``: records of input *i* go through ``f.map<i>``; ``None`` drops."""
+
+    def __init__(
+        self,
+        calls: Sequence[Callable[[Any], Any]],
+        stats: OperatorStats,
+        errors: ErrorHandler,
+        keyed_inputs: Sequence[bool],
+        state: KeyedStateBackend | None,
+    ) -> None:
+        self.calls = tuple(calls)
+        self.stats = stats
+        self.errors = errors
+        self._keyed = tuple(keyed_inputs)
+        self._state = state
+
+    def process(self, input_index: int, records: list[Any]) -> list[Any]:
+        call = self.calls[input_index]
+        keyed = self._keyed[input_index]
+        state = self._state
+        out: list[Any] = []
+        start = perf_counter()
+        for item in records:
+            record = item
+            try:
+                if keyed:
+                    key, record = item
+                    if state is not None:
+                        state.current_key = key
+                result = call(record)
+            except Exception as exc:
+                self.errors.handle(exc, record)
+                continue
+            if result is not None:
+                out.append(result)
+        _account(self.stats, len(records), len(out), start)
+        return out
+
+
+class JoinHead(Head):
+    """``a.keyby(k).connect(b.keyby(k)).join(f)``: ``f(payload, key, tag)`` per record."""
+
+    def __init__(
+        self,
+        call: Callable[[Any, Any, int], Iterable[Any] | None],
+        stats: OperatorStats,
+        errors: ErrorHandler,
+        state: KeyedStateBackend,
+    ) -> None:
+        self.call = call
+        self.stats = stats
+        self.errors = errors
+        self._state = state
+
+    def process(self, input_index: int, records: list[Any]) -> list[Any]:
+        call, state = self.call, self._state
+        out: list[Any] = []
+        start = perf_counter()
+        for key, payload in records:
+            state.current_key = key
+            try:
+                result = call(payload, key, input_index)
+                if result is not None:
+                    out.extend(result)
+            except Exception as exc:
+                self.errors.handle(exc, payload)
+        _account(self.stats, len(records), len(out), start)
+        return out
+
+
+def _account(stats: OperatorStats, n_in: int, n_out: int, start: float) -> None:
+    stats.records_in += n_in
+    stats.records_out += n_out
+    if n_in:
+        stats.latency.add((perf_counter() - start) / n_in)
+
+
+class SourceHead(Head):
+    """A head that produces records instead of reading a channel."""
+
+    def __init__(self, stats: OperatorStats) -> None:
+        self.stats = stats
+
+    def next_batch(self) -> tuple[list[Any], bool]:
+        """The next records and whether the source is exhausted.
+
+        Raises:
+            OperatorError: the source's own code raised (a source cannot skip: it is ended).
+        """
+        start = perf_counter()
+        try:
+            records, exhausted = self._read()
+        except Exception as exc:
+            stats = self.stats
+            raise OperatorError(
+                stats.name, stats.instance, stats.parallelism, None, exc, phase="read"
+            ) from exc
+        if records:
+            stats = self.stats
+            stats.records_out += len(records)
+            stats.latency.add((perf_counter() - start) / len(records))
+        return records, exhausted
+
+    def _read(self) -> tuple[list[Any], bool]:
+        raise NotImplementedError
+
+
+class CollectionSource(SourceHead):
+    """A sized collection; parallel instance *i* of *p* reads items ``i, i+p, i+2p, ...``."""
+
+    def __init__(
+        self,
+        data: Iterable[Any],
+        index: int,
+        parallelism: int,
+        batch_size: int,
+        stats: OperatorStats,
+    ) -> None:
+        super().__init__(stats)
+        if parallelism == 1:
+            self._it: Iterator[Any] = iter(data)
+        elif isinstance(data, Sequence):
+            self._it = iter(data[index::parallelism])
+        else:
+            self._it = islice(iter(data), index, None, parallelism)
+        self._batch_size = batch_size
+
+    def _read(self) -> tuple[list[Any], bool]:
+        records = list(islice(self._it, self._batch_size))
+        return records, len(records) < self._batch_size
+
+
+class IteratorSource(SourceHead):
+    """A one-shot iterable; a partial batch is released after ``max_delay_s`` of reading."""
+
+    def __init__(
+        self, data: Iterable[Any], batch_size: int, max_delay_s: float, stats: OperatorStats
+    ) -> None:
+        super().__init__(stats)
+        self._it = iter(data)
+        self._batch_size = batch_size
+        self._max_delay = max_delay_s
+
+    def _read(self) -> tuple[list[Any], bool]:
+        records: list[Any] = []
+        append, size = records.append, self._batch_size
+        deadline = perf_counter() + self._max_delay
+        for record in self._it:
+            append(record)
+            if len(records) >= size or perf_counter() >= deadline:
+                return records, False
+        return records, True
+
+
+class FunctionSource(SourceHead):
+    """``SourceFunction.execute()`` until it returns ``StopSignal`` (``None`` emits nothing),
+    or ``BatchFunction.execute()`` until it returns ``None``.
+    """
+
+    def __init__(
+        self,
+        call: Callable[[], Any],
+        *,
+        none_ends: bool,
+        batch_size: int,
+        max_delay_s: float,
+        stats: OperatorStats,
+    ) -> None:
+        super().__init__(stats)
+        self._call = call
+        self._none_ends = none_ends
+        self._batch_size = batch_size
+        self._max_delay = max_delay_s
+
+    def _read(self) -> tuple[list[Any], bool]:
+        records: list[Any] = []
+        append, size, call = records.append, self._batch_size, self._call
+        deadline = perf_counter() + self._max_delay
+        while True:
+            record = call()
+            if record is None:
+                if self._none_ends:
+                    return records, True
+            elif record is StopSignal or isinstance(record, StopSignal):
+                return records, True
+            else:
+                append(record)
+                if len(records) >= size:
+                    return records, False
+            if perf_counter() >= deadline:
+                return records, False

@@ -1,0 +1,294 @@
+"""Per-operator and per-task metrics, written by task threads and read at any time.
+
+Writers are the task threads (plain integer increments and list stores, safe under the GIL);
+readers take snapshots (:class:`OperatorMetrics`, :class:`TaskMetrics`, :class:`JobMetrics`)
+that are frozen and JSON-ready. Latency is sampled: each task times its operators record by
+record on one batch every ``metrics_sample_interval_s`` (and on every batch of a slow task),
+so percentiles are real per-record times while the hot path stays untimed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "JobMetrics",
+    "LatencyRing",
+    "OperatorMetrics",
+    "OperatorStats",
+    "TaskMetrics",
+    "TaskStats",
+    "percentile",
+]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``sorted_values`` by the nearest-rank method (0.0 if empty)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+class LatencyRing:
+    """The most recent ``size`` latency samples (seconds) in a fixed ring."""
+
+    __slots__ = ("_next", "_samples", "count", "size")
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._samples: list[float] = []
+        self._next = 0
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        """Record one sample."""
+        if len(self._samples) < self.size:
+            self._samples.append(seconds)
+        else:
+            self._samples[self._next] = seconds
+            self._next = (self._next + 1) % self.size
+        self.count += 1
+
+    def extend(self, samples: list[float]) -> None:
+        """Record several samples (slice assignments: no per-sample Python work)."""
+        n, size = len(samples), self.size
+        self.count += n
+        room = size - len(self._samples)
+        if room > 0:
+            self._samples.extend(samples[:room])
+            samples, n = samples[room:], n - min(room, n)
+            if not n:
+                return
+        if n >= size:
+            self._samples[:] = samples[-size:]
+            self._next = 0
+            return
+        start, end = self._next, self._next + n
+        if end <= size:
+            self._samples[start:end] = samples
+        else:
+            first = size - start
+            self._samples[start:] = samples[:first]
+            self._samples[: n - first] = samples[first:]
+        self._next = end % size
+
+    def values(self) -> list[float]:
+        """A copy of the retained samples (safe to call from another thread)."""
+        return list(self._samples)
+
+
+def _quantiles_ms(samples: Iterable[float]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+    return (
+        percentile(ordered, 0.50) * 1e3,
+        percentile(ordered, 0.95) * 1e3,
+        percentile(ordered, 0.99) * 1e3,
+    )
+
+
+class OperatorStats:
+    """Live counters of one parallel instance of one operator."""
+
+    __slots__ = (
+        "errors",
+        "instance",
+        "kind",
+        "latency",
+        "name",
+        "node_id",
+        "parallelism",
+        "records_in",
+        "records_out",
+    )
+
+    def __init__(self, node_id: int, name: str, kind: str, instance: int, parallelism: int) -> None:
+        self.node_id = node_id
+        self.name = name
+        self.kind = kind
+        self.instance = instance
+        self.parallelism = parallelism
+        self.records_in = 0
+        self.records_out = 0
+        self.errors = 0
+        self.latency = LatencyRing()
+
+
+class TaskStats:
+    """Live counters of one task (a chain instance)."""
+
+    __slots__ = (
+        "batches",
+        "busy_s",
+        "finished_at",
+        "instance",
+        "latency",
+        "operators",
+        "queue",
+        "records_in",
+        "records_out",
+        "started_at",
+        "status",
+        "task_id",
+    )
+
+    def __init__(self, task_id: str, instance: int, operators: list[OperatorStats]) -> None:
+        self.task_id = task_id
+        self.instance = instance
+        self.operators = operators
+        self.records_in = 0
+        self.records_out = 0
+        self.batches = 0
+        self.busy_s = 0.0
+        self.latency = LatencyRing(1024)
+        self.status = "created"
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.queue: Any = None  # the task's inbox: .depth, .capacity, .high_water
+
+
+@dataclass(frozen=True)
+class OperatorMetrics:
+    """One operator, summed over its parallel instances (or one instance when ``instance`` is set).
+
+    Latencies are per-record processing times in milliseconds.
+    """
+
+    operator: str
+    kind: str
+    parallelism: int
+    records_in: int
+    records_out: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    throughput_rps: float
+    instance: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """One task: a chain of fused operators running as one thread (or actor)."""
+
+    task_id: str
+    operators: tuple[str, ...]
+    instance: int
+    status: str
+    records_in: int
+    records_out: int
+    errors: int
+    batches: int
+    busy_s: float
+    queue_depth: int
+    queue_peak: int
+    queue_capacity: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """A snapshot of a job's metrics."""
+
+    job: str
+    status: str
+    elapsed_s: float
+    operators: tuple[OperatorMetrics, ...]
+    tasks: tuple[TaskMetrics, ...]
+    instances: tuple[OperatorMetrics, ...] = field(default=(), repr=False)
+    dead_letters: int = 0
+
+    def operator(self, name: str) -> OperatorMetrics:
+        """Metrics of operator ``name``: full name (``"map 'Parse'"``) or label (``"Parse"``)."""
+        for op in self.operators:
+            if op.operator == name or op.operator.split(" ", 1)[-1].strip("'") == name:
+                return op
+        known = ", ".join(op.operator for op in self.operators)
+        raise KeyError(f"no operator named {name!r}; operators: {known}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for the dashboard and logs)."""
+        return asdict(self)
+
+
+def snapshot(
+    job: str, status: str, elapsed_s: float, tasks: Sequence[TaskStats], dead_letters: int = 0
+) -> JobMetrics:
+    """Freeze live task and operator stats into a :class:`JobMetrics`."""
+    task_rows = []
+    by_op: dict[int, list[OperatorStats]] = {}
+    for t in tasks:
+        for op in t.operators:
+            by_op.setdefault(op.node_id, []).append(op)
+        queue = t.queue
+        p50, p95, p99 = _quantiles_ms(t.latency.values())
+        task_rows.append(
+            TaskMetrics(
+                task_id=t.task_id,
+                operators=tuple(op.name for op in t.operators),
+                instance=t.instance,
+                status=t.status,
+                records_in=t.records_in,
+                records_out=t.records_out,
+                errors=sum(op.errors for op in t.operators),
+                batches=t.batches,
+                busy_s=round(t.busy_s, 6),
+                queue_depth=queue.depth if queue is not None else 0,
+                queue_peak=queue.high_water if queue is not None else 0,
+                queue_capacity=queue.capacity if queue is not None else 0,
+                p50_ms=p50,
+                p95_ms=p95,
+                p99_ms=p99,
+            )
+        )
+    seconds = max(elapsed_s, 1e-9)
+
+    def row(stats: list[OperatorStats], instance: int | None) -> OperatorMetrics:
+        first = stats[0]
+        samples: list[float] = []
+        for s in stats:
+            samples.extend(s.latency.values())
+        p50, p95, p99 = _quantiles_ms(samples)
+        records_in = sum(s.records_in for s in stats)
+        # a source's work is what it emits; every other operator's is what it takes in
+        processed = sum(s.records_out if s.kind == "source" else s.records_in for s in stats)
+        return OperatorMetrics(
+            operator=first.name,
+            kind=first.kind,
+            parallelism=first.parallelism,
+            records_in=records_in,
+            records_out=sum(s.records_out for s in stats),
+            errors=sum(s.errors for s in stats),
+            p50_ms=p50,
+            p95_ms=p95,
+            p99_ms=p99,
+            throughput_rps=processed / seconds,
+            instance=instance,
+        )
+
+    operators = tuple(row(by_op[k], None) for k in sorted(by_op))
+    instances = tuple(
+        row([s], s.instance)
+        for k in sorted(by_op)
+        for s in sorted(by_op[k], key=lambda s: s.instance)
+    )
+    return JobMetrics(
+        job=job,
+        status=status,
+        elapsed_s=elapsed_s,
+        operators=operators,
+        tasks=tuple(task_rows),
+        instances=instances,
+        dead_letters=dead_letters,
+    )
+
+
+def now() -> float:
+    """Monotonic seconds (one clock for all metrics)."""
+    return time.perf_counter()

@@ -1,0 +1,220 @@
+"""The task loop: written once, hosted by a thread (local runtime) or an actor (Ray runtime).
+
+A task runs one chain instance: it opens its functions, then either pulls batches from its
+source head or reads its inbox, passes each batch through the head and the fused body, and
+hands the output to its routers. It ends when its source is exhausted (or the job is asked
+to stop) or when it has counted an end-of-stream marker from every upstream task; then it
+flushes its head, tells its downstream tasks it has ended, and closes its functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any, Protocol
+
+from sage.common.core.context import RuntimeContext
+from sage.common.core.state import KeyedStateBackend
+from sage.common.errors import OperatorError
+from sage.kernel.runtime.channel import Cancelled, EndOfStream
+from sage.kernel.runtime.codegen import FusedBody
+from sage.kernel.runtime.functions import FunctionInstance
+from sage.kernel.runtime.heads import Head, SourceHead
+from sage.kernel.runtime.metrics import OperatorStats, TaskStats
+from sage.kernel.runtime.routing import Router
+
+__all__ = ["InputChannel", "JobControl", "OperatorInstance", "TaskLoop"]
+
+logger = logging.getLogger(__name__)
+
+
+class JobControl(Protocol):
+    """What a task needs from the job it belongs to."""
+
+    @property
+    def stop_requested(self) -> bool:
+        """Sources should end at the next batch boundary (graceful stop)."""
+
+    @property
+    def cancelled(self) -> bool:
+        """The job is being torn down; tasks exit without flushing."""
+
+    def fail(self, exc: BaseException, task_id: str) -> None:
+        """Record the job's failure (the first one wins) and cancel every task."""
+
+    def task_opened(self, task_id: str) -> None:
+        """The task has opened its functions."""
+
+    def wait_all_opened(self) -> bool:
+        """Block until every task has opened; ``False`` if the job failed meanwhile."""
+
+    def task_finished(self, task_id: str) -> None:
+        """The task has ended (in any way)."""
+
+
+class InputChannel(Protocol):
+    """A task's inbox."""
+
+    capacity: int
+    high_water: int
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The next item, or ``None`` after ``timeout`` seconds."""
+
+    @property
+    def depth(self) -> int:
+        """Items waiting now."""
+
+
+@dataclass
+class OperatorInstance:
+    """A function of the chain with what ``open`` needs."""
+
+    function: FunctionInstance
+    context: RuntimeContext
+    stats: OperatorStats
+    state: KeyedStateBackend | None = None
+
+
+class TaskLoop:
+    """Runs one task to completion; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        head: Head,
+        body: FusedBody | None,
+        routers: Sequence[Router],
+        inbox: InputChannel | None,
+        expected_eos: int,
+        operators: Sequence[OperatorInstance],
+        control: JobControl,
+        stats: TaskStats,
+        sample_interval_s: float,
+    ) -> None:
+        self.task_id = task_id
+        self.head = head
+        self.body = body
+        self.routers = list(routers)
+        self.inbox = inbox
+        self.expected_eos = expected_eos
+        self.operators = list(operators)
+        self.control = control
+        self.stats = stats
+        self._sample_interval = sample_interval_s
+        self._next_sample = 0.0
+
+    def run(self) -> None:
+        """Open, process until the end of input, flush, signal end of stream, close."""
+        stats, control = self.stats, self.control
+        stats.status = "running"
+        stats.started_at = perf_counter()
+        opened: list[OperatorInstance] = []
+        try:
+            for op in self.operators:
+                try:
+                    op.function.open(op.context, op.state)
+                except Exception as exc:
+                    raise OperatorError(
+                        op.stats.name, op.stats.instance, op.stats.parallelism, None, exc, "open"
+                    ) from exc
+                opened.append(op)
+            control.task_opened(self.task_id)
+            if isinstance(self.head, SourceHead):
+                if not control.wait_all_opened():
+                    raise Cancelled
+                self._run_source(self.head)
+            else:
+                self._run_input()
+            self._deliver(self.head.finish(), 0)
+            for router in self.routers:
+                router.end(self.task_id)
+            stats.status = "finished"
+        except Cancelled:
+            stats.status = "cancelled"
+        except BaseException as exc:
+            stats.status = "failed"
+            control.fail(exc, self.task_id)
+        finally:
+            for op in opened:
+                try:
+                    op.function.close()
+                except Exception as exc:
+                    stats.status = "failed"
+                    control.fail(
+                        OperatorError(
+                            op.stats.name,
+                            op.stats.instance,
+                            op.stats.parallelism,
+                            None,
+                            exc,
+                            "close",
+                        ),
+                        self.task_id,
+                    )
+            stats.finished_at = perf_counter()
+            control.task_finished(self.task_id)
+
+    def _run_source(self, head: SourceHead) -> None:
+        control = self.control
+        while True:
+            if control.cancelled:
+                raise Cancelled
+            if control.stop_requested:
+                return
+            records, exhausted = head.next_batch()
+            if records:
+                self._deliver(records, len(records))
+            if exhausted:
+                return
+
+    def _run_input(self) -> None:
+        inbox, head, control = self.inbox, self.head, self.control
+        assert inbox is not None, f"task {self.task_id} has no inbox"
+        ended = 0
+        while ended < self.expected_eos:
+            deadline = head.deadline()
+            if deadline is None:
+                item = inbox.get()
+            else:
+                remaining = deadline - perf_counter()
+                item = inbox.get(timeout=remaining) if remaining > 0 else None
+            if item is None:
+                self._deliver(head.on_timer(perf_counter()), 0)
+            elif type(item) is tuple:
+                input_index, records = item
+                start = perf_counter()
+                self._deliver(head.process(input_index, records), len(records), start)
+            elif isinstance(item, EndOfStream):
+                ended += 1
+            else:  # pragma: no cover - only the runtime puts items in inboxes
+                raise AssertionError(f"task {self.task_id}: unexpected item {item!r}")
+            if control.cancelled:
+                raise Cancelled
+
+    def _deliver(self, records: list[Any], n_in: int, start: float | None = None) -> None:
+        """Run ``records`` through the body and routers; account ``n_in`` input records."""
+        if not records and not n_in:
+            return
+        if start is None:
+            start = perf_counter()
+        out = records
+        if records and self.body is not None:
+            timed = start >= self._next_sample
+            out = self.body.process(records, timed=timed)
+            if timed:
+                self._next_sample = perf_counter() + self._sample_interval
+        if out:
+            for router in self.routers:
+                router.send(out)
+        end = perf_counter()
+        stats = self.stats
+        stats.batches += 1
+        stats.records_in += n_in
+        stats.records_out += len(out) if self.routers else 0
+        stats.busy_s += end - start
+        if n_in:
+            stats.latency.add((end - start) / n_in)
