@@ -44,8 +44,8 @@ test: $(VENV)/.stamp-test
 	$(PY) -m pytest
 
 bench: $(VENV)/.stamp-bench
-	@set -e; for script in benchmarks/*.py; do \
-		echo "== $$script"; $(PY) $$script; \
+	@set -e; for script in benchmarks/[!_]*.py; do \
+		echo "== $$script"; $(PY) $$script --write-readme; \
 	done
 
 quality: $(VENV)/.stamp-quality

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from time import perf_counter
@@ -23,6 +24,7 @@ from sage.kernel.runtime.metrics import OperatorStats
 
 __all__ = [
     "BatchHead",
+    "BlockingSourceHead",
     "CoMapHead",
     "CollectionSource",
     "FunctionSource",
@@ -255,29 +257,111 @@ class CollectionSource(SourceHead):
         return records, len(records) < self._batch_size
 
 
-class IteratorSource(SourceHead):
-    """A one-shot iterable; a partial batch is released after ``max_delay_s`` of reading."""
+class BlockingSourceHead(SourceHead):
+    """A source whose code may block between records: a generator or a source function.
+
+    Records are gathered into a pending batch. The task thread holds :attr:`lock` while it
+    works and releases it only while the user's code runs, so when the source blocks with a
+    partial batch, the task's flusher can take the lock and deliver the pending records
+    (:meth:`take_pending`) instead of leaving them stranded until the next record arrives.
+    :attr:`on_pending` is told when a new pending batch starts and when it must leave.
+
+    Args:
+        fetch: Returns the next record (may block).
+        none_means: What a ``None`` from ``fetch`` means: ``"end"`` (BatchFunction),
+            ``"skip"`` (SourceFunction: nothing this time) or ``"record"`` (iterators).
+        stop_iteration_ends: ``StopIteration`` from ``fetch`` ends the stream (iterators).
+        batch_size: Records per batch at most.
+        max_delay_s: Longest a partial batch waits.
+        stats: The source's metrics.
+    """
+
+    _CLOCK_EVERY = 64  # records between clock reads; the flusher bounds the delay anyway
+
+    def __init__(
+        self,
+        fetch: Callable[[], Any],
+        *,
+        none_means: str,
+        stop_iteration_ends: bool,
+        batch_size: int,
+        max_delay_s: float,
+        stats: OperatorStats,
+    ) -> None:
+        super().__init__(stats)
+        self._fetch = fetch
+        self._none_means = none_means
+        self._stop_iteration_ends = stop_iteration_ends
+        self._batch_size = batch_size
+        self.max_delay_s = max_delay_s
+        self.lock = threading.Lock()
+        self.on_pending: Callable[[float], None] | None = None
+        self.ended = False
+        self._pending: list[Any] = []
+
+    def take_pending(self) -> list[Any]:
+        """Remove and return the partial batch (the caller holds :attr:`lock`)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self.stats.records_out += len(pending)
+        return pending
+
+    def _read(self) -> tuple[list[Any], bool]:
+        lock, fetch, none_means = self.lock, self._fetch, self._none_means
+        size, every = self._batch_size, self._CLOCK_EVERY
+        deadline = perf_counter() + self.max_delay_s
+        calls = 0
+        while True:
+            calls += 1
+            lock.release()
+            try:
+                record = fetch()
+            except StopIteration:
+                if not self._stop_iteration_ends:
+                    raise
+                break
+            finally:
+                lock.acquire()
+            if record is None:
+                if none_means == "end":
+                    break
+                if none_means == "skip":
+                    if calls % every == 0 and perf_counter() >= deadline:
+                        return self._take(), False
+                    continue
+            elif record is StopSignal or type(record) is StopSignal:
+                break
+            pending = self._pending  # re-read: the flusher may have taken the last batch
+            if not pending and self.on_pending is not None:
+                self.on_pending(perf_counter() + self.max_delay_s)
+            pending.append(record)
+            if len(pending) >= size or (calls % every == 0 and perf_counter() >= deadline):
+                return self._take(), False
+        self.ended = True
+        return self._take(), True
+
+    def _take(self) -> list[Any]:
+        pending, self._pending = self._pending, []
+        return pending
+
+
+class IteratorSource(BlockingSourceHead):
+    """A one-shot iterable (generator, file, iterator); ``None`` items are records."""
 
     def __init__(
         self, data: Iterable[Any], batch_size: int, max_delay_s: float, stats: OperatorStats
     ) -> None:
-        super().__init__(stats)
-        self._it = iter(data)
-        self._batch_size = batch_size
-        self._max_delay = max_delay_s
-
-    def _read(self) -> tuple[list[Any], bool]:
-        records: list[Any] = []
-        append, size = records.append, self._batch_size
-        deadline = perf_counter() + self._max_delay
-        for record in self._it:
-            append(record)
-            if len(records) >= size or perf_counter() >= deadline:
-                return records, False
-        return records, True
+        super().__init__(
+            iter(data).__next__,
+            none_means="record",
+            stop_iteration_ends=True,
+            batch_size=batch_size,
+            max_delay_s=max_delay_s,
+            stats=stats,
+        )
 
 
-class FunctionSource(SourceHead):
+class FunctionSource(BlockingSourceHead):
     """``SourceFunction.execute()`` until it returns ``StopSignal`` (``None`` emits nothing),
     or ``BatchFunction.execute()`` until it returns ``None``.
     """
@@ -291,26 +375,11 @@ class FunctionSource(SourceHead):
         max_delay_s: float,
         stats: OperatorStats,
     ) -> None:
-        super().__init__(stats)
-        self._call = call
-        self._none_ends = none_ends
-        self._batch_size = batch_size
-        self._max_delay = max_delay_s
-
-    def _read(self) -> tuple[list[Any], bool]:
-        records: list[Any] = []
-        append, size, call = records.append, self._batch_size, self._call
-        deadline = perf_counter() + self._max_delay
-        while True:
-            record = call()
-            if record is None:
-                if self._none_ends:
-                    return records, True
-            elif record is StopSignal or isinstance(record, StopSignal):
-                return records, True
-            else:
-                append(record)
-                if len(records) >= size:
-                    return records, False
-            if perf_counter() >= deadline:
-                return records, False
+        super().__init__(
+            call,
+            none_means="end" if none_ends else "skip",
+            stop_iteration_ends=False,
+            batch_size=batch_size,
+            max_delay_s=max_delay_s,
+            stats=stats,
+        )

@@ -10,6 +10,7 @@ flushes its head, tells its downstream tasks it has ended, and closes its functi
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter
@@ -21,11 +22,11 @@ from sage.common.errors import OperatorError
 from sage.kernel.runtime.channel import Cancelled, EndOfStream
 from sage.kernel.runtime.codegen import FusedBody
 from sage.kernel.runtime.functions import FunctionInstance
-from sage.kernel.runtime.heads import Head, SourceHead
+from sage.kernel.runtime.heads import BlockingSourceHead, Head, SourceHead
 from sage.kernel.runtime.metrics import OperatorStats, TaskStats
 from sage.kernel.runtime.routing import Router
 
-__all__ = ["InputChannel", "JobControl", "OperatorInstance", "TaskLoop"]
+__all__ = ["InputChannel", "JobControl", "OperatorInstance", "PartialBatchFlusher", "TaskLoop"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,21 @@ class TaskLoop:
             control.task_finished(self.task_id)
 
     def _run_source(self, head: SourceHead) -> None:
+        if not isinstance(head, BlockingSourceHead):
+            self._source_loop(head)
+            return
+        flusher = PartialBatchFlusher(self, head)
+        head.on_pending = flusher.schedule
+        flusher.start()
+        head.lock.acquire()
+        try:
+            self._source_loop(head)
+        finally:
+            head.ended = True
+            head.lock.release()
+            flusher.close()
+
+    def _source_loop(self, head: SourceHead) -> None:
         control = self.control
         while True:
             if control.cancelled:
@@ -218,3 +234,78 @@ class TaskLoop:
         stats.busy_s += end - start
         if n_in:
             stats.latency.add((end - start) / n_in)
+
+
+class PartialBatchFlusher:
+    """Delivers a blocked source's partial batch once it has waited ``max_delay_s``.
+
+    A source function or generator may block between records (waiting on a socket, a queue,
+    a slow API). Without this, the records it already produced would wait for the next one,
+    however long that takes. Like Flink's output flusher, this helper thread wakes when a
+    partial batch is due (never while there is none), takes the source's lock (free while the
+    user's code runs) and pushes the records through the task's chain and routers.
+    """
+
+    def __init__(self, loop: TaskLoop, head: BlockingSourceHead) -> None:
+        self._loop = loop
+        self._head = head
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._closed = False
+        job = loop.operators[0].context.job_name if loop.operators else "job"
+        self._thread = threading.Thread(
+            target=self._run, name=f"sage-{job}-{loop.task_id}-flusher", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start the helper thread."""
+        self._thread.start()
+
+    def schedule(self, deadline: float) -> None:
+        """A partial batch started; deliver it at ``deadline`` unless the source does first."""
+        with self._cond:
+            if self._deadline is None or deadline < self._deadline:
+                self._deadline = deadline
+                self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the helper thread and wait for it."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _wait_until_due(self) -> bool:
+        with self._cond:
+            while not self._closed:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - perf_counter()
+                if remaining <= 0:
+                    self._deadline = None
+                    return True
+                self._cond.wait(remaining)
+            return False
+
+    def _run(self) -> None:
+        head, loop = self._head, self._loop
+        while self._wait_until_due():
+            if not head.lock.acquire(blocking=False):
+                # The source is running, not blocked: it will deliver the batch itself, or
+                # block again with records pending, so look again one delay later.
+                self.schedule(perf_counter() + head.max_delay_s)
+                continue
+            try:
+                if not head.ended:
+                    batch = head.take_pending()
+                    if batch:
+                        loop._deliver(batch, len(batch))
+            except Cancelled:
+                return
+            except BaseException as exc:
+                loop.stats.status = "failed"
+                loop.control.fail(exc, loop.task_id)
+                return
+            finally:
+                head.lock.release()

@@ -8,8 +8,11 @@ tasks have opened, and :meth:`LocalJob.wait` blocks on the event that the last t
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from time import perf_counter
 
@@ -28,6 +31,20 @@ logger = logging.getLogger(__name__)
 
 # How long close()/a failing wait() give threads stuck in user code to return.
 _JOIN_GRACE_S = 5.0
+
+
+@contextmanager
+def _pinned(cpus: frozenset[int] | None) -> Iterator[None]:
+    """Run the calling thread on ``cpus`` for a while, then restore its affinity."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 class JobStatus(StrEnum):
@@ -168,7 +185,8 @@ class LocalJob:
         hosted = self._loops[0] if self._loops else None
         self._launch(hosted=hosted)
         if hosted is not None:
-            hosted.run()
+            with _pinned(self.config.cpu_affinity):
+                hosted.run()
         self.wait()
 
     def _launch(self, hosted: TaskLoop | None) -> None:
@@ -180,7 +198,11 @@ class LocalJob:
         # hold the GIL and make this thread wait a whole switch interval per start.
         gate = threading.Event()
 
+        cpus = self.config.cpu_affinity
+
         def gated(loop: TaskLoop) -> None:
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)  # this thread only
             gate.wait()
             loop.run()
 

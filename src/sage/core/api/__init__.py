@@ -1,0 +1,1 @@
+"""Re-exports of :mod:`sage.kernel.api` at the older ``sage.core.api`` path."""

@@ -1,0 +1,107 @@
+"""Random pipelines give exactly the multiset a plain-Python evaluation gives."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sage.common.core.functions.map_function import MapFunction
+from sage.kernel.api.local_environment import LocalEnvironment
+
+# Deterministic building blocks; each is also applied by the plain-Python reference below.
+MAPS: list[Callable[[int], int | None]] = [
+    lambda x: x * 3 + 1,
+    lambda x: x // 2,
+    lambda x: None if x % 5 == 0 else x,  # a map returning None emits nothing
+    lambda x: -x,
+]
+FILTERS: list[Callable[[int], bool]] = [lambda x: x % 2 == 0, lambda x: x > 3, lambda x: x % 3 != 1]
+FLATMAPS: list[Callable[[int], list[int]]] = [
+    lambda x: [x, x + 1],
+    lambda x: [] if x % 4 == 0 else [x],
+    lambda x: list(range(x % 3)),
+]
+KEYS: list[Callable[[int], int]] = [lambda x: x % 7, lambda x: x % 2]
+
+
+class RunningCount(MapFunction):
+    """Keyed: the n-th record of a key becomes (key, n) — exact only if every key meets once."""
+
+    def __init__(self, key: Callable[[int], int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.key = key
+
+    def execute(self, data: int) -> tuple[int, int]:
+        n = self.state.get(0) + 1
+        self.state.set(n)
+        return (self.key(data), n)
+
+
+step = st.one_of(
+    st.tuples(st.just("map"), st.integers(0, len(MAPS) - 1), st.integers(1, 4)),
+    st.tuples(st.just("filter"), st.integers(0, len(FILTERS) - 1), st.integers(1, 4)),
+    st.tuples(st.just("flatmap"), st.integers(0, len(FLATMAPS) - 1), st.integers(1, 4)),
+    st.tuples(st.just("keyby"), st.integers(0, len(KEYS) - 1), st.integers(1, 4)),
+)
+
+
+def reference(data: list[int], steps: list[tuple[str, int, int]]) -> Counter[Any]:
+    records: list[Any] = list(data)
+    for op, i, _ in steps:
+        if op == "map":
+            records = [y for y in map(MAPS[i], records) if y is not None]
+        elif op == "filter":
+            records = [x for x in records if FILTERS[i](x)]
+        elif op == "flatmap":
+            records = [y for x in records for y in FLATMAPS[i](x)]
+        else:  # keyby + running count per key, then back to ints for later steps
+            seen: Counter[int] = Counter()
+            out = []
+            for x in records:
+                seen[KEYS[i](x)] += 1
+                out.append((KEYS[i](x), seen[KEYS[i](x)]))
+            records = out
+            records = [k * 1000 + n for k, n in records]
+    return Counter(records)
+
+
+def run_sage(
+    data: list[int], steps: list[tuple[str, int, int]], config: dict[str, Any]
+) -> Counter[Any]:
+    env = LocalEnvironment("property", config=config)
+    stream = env.from_collection(data, parallelism=1 + len(data) % 2)
+    for op, i, parallelism in steps:
+        if op == "map":
+            stream = stream.map(MAPS[i], parallelism=parallelism)
+        elif op == "filter":
+            stream = stream.filter(FILTERS[i], parallelism=parallelism)
+        elif op == "flatmap":
+            stream = stream.flatmap(FLATMAPS[i], parallelism=parallelism)
+        else:
+            stream = (
+                stream.keyby(KEYS[i])
+                .map(RunningCount, KEYS[i], parallelism=parallelism)
+                .map(lambda kn: kn[0] * 1000 + kn[1], parallelism=parallelism)
+            )
+    out: list[Any] = []
+    stream.sink(out.append)
+    env.submit()
+    return Counter(out)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(st.integers(-50, 200), max_size=300),
+    steps=st.lists(step, max_size=6),
+    batch_size=st.sampled_from([1, 7, 1024]),
+    chaining=st.booleans(),
+)
+def test_random_pipelines_match_plain_python(
+    data: list[int], steps: list[tuple[str, int, int]], batch_size: int, chaining: bool
+) -> None:
+    config = {"batch_size": batch_size, "chaining": chaining, "channel_capacity": 2}
+    assert run_sage(data, steps, config) == reference(data, steps)
