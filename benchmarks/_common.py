@@ -75,6 +75,17 @@ class Case:
         """Records per second at the median time."""
         return self.records / self.median_s
 
+    def ratio_to(self, base: Case) -> float:
+        """Median over rounds of this case's speed relative to ``base`` in the same round.
+
+        Paired per round (the two ran back to back), so drift in machine speed between
+        rounds cancels out better than in a ratio of two medians.
+        """
+        return statistics.median(
+            (b / base.records) / (s / self.records)
+            for s, b in zip(self.seconds, base.seconds, strict=True)
+        )
+
     def spread(self) -> str:
         """``"min-max"`` records/s over the rounds."""
         rates = sorted(self.records / s for s in self.seconds)
@@ -82,9 +93,12 @@ class Case:
 
 
 def interleave(cases: list[Case], rounds: int, warmup: int = 1) -> None:
-    """Run every case once per round, in turn, so drifting machine speed hits all alike."""
+    """Run every case once per round, in turn, so drifting machine speed hits all alike.
+
+    Odd rounds run the cases in reverse order, so a trend within a round cancels out.
+    """
     for i in range(warmup + rounds):
-        for case in cases:
+        for case in cases if i % 2 == 0 else reversed(cases):
             stolen, total = cpu_ticks()
             start = time.perf_counter()
             records = case.run()

@@ -105,3 +105,66 @@ def test_random_pipelines_match_plain_python(
 ) -> None:
     config = {"batch_size": batch_size, "chaining": chaining, "channel_capacity": 2}
     assert run_sage(data, steps, config) == reference(data, steps)
+
+
+def _failing(x: int) -> int:
+    if x % 11 == 3:
+        raise ValueError(x)
+    return x + 1
+
+
+COUNTED: dict[str, Callable[..., Any]] = {
+    "map": lambda x: x * 2 + 1,
+    "none": lambda x: None if x % 4 == 0 else x,
+    "filter": lambda x: x % 3 != 0,
+    "flatmap": lambda x: [x] * (x % 3),
+    "fail": _failing,
+}
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(st.integers(0, 100), max_size=200),
+    ops=st.lists(st.sampled_from(sorted(COUNTED)), min_size=1, max_size=6),
+    keyed_tail=st.booleans(),
+    sink_fused=st.booleans(),
+)
+def test_operator_metrics_count_every_record_exactly(
+    data: list[int], ops: list[str], keyed_tail: bool, sink_fused: bool
+) -> None:
+    """records in/out/errors per operator equal a plain count, however the chain ends."""
+    expected: list[tuple[int, int, int]] = []
+    records = list(data)
+    for op in ops:
+        fn = COUNTED[op]
+        out, errors = [], 0
+        for x in records:
+            if op == "filter":
+                out += [x] if fn(x) else []
+            elif op == "flatmap":
+                out += fn(x)
+            else:
+                try:
+                    y = fn(x)
+                except ValueError:
+                    errors += 1
+                    continue
+                out += [] if y is None else [y]
+        expected.append((len(records), len(out), errors))
+        records = out
+
+    env = LocalEnvironment("counts", config={"on_error": "skip", "batch_size": 16})
+    stream = env.from_collection(data)
+    for i, op in enumerate(ops):
+        kind = "filter" if op == "filter" else "flatmap" if op == "flatmap" else "map"
+        stream = getattr(stream, kind)(COUNTED[op], name=f"op{i}")
+    if keyed_tail:
+        stream = stream.keyby(lambda x: x % 5, name="key")
+    # a fused sink ends the chain in the loop; parallelism 2 puts it behind a channel
+    stream.sink(lambda x: None, name="end", parallelism=1 if sink_fused else 2)
+    env.submit()
+    metrics = env.metrics()
+    for i, want in enumerate(expected):
+        got = metrics.operator(f"op{i}")
+        assert (got.records_in, got.records_out, got.errors) == want, (i, ops)
+    assert metrics.operator("end").records_in == len(records)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sage.kernel.api.base_environment import BaseEnvironment
 from sage.kernel.graph.plan import PhysicalPlan
-from sage.kernel.runtime.local.executor import LocalJob
+
+if TYPE_CHECKING:
+    from sage.kernel.runtime.local.executor import LocalJob
 
 __all__ = ["LocalEnvironment"]
 
@@ -35,9 +37,9 @@ class LocalEnvironment(BaseEnvironment):
         super().__init__(name, config)
 
     def _create_job(self, plan: PhysicalPlan) -> LocalJob:
+        from sage.kernel.runtime.local.executor import LocalJob  # the runtime loads on submit
+
         return LocalJob(plan, self.job_config)
 
     def submit(self, autostop: bool = True) -> LocalJob:
-        job = super().submit(autostop)
-        assert isinstance(job, LocalJob)
-        return job
+        return cast("LocalJob", super().submit(autostop))

@@ -69,6 +69,24 @@ class BodyStage:
 Shape = tuple[tuple[OpKind, bool, bool], ...]
 
 
+def inferred_stage(shape: Shape, *, emits: bool) -> int | None:
+    """The stage whose drops are inferred instead of counted in the loop, if any.
+
+    The last stage that can drop records (a map or a filter) needs no counter when only
+    keyby and sink stages follow it: what it let through is what reached the end of the
+    chain (the emitted list's length, or a count at the sink on the kept path), plus what
+    the key functions after it failed on. A filter that drops most records then costs no
+    more than a hand-written ``if``.
+    """
+    ends = emits or (bool(shape) and shape[-1][0] is OpKind.SINK)
+    for i in range(len(shape) - 1, -1, -1):
+        kind = shape[i][0]
+        if kind in (OpKind.KEYBY, OpKind.SINK):
+            continue
+        return i if ends and kind in (OpKind.MAP, OpKind.FILTER) else None
+    return None
+
+
 class _Writer:
     def __init__(self) -> None:
         self.lines: list[str] = []
@@ -86,7 +104,8 @@ def generate_source(
     """The text of the fused loop for ``shape``, which stage owns each line, and its counters.
 
     The generated ``body(batch, emit)`` returns the counters in the order given: ``d<i>``
-    (records stage *i* dropped) and ``n<i>`` (records flatmap stage *i* produced).
+    (records stage *i* dropped), ``n<i>`` (records flatmap stage *i* produced) and ``reached``
+    (records that reached the sink, when the drops of :func:`inferred_stage` are inferred).
 
     Args:
         shape: ``(kind, keyed, has_drain)`` of each stage, upstream first.
@@ -104,12 +123,22 @@ def generate_source(
     if timed:
         params += [f"lat{i}" for i in range(n)] + ["pc"]
     params.append("on_error")
+    inferred = inferred_stage(shape, emits=emits)
     counters = [
         f"d{i}"
         for i, (kind, _, drain) in enumerate(shape)
-        if kind in (OpKind.MAP, OpKind.FILTER) or (kind is OpKind.FLATMAP and not drain)
+        if i != inferred
+        and (kind in (OpKind.MAP, OpKind.FILTER) or (kind is OpKind.FLATMAP and not drain))
     ]
     counters += [f"n{i}" for i, (kind, _, _) in enumerate(shape) if kind is OpKind.FLATMAP]
+    count_tail = inferred is not None and shape[-1][0] is OpKind.SINK
+    if count_tail:
+        counters.append("reached")
+
+    def drop(stage: int) -> None:
+        if stage != inferred:
+            w.line(ind + 1, f"d{stage} += 1")
+        w.line(ind + 1, "continue")
 
     w = _Writer()
     w.line(0, f"def make({', '.join(params)}):")
@@ -130,16 +159,15 @@ def generate_source(
         if keyed:
             w.line(ind, f"st{i}.current_key = k", i)
         if timed:
-            w.line(ind, "t = pc()", i)
-        stop_clock = f"lat{i}(pc() - t)"
+            w.line(ind, "clock = pc()", i)
+        stop_clock = f"lat{i}(pc() - clock)"
         match kind:
             case OpKind.MAP:
                 w.line(ind, f"{var} = {call}", i)
                 if timed:
                     w.line(ind, stop_clock, i)
                 w.line(ind, f"if {var} is None:")
-                w.line(ind + 1, f"d{i} += 1")
-                w.line(ind + 1, "continue")
+                drop(i)
             case OpKind.FILTER:
                 if timed:
                     w.line(ind, f"ok = {call}", i)
@@ -147,14 +175,15 @@ def generate_source(
                     w.line(ind, "if not ok:")
                 else:
                     w.line(ind, f"if not {call}:", i)
-                w.line(ind + 1, f"d{i} += 1")
-                w.line(ind + 1, "continue")
+                drop(i)
             case OpKind.KEYBY:
                 w.line(ind, f"k = {call}", i)
                 if timed:
                     w.line(ind, stop_clock, i)
                 keyed_tail = i == n - 1
             case OpKind.SINK:
+                if count_tail:
+                    w.line(ind, "reached += 1")
                 w.line(ind, call, i)
                 if timed:
                     w.line(ind, stop_clock, i)
@@ -224,6 +253,14 @@ class FusedBody:
         self._failed = [0] * len(self.stages)  # errors per stage in the current batch
         self._any_failed = False
         index = {name: i for i, name in enumerate(counters)}
+        self._inferred = inferred_stage(shape, emits=emits)
+        self._tail_counter = index.get("reached", -1)
+        # key functions after the inferred stage: their failures also left that stage
+        self._keyby_after = [
+            i
+            for i, s in enumerate(self.stages)
+            if self._inferred is not None and i > self._inferred and s.kind is OpKind.KEYBY
+        ]
         # How each stage's output count follows from its input count and the counters.
         self._accounting: list[tuple[OperatorStats, OpKind, int]] = [
             (s.stats, s.kind, index.get(f"n{i}" if s.kind is OpKind.FLATMAP else f"d{i}", -1))
@@ -269,12 +306,16 @@ class FusedBody:
             counts = self._fast(batch, out.append)
         failed = self._failed
         flowing = len(batch)
+        inferred = self._inferred
         for i, (stats, kind, counter) in enumerate(self._accounting):
             stats.records_in += flowing
             if kind is OpKind.FLATMAP:
                 flowing = counts[counter]
             elif kind is OpKind.SINK:
                 flowing = 0
+            elif i == inferred:
+                reached = counts[self._tail_counter] if self._tail_counter >= 0 else len(out)
+                flowing = reached + sum(failed[j] for j in self._keyby_after)
             else:
                 if counter >= 0:
                     flowing -= counts[counter]
