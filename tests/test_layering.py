@@ -33,9 +33,10 @@ def offenders(package: str, forbidden: tuple[str, ...]) -> dict[str, set[str]]:
 
 
 def test_graph_is_plain_data() -> None:
-    assert offenders(
-        "kernel/graph", ("threading", "ray", "sage.kernel.runtime", "sage.kernel.api")
-    ) == {}
+    assert (
+        offenders("kernel/graph", ("threading", "ray", "sage.kernel.runtime", "sage.kernel.api"))
+        == {}
+    )
 
 
 def test_api_imports_no_threads_no_ray_and_no_runtime_at_import_time() -> None:
