@@ -3,39 +3,11 @@
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from typing import Any
 
-from sage.common.core.functions.sink_function import SinkFunction
-from sage.common.core.functions.source_function import SourceFunction, StopSignal
+from helpers import Collector, QueueSource
 from sage.kernel.api.local_environment import LocalEnvironment
-
-
-class QueueSource(SourceFunction):
-    def __init__(self, feed: queue.Queue[Any], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.feed = feed
-
-    def execute(self) -> Any:
-        item = self.feed.get()
-        return StopSignal if item is None else item
-
-
-class Batches(SinkFunction):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.batches: list[tuple[list[Any], float]] = []
-        self.arrived = threading.Condition()
-
-    def execute(self, batch: list[Any]) -> None:
-        with self.arrived:
-            self.batches.append((batch, time.monotonic()))
-            self.arrived.notify_all()
-
-    def wait_for(self, n: int, timeout: float) -> bool:
-        with self.arrived:
-            return self.arrived.wait_for(lambda: len(self.batches) >= n, timeout)
 
 
 def test_flushes_full_batches_and_the_rest_at_end_of_stream() -> None:
@@ -49,7 +21,7 @@ def test_flushes_full_batches_and_the_rest_at_end_of_stream() -> None:
 def test_flushes_a_partial_batch_after_the_timeout_without_new_input() -> None:
     env = LocalEnvironment("batch_time")
     feed: queue.Queue[Any] = queue.Queue()
-    sink = Batches()
+    sink = Collector()
     env.from_source(QueueSource, feed).batch(100, timeout_s=0.2).sink(sink)
     job = env.submit(autostop=False)
     try:
@@ -58,7 +30,7 @@ def test_flushes_a_partial_batch_after_the_timeout_without_new_input() -> None:
             feed.put(i)
         # no more input arrives; the partial batch must come out on its own
         assert sink.wait_for(1, timeout=10)
-        batch, at = sink.batches[0]
+        batch, at = sink.records[0], sink.arrivals[0]
         assert batch == [0, 1, 2]
         assert at - sent >= 0.2  # held for the timeout, not flushed early
         feed.put(3)
@@ -67,7 +39,7 @@ def test_flushes_a_partial_batch_after_the_timeout_without_new_input() -> None:
     finally:
         feed.put(None)
         job.close()
-    assert [b for b, _ in sink.batches] == [[0, 1, 2], [3]]
+    assert sink.records == [[0, 1, 2], [3]]
 
 
 def test_batch_with_parallelism_keeps_every_record() -> None:

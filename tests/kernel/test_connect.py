@@ -3,54 +3,25 @@
 from __future__ import annotations
 
 import queue
-import threading
 from collections import Counter
 from typing import Any
 
+from helpers import Collector, QueueSource
 from sage.common.core.functions.comap_function import CoMapFunction
 from sage.common.core.functions.join_function import JoinFunction
-from sage.common.core.functions.sink_function import SinkFunction
-from sage.common.core.functions.source_function import SourceFunction, StopSignal
 from sage.kernel.api.local_environment import LocalEnvironment
-
-
-class QueueSource(SourceFunction):
-    """Blocks on a queue fed by the test; ``None`` in the queue ends the stream."""
-
-    def __init__(self, feed: queue.Queue[Any], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.feed = feed
-
-    def execute(self) -> Any:
-        item = self.feed.get()
-        return StopSignal("feed closed") if item is None else item
-
-
-class NotifyingSink(SinkFunction):
-    """Collects records and wakes the test when a given number has arrived."""
-
-    def __init__(self, expected_first: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.records: list[Any] = []
-        self.expected_first = expected_first
-        self.first_arrived = threading.Event()
-
-    def execute(self, data: Any) -> None:
-        self.records.append(data)
-        if len(self.records) >= self.expected_first:
-            self.first_arrived.set()
 
 
 def test_fast_source_that_ends_at_once_and_slow_source_lose_nothing() -> None:
     env = LocalEnvironment("fast_and_slow")
     feed: queue.Queue[Any] = queue.Queue()
-    sink = NotifyingSink(expected_first=2)
+    sink = Collector()
     fast = env.from_collection(["a1", "a2"])
     slow = env.from_source(QueueSource, feed)
     fast.connect(slow).map(str.upper).sink(sink)
     job = env.submit(autostop=False)
     # `fast` has ended and its records reached the sink before `slow` produced anything
-    assert sink.first_arrived.wait(10)
+    assert sink.wait_for(2)
     assert sorted(sink.records) == ["A1", "A2"]
     for i in range(10):
         feed.put(f"b{i}")  # arriving one by one, long after the other input ended

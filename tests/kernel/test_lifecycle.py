@@ -3,40 +3,24 @@
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from itertools import count
 from typing import Any
 
 import pytest
 
-from sage.common.core.functions.sink_function import SinkFunction
+from helpers import Collector, QueueSource
 from sage.common.core.functions.source_function import SourceFunction, StopSignal
 from sage.common.errors import JobError
 from sage.kernel.api.local_environment import LocalEnvironment
 
 
-class Gate(SinkFunction):
-    """Lets the test wait until a number of records has arrived."""
-
-    def __init__(self, wanted: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.n = 0
-        self.wanted = wanted
-        self.reached = threading.Event()
-
-    def execute(self, data: Any) -> None:
-        self.n += 1
-        if self.n >= self.wanted:
-            self.reached.set()
-
-
 def test_autostop_false_runs_in_background_and_stop_drains_in_flight_records() -> None:
     env = LocalEnvironment("endless")
-    gate = Gate(wanted=50_000)
+    gate = Collector()
     env.from_collection(count()).map(lambda x: x + 1, parallelism=2).sink(gate)
     job = env.submit(autostop=False)
-    assert gate.reached.wait(20)
+    assert gate.wait_for(50_000, timeout=20)
     running = env.metrics()
     assert running.status == "running"
     assert running.operators[1].records_in >= 50_000  # the map, read while it runs
@@ -46,31 +30,23 @@ def test_autostop_false_runs_in_background_and_stop_drains_in_flight_records() -
     source, mapped, sink = done.operators
     # every record the source emitted went through the map and reached the sink
     assert source.records_out == mapped.records_in == mapped.records_out == sink.records_in
-    assert gate.n == sink.records_in
+    assert len(gate.records) == sink.records_in
     assert job.status.value == "finished"
 
 
 def test_metrics_increase_while_the_job_runs() -> None:
     feed: queue.Queue[Any] = queue.Queue()
-
-    class Fed(SourceFunction):
-        def execute(self) -> Any:
-            item = feed.get()
-            return StopSignal if item is None else item
-
-    gate = Gate(wanted=1)
+    gate = Collector()
     env = LocalEnvironment("live_metrics")
-    env.from_source(Fed).map(str).sink(gate)
+    env.from_source(QueueSource, feed).map(str).sink(gate)
     env.submit(autostop=False)
     try:
         feed.put(1)
-        assert gate.reached.wait(10)
+        assert gate.wait_for(1)
         before = env.metrics().operator("str").records_in
-        gate.reached.clear()
-        gate.wanted = 3
         feed.put(2)
         feed.put(3)
-        assert gate.reached.wait(10)
+        assert gate.wait_for(3)
         after = env.metrics().operator("str").records_in
         assert before == 1 and after == 3
         assert env.metrics().status == "running"
@@ -81,10 +57,10 @@ def test_metrics_increase_while_the_job_runs() -> None:
 
 def test_close_cancels_a_running_job_and_wait_reports_it() -> None:
     env = LocalEnvironment("closing")
-    gate = Gate(wanted=1000)
+    gate = Collector()
     env.from_collection(count()).sink(gate)
     job = env.submit(autostop=False)
-    assert gate.reached.wait(10)
+    assert gate.wait_for(1000)
     env.close()
     assert job.status.value == "cancelled"
     with pytest.raises(JobError, match="cancelled"):
@@ -93,7 +69,7 @@ def test_close_cancels_a_running_job_and_wait_reports_it() -> None:
 
 def test_submit_while_running_is_refused() -> None:
     env = LocalEnvironment("twice")
-    gate = Gate(wanted=10)
+    gate = Collector()
     env.from_collection(count()).sink(gate)
     env.submit(autostop=False)
     try:
@@ -142,21 +118,15 @@ def test_a_million_records_flow_without_any_sleep(monkeypatch: pytest.MonkeyPatc
 
 def test_blocked_source_still_delivers_the_records_it_already_produced() -> None:
     feed: queue.Queue[Any] = queue.Queue()
-
-    class Fed(SourceFunction):
-        def execute(self) -> Any:
-            item = feed.get()
-            return StopSignal if item is None else item
-
-    gate = Gate(wanted=3)
+    gate = Collector()
     env = LocalEnvironment("blocked_source")
-    env.from_source(Fed).map(lambda x: x * 10).sink(gate)  # all fused with the source
+    env.from_source(QueueSource, feed).map(lambda x: x * 10).sink(gate)  # fused with the source
     env.submit(autostop=False)
     try:
         for i in range(3):
             feed.put(i)
         # the source now blocks in feed.get(); its 3 records must not wait for a 4th
-        assert gate.reached.wait(10)
+        assert gate.wait_for(3)
     finally:
         feed.put(None)
         env.wait(10)
@@ -185,3 +155,32 @@ def test_cpu_affinity_outside_the_allowed_cpus_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="this process may use CPUs"):
         LocalEnvironment("pinned", config={"cpu_affinity": [10_000]})
+
+
+def test_a_slow_operator_emits_each_result_before_finishing_its_input_batch() -> None:
+    """Results of a slow map stream out; they are not held until its whole batch is done.
+
+    Record i+1 may only be processed after record i reached the sink: if the task held its
+    outputs until the end of the 20-record batch, this would never finish.
+    """
+    import threading as th
+
+    reached = [th.Event() for _ in range(20)]
+    collector = Collector()
+
+    def slow(i: int) -> int:
+        if i > 0:
+            assert reached[i - 1].wait(10), f"record {i - 1} was held back"
+        return i
+
+    def arrive(i: int) -> None:
+        collector.execute(i)
+        reached[i].set()
+
+    # a delay budget below any real per-record cost: every result must leave on its own
+    env = LocalEnvironment("streaming_out", config={"max_batch_delay_s": 1e-7})
+    env.from_collection(range(20)).map(slow, parallelism=1, name="slow").rebalance().sink(
+        arrive, parallelism=1
+    )
+    env.submit()
+    assert collector.records == list(range(20))

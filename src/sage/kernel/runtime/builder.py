@@ -169,4 +169,5 @@ def build_task(
         control=control,
         stats=task_stats,
         sample_interval_s=config.metrics_sample_interval_s,
+        max_delay_s=config.max_batch_delay_s,
     )

@@ -290,7 +290,7 @@ class FusedBody:
         self._any_failed = True
         self.stages[stage].errors.handle(exc, record)
 
-    def process(self, batch: list[Any], *, timed: bool = False) -> list[Any]:
+    def process(self, batch: Sequence[Any], *, timed: bool = False) -> list[Any]:
         """Run ``batch`` through the fused operators; return what leaves the last one."""
         out: list[Any] = []
         if timed:

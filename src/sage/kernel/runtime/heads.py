@@ -39,7 +39,7 @@ __all__ = [
 class Head:
     """Reads a task's input; the default passes batches through unchanged."""
 
-    def process(self, input_index: int, records: list[Any]) -> list[Any]:
+    def process(self, input_index: int, records: Sequence[Any]) -> Sequence[Any]:
         """Records for the body, given a batch that arrived on input ``input_index``."""
         return records
 
@@ -56,7 +56,7 @@ class Head:
         return []
 
 
-def _unwrap(records: list[Any]) -> list[Any]:
+def _unwrap(records: Sequence[Any]) -> list[Any]:
     return [value for _, value in records]
 
 
@@ -66,7 +66,7 @@ class PassThroughHead(Head):
     def __init__(self, unwrap: Sequence[bool]) -> None:
         self._unwrap = tuple(unwrap)
 
-    def process(self, input_index: int, records: list[Any]) -> list[Any]:
+    def process(self, input_index: int, records: Sequence[Any]) -> Sequence[Any]:
         return _unwrap(records) if self._unwrap[input_index] else records
 
 
@@ -87,7 +87,7 @@ class BatchHead(Head):
         self._buffer: list[Any] = []
         self._deadline: float | None = None
 
-    def process(self, input_index: int, records: list[Any]) -> list[Any]:
+    def process(self, input_index: int, records: Sequence[Any]) -> Sequence[Any]:
         if self._unwrap[input_index]:
             records = _unwrap(records)
         self.stats.records_in += len(records)
@@ -141,7 +141,7 @@ class CoMapHead(Head):
         self._keyed = tuple(keyed_inputs)
         self._state = state
 
-    def process(self, input_index: int, records: list[Any]) -> list[Any]:
+    def process(self, input_index: int, records: Sequence[Any]) -> Sequence[Any]:
         call = self.calls[input_index]
         keyed = self._keyed[input_index]
         state = self._state
@@ -179,7 +179,7 @@ class JoinHead(Head):
         self.errors = errors
         self._state = state
 
-    def process(self, input_index: int, records: list[Any]) -> list[Any]:
+    def process(self, input_index: int, records: Sequence[Any]) -> Sequence[Any]:
         call, state = self.call, self._state
         out: list[Any] = []
         start = perf_counter()
@@ -208,7 +208,7 @@ class SourceHead(Head):
     def __init__(self, stats: OperatorStats) -> None:
         self.stats = stats
 
-    def next_batch(self) -> tuple[list[Any], bool]:
+    def next_batch(self) -> tuple[Sequence[Any], bool]:
         """The next records and whether the source is exhausted.
 
         Raises:
@@ -228,12 +228,16 @@ class SourceHead(Head):
             stats.latency.add((perf_counter() - start) / len(records))
         return records, exhausted
 
-    def _read(self) -> tuple[list[Any], bool]:
+    def _read(self) -> tuple[Sequence[Any], bool]:
         raise NotImplementedError
 
 
 class CollectionSource(SourceHead):
-    """A sized collection; parallel instance *i* of *p* reads items ``i, i+p, i+2p, ...``."""
+    """A sized collection; parallel instance *i* of *p* reads items ``i, i+p, i+2p, ...``.
+
+    Lists, tuples and ranges are handed out as slices (a ``range`` slice is itself a lazy
+    ``range``): no per-record work happens until the chain iterates the batch.
+    """
 
     def __init__(
         self,
@@ -244,17 +248,25 @@ class CollectionSource(SourceHead):
         stats: OperatorStats,
     ) -> None:
         super().__init__(stats)
-        if parallelism == 1:
+        self._batch_size = batch_size
+        self._seq: Sequence[Any] | None = None
+        self._pos = 0
+        if type(data) in (list, tuple, range):
+            seq: Sequence[Any] = data  # type: ignore[assignment]
+            self._seq = seq if parallelism == 1 else seq[index::parallelism]
+        elif parallelism == 1:
             self._it: Iterator[Any] = iter(data)
-        elif isinstance(data, Sequence):
-            self._it = iter(data[index::parallelism])
         else:
             self._it = islice(iter(data), index, None, parallelism)
-        self._batch_size = batch_size
 
-    def _read(self) -> tuple[list[Any], bool]:
-        records = list(islice(self._it, self._batch_size))
-        return records, len(records) < self._batch_size
+    def _read(self) -> tuple[Sequence[Any], bool]:
+        size = self._batch_size
+        if self._seq is not None:
+            start = self._pos
+            self._pos = start + size
+            return self._seq[start : start + size], self._pos >= len(self._seq)
+        records = list(islice(self._it, size))
+        return records, len(records) < size
 
 
 class BlockingSourceHead(SourceHead):

@@ -31,7 +31,7 @@ class Router:
         self.channels = list(channels)
         self.input_index = input_index
 
-    def send(self, records: list[Any]) -> None:
+    def send(self, records: Sequence[Any]) -> None:
         """Deliver ``records`` (non-empty)."""
         raise NotImplementedError
 
@@ -45,14 +45,14 @@ class Router:
 class ForwardRouter(Router):
     """Instance *i* feeds instance *i* (the router holds that single channel)."""
 
-    def send(self, records: list[Any]) -> None:
+    def send(self, records: Sequence[Any]) -> None:
         self.channels[0].put((self.input_index, records))
 
 
 class BroadcastRouter(Router):
     """Every record to every target."""
 
-    def send(self, records: list[Any]) -> None:
+    def send(self, records: Sequence[Any]) -> None:
         item = (self.input_index, records)
         for channel in self.channels:
             channel.put(item)
@@ -65,7 +65,7 @@ class RoundRobinRouter(Router):
         super().__init__(channels, input_index)
         self._next = start % len(self.channels)
 
-    def send(self, records: list[Any]) -> None:
+    def send(self, records: Sequence[Any]) -> None:
         channels, n, p = self.channels, len(records), len(self.channels)
         if p == 1:
             channels[0].put((self.input_index, records))
@@ -85,7 +85,7 @@ class HashRouter(Router):
         super().__init__(channels, input_index)
         self._keyby = keyby  # (operator name, instance, parallelism) for error messages
 
-    def send(self, records: list[Any]) -> None:
+    def send(self, records: Sequence[Any]) -> None:
         channels, p = self.channels, len(self.channels)
         if p == 1:
             channels[0].put((self.input_index, records))

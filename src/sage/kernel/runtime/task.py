@@ -2,9 +2,13 @@
 
 A task runs one chain instance: it opens its functions, then either pulls batches from its
 source head or reads its inbox, passes each batch through the head and the fused body, and
-hands the output to its routers. It ends when its source is exhausted (or the job is asked
-to stop) or when it has counted an end-of-stream marker from every upstream task; then it
-flushes its head, tells its downstream tasks it has ended, and closes its functions.
+hands the output to its routers. A batch is cut into chunks small enough that, at the
+per-record cost measured so far, outputs leave within ``max_delay_s``: cheap operators keep
+whole batches, a slow one (a model call) hands on each result as soon as it has it.
+
+A task ends when its source is exhausted (or the job is asked to stop) or when it has counted
+an end-of-stream marker from every upstream task; then it flushes its head, tells its
+downstream tasks it has ended, and closes its functions.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class TaskLoop:
         control: JobControl,
         stats: TaskStats,
         sample_interval_s: float,
+        max_delay_s: float,
     ) -> None:
         self.task_id = task_id
         self.head = head
@@ -107,6 +112,10 @@ class TaskLoop:
         self.stats = stats
         self._sample_interval = sample_interval_s
         self._next_sample = 0.0
+        self._max_delay = max_delay_s
+        self._per_record = 0.0  # smoothed seconds per record through head and body
+        self._chunk = 1  # learn the cost on one record before committing to a whole batch
+        self._processed_at_s = 0.0  # head + body time of the last delivery
 
     def run(self) -> None:
         """Open, process until the end of input, flush, signal end of stream, close."""
@@ -183,7 +192,7 @@ class TaskLoop:
                 return
             records, exhausted = head.next_batch()
             if records:
-                self._deliver(records, len(records))
+                self._ingest(None, records)
             if exhausted:
                 return
 
@@ -202,8 +211,7 @@ class TaskLoop:
                 self._deliver(head.on_timer(perf_counter()), 0)
             elif type(item) is tuple:
                 input_index, records = item
-                start = perf_counter()
-                self._deliver(head.process(input_index, records), len(records), start)
+                self._ingest(input_index, records)
             elif isinstance(item, EndOfStream):
                 ended += 1
             else:  # pragma: no cover - only the runtime puts items in inboxes
@@ -211,18 +219,44 @@ class TaskLoop:
             if control.cancelled:
                 raise Cancelled
 
-    def _deliver(self, records: list[Any], n_in: int, start: float | None = None) -> None:
+    def _ingest(self, input_index: int | None, records: Sequence[Any]) -> None:
+        """Process input records (``input_index`` None: a source's own) chunk by chunk."""
+        n = len(records)
+        if n <= self._chunk:
+            self._step(input_index, records)
+            return
+        done = 0
+        while done < n:
+            part = records[done : done + self._chunk]
+            done += len(part)
+            self._step(input_index, part)
+
+    def _step(self, input_index: int | None, records: Sequence[Any]) -> None:
+        start = perf_counter()
+        head_out = records if input_index is None else self.head.process(input_index, records)
+        self._deliver(head_out, len(records), start)
+        # The cost estimate covers head and body only: waiting on a full downstream
+        # channel (backpressure) must not make chunks smaller.
+        per_record = self._processed_at_s / len(records) if records else 0.0
+        self._per_record = (
+            per_record if not self._per_record else (0.7 * self._per_record + 0.3 * per_record)
+        )
+        self._chunk = max(1, int(self._max_delay / max(self._per_record, 1e-9)))
+
+    def _deliver(self, records: Sequence[Any], n_in: int, start: float | None = None) -> None:
         """Run ``records`` through the body and routers; account ``n_in`` input records."""
+        self._processed_at_s = 0.0
         if not records and not n_in:
             return
         if start is None:
             start = perf_counter()
-        out = records
+        out: Sequence[Any] = records
         if records and self.body is not None:
             timed = start >= self._next_sample
             out = self.body.process(records, timed=timed)
             if timed:
                 self._next_sample = perf_counter() + self._sample_interval
+        self._processed_at_s = perf_counter() - start
         if out:
             for router in self.routers:
                 router.send(out)
