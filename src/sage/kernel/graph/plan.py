@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sage.kernel.graph.logical import LogicalNode, OpKind
+from sage.kernel.graph.logical import LogicalNode
 from sage.kernel.graph.partition import Partitioning
 
 __all__ = ["Chain", "PhysicalEdge", "PhysicalPlan", "PhysicalTask"]
@@ -167,7 +167,3 @@ class PhysicalPlan:
             ],
             "tasks": [t.id for t in self.tasks],
         }
-
-    def sources(self) -> tuple[LogicalNode, ...]:
-        """The source operators."""
-        return tuple(n for n in self.nodes if n.kind is OpKind.SOURCE)

@@ -10,7 +10,6 @@ so percentiles are real per-record times while the hot path stays untimed.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -287,8 +286,3 @@ def snapshot(
         instances=instances,
         dead_letters=dead_letters,
     )
-
-
-def now() -> float:
-    """Monotonic seconds (one clock for all metrics)."""
-    return time.perf_counter()

@@ -343,7 +343,3 @@ class LocalJob:
             [loop.stats for loop in self._loops],
             len(self._dead_letters),
         )
-
-    def thread_names(self) -> list[str]:
-        """Names of the job's threads (``sage-<job>-chain<c>#<i>``)."""
-        return [t.name for t in self._threads]
