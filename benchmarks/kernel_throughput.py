@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -53,28 +54,34 @@ def keep(x: int) -> bool:
     return x % 3 == 0
 
 
-def plain_loop() -> int:
+def plain_loop(n: int = N) -> int:
     out: list[int] = []
     append = out.append
     f1, f2, f3, f4, f5 = MAPS
-    for x in range(N):
+    for x in range(n):
         x = f5(f4(f3(f2(f1(x)))))
         if keep(x):
             append(x)
-    return N
+    return n
+
+
+def run_sage(n: int, parallelism: int, config: dict[str, Any]) -> list[int]:
+    """The same dataflow on SAGE; returns what reached the sink."""
+    out: list[int] = []
+    env = LocalEnvironment("bench", config=config)
+    stream = env.from_collection(range(n))
+    for f in MAPS:
+        stream = stream.map(f, parallelism=parallelism)
+    stream.filter(keep, parallelism=parallelism).sink(out.append, parallelism=parallelism)
+    env.submit()
+    return out
 
 
 def sage_pipeline(
     parallelism: int, chaining: bool, cpus: list[int] | None = None
 ) -> Callable[[], int]:
     def run() -> int:
-        out: list[int] = []
-        env = LocalEnvironment("bench", config={"chaining": chaining, "cpu_affinity": cpus})
-        stream = env.from_collection(range(N))
-        for f in MAPS:
-            stream = stream.map(f, parallelism=parallelism)
-        stream.filter(keep, parallelism=parallelism).sink(out.append, parallelism=parallelism)
-        env.submit()
+        out = run_sage(N, parallelism, {"chaining": chaining, "cpu_affinity": cpus})
         assert len(out) == expected(), len(out)
         return N
 
@@ -134,22 +141,9 @@ def instructions_per_record(case: str, n: int = 100_000) -> float | None:
 def _callgrind_case(case: str, n: int) -> None:
     """What one callgrind run executes."""
     if case == "plain":
-        out: list[int] = []
-        append = out.append
-        f1, f2, f3, f4, f5 = MAPS
-        for x in range(n):
-            x = f5(f4(f3(f2(f1(x)))))
-            if keep(x):
-                append(x)
+        plain_loop(n)
     elif case == "sage":
-        env = LocalEnvironment(
-            "bench", config={"metrics_sample_interval_s": 1e9, "max_batch_delay_s": 1e9}
-        )
-        stream = env.from_collection(range(n))
-        for f in MAPS:
-            stream = stream.map(f)
-        stream.filter(keep).sink([].append)
-        env.submit()
+        run_sage(n, 1, {"metrics_sample_interval_s": 1e9, "max_batch_delay_s": 1e9})
 
 
 def slow_map_seconds(records: int = 800, parallelism: int = 16) -> float:
