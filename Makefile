@@ -26,15 +26,15 @@ $(VENV)/.stamp-core: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-core
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,services]'
 	@touch $@
 
 $(VENV)/.stamp-quality: pyproject.toml $(VENV)/.stamp-core
-	$(PIP) install -e '.[quality,test]'
+	$(PIP) install -e '.[quality,test,services]'
 	@touch $@
 
 $(VENV)/.stamp-bench: pyproject.toml $(VENV)/.stamp-core
-	$(PIP) install -e '.[bench]'
+	$(PIP) install -e '.[bench,services]'
 	@touch $@
 
 demo: $(VENV)/.stamp-core

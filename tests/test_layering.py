@@ -49,3 +49,8 @@ def test_runtime_does_not_reach_back_into_the_api() -> None:
 
 def test_function_base_classes_do_not_depend_on_the_kernel() -> None:
     assert offenders("common", ("sage.kernel",)) == {}
+
+
+def test_the_kernel_does_not_depend_on_middleware() -> None:
+    assert offenders("kernel", ("sage.middleware",)) == {}
+    assert offenders("common", ("sage.middleware",)) == {}

@@ -14,6 +14,9 @@ from sage.common.errors import (
     OperatorError,
     PlanError,
     SageError,
+    ServiceError,
+    ServiceTimeoutError,
+    UnknownServiceError,
 )
 
 __version__ = "0.1.0"
@@ -25,5 +28,8 @@ __all__ = [
     "OperatorError",
     "PlanError",
     "SageError",
+    "ServiceError",
+    "ServiceTimeoutError",
+    "UnknownServiceError",
     "__version__",
 ]

@@ -6,9 +6,12 @@ layer, so callers can catch as broadly or narrowly as they need::
     SageError
     ├── ConfigError          a configuration value or argument is invalid
     ├── PlanError            the pipeline cannot be built or compiled
-    └── JobError             a job failed while running
-        ├── OperatorError    user code raised inside an operator (names operator, instance, record)
-        └── JobCancelledError the job was cancelled before it finished
+    ├── JobError             a job failed while running
+    │   ├── OperatorError    user code raised inside an operator (names operator, instance, record)
+    │   └── JobCancelledError the job was cancelled before it finished
+    └── ServiceError         a service could not be created, called or cleaned up
+        ├── UnknownServiceError  no service or method of that name (lists what exists)
+        └── ServiceTimeoutError  a call did not finish in time and no fallback took it
 
 Messages say what happened, why, and what to do next.
 """
@@ -24,6 +27,9 @@ __all__ = [
     "OperatorError",
     "PlanError",
     "SageError",
+    "ServiceError",
+    "ServiceTimeoutError",
+    "UnknownServiceError",
 ]
 
 
@@ -106,3 +112,15 @@ class OperatorError(JobError):
             type(self),
             (self.operator, self.instance, self.parallelism, self.record, self.cause, self.phase),
         )
+
+
+class ServiceError(SageError, RuntimeError):
+    """A service could not be created, called or cleaned up."""
+
+
+class UnknownServiceError(ServiceError, LookupError):
+    """No service, or no method, of the given name; the message lists what exists."""
+
+
+class ServiceTimeoutError(ServiceError, TimeoutError):
+    """A service call did not finish within its timeout and no fallback took it."""

@@ -3,10 +3,48 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["RuntimeContext"]
+__all__ = ["AsyncServiceCaller", "RuntimeContext", "ServiceCaller", "ServiceMethods"]
+
+
+class ServiceMethods(Protocol):
+    """One service as seen from a function: ``methods.search(...)`` calls its ``search``."""
+
+    def __getattr__(self, method: str) -> Callable[..., Any]: ...
+
+
+class ServiceCaller(Protocol):
+    """``self.call_service``: ``["name"].method(...)`` or ``("name", *args, method=...)``."""
+
+    def __getitem__(self, name: str) -> ServiceMethods: ...
+
+    def __call__(
+        self,
+        name: str,
+        *args: Any,
+        method: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any: ...
+
+
+class AsyncServiceCaller(Protocol):
+    """``self.call_service_async``: like :class:`ServiceCaller`, but calls return futures."""
+
+    def __getitem__(self, name: str) -> ServiceMethods: ...
+
+    def __call__(
+        self,
+        name: str,
+        *args: Any,
+        method: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Future[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -20,6 +58,7 @@ class RuntimeContext:
         parallelism: Number of parallel instances of the operator.
         task_id: Identifier of the physical task hosting the instance (``"chain2#0"``).
         config: The environment's configuration mapping (read-only by convention).
+        services: The job's service callers (sync, async), or ``None`` outside a job.
     """
 
     job_name: str
@@ -28,6 +67,7 @@ class RuntimeContext:
     parallelism: int
     task_id: str
     config: dict[str, Any] = field(default_factory=dict, repr=False)
+    services: tuple[ServiceCaller, AsyncServiceCaller] | None = field(default=None, repr=False)
 
     @property
     def index(self) -> int:

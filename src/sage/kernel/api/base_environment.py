@@ -18,6 +18,7 @@ from sage.kernel.graph.compiler import compile_plan
 from sage.kernel.graph.function_spec import FunctionSpec, describe_callable
 from sage.kernel.graph.logical import LogicalGraph, OpKind, SourceKind, validate_parallelism
 from sage.kernel.graph.plan import PhysicalPlan
+from sage.kernel.services.spec import ServiceSpec
 
 if TYPE_CHECKING:
     from sage.kernel.runtime.error_policy import DeadLetter
@@ -67,6 +68,7 @@ class BaseEnvironment:
         self.job_config = JobConfig.from_mapping(config)
         self.config: dict[str, Any] = dict(config or {})
         self.graph = LogicalGraph()
+        self.services: list[ServiceSpec] = []
         self._job: Job | None = None
 
     def __repr__(self) -> str:
@@ -159,6 +161,66 @@ class BaseEnvironment:
                 "use from_source(...) for a source function"
             )
         return self._data_source(data, parallelism, name)
+
+    # -- services -------------------------------------------------------------------------
+
+    def register_service(
+        self,
+        name: str,
+        factory_or_class: Any,
+        *args: Any,
+        replicas: int = 1,
+        concurrency: int | None = None,
+        fallback: Any = None,
+        timeout: float | None = None,
+        max_waiting: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Make a long-lived service callable from every function of this environment's jobs.
+
+        Each job builds its own instances before its first record (calling ``setup()``)
+        and cleans them up after its last (``cleanup()``). Functions call it with
+        ``self.call_service["name"].method(...)``, ``self.call_service_async[...]`` or
+        ``self.call_service("name", *args, method="m", timeout=s)``.
+
+        Args:
+            name: The name functions call the service by.
+            factory_or_class: A zero-argument factory (``lambda: MemoryService()``) or a
+                class, constructed with ``*args, **kwargs``.
+            replicas: Instances sharing the calls (each with its own state).
+            concurrency: Calls one instance serves at once (default: the service's
+                ``max_concurrency``, else 1).
+            fallback: Another registered service's name, or a class / factory, that takes
+                the calls this one raises on, times out on, or is saturated for.
+            timeout: Seconds a call may take before it goes to the fallback (or fails with
+                ``ServiceTimeoutError``).
+            max_waiting: Callers allowed to wait for a busy service before new calls go to
+                the fallback.
+
+        Note:
+            These option names are reserved: pass constructor arguments of the same names
+            through a factory (``lambda: MyService(timeout=5)``).
+
+        Raises:
+            ConfigError: an argument is invalid or the name is already registered.
+        """
+        from sage.common.errors import ConfigError
+
+        if any(spec.name == name for spec in self.services):
+            raise ConfigError(f"a service named {name!r} is already registered; pick another name")
+        self.services.append(
+            ServiceSpec.of(
+                name,
+                factory_or_class,
+                args,
+                kwargs,
+                replicas=replicas,
+                concurrency=concurrency,
+                fallback=fallback,
+                timeout=timeout,
+                max_waiting=max_waiting,
+            )
+        )
 
     # -- compiling ------------------------------------------------------------------------
 

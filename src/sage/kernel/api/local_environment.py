@@ -39,7 +39,7 @@ class LocalEnvironment(BaseEnvironment):
     def _create_job(self, plan: PhysicalPlan) -> LocalJob:
         from sage.kernel.runtime.local.executor import LocalJob  # the runtime loads on submit
 
-        return LocalJob(plan, self.job_config)
+        return LocalJob(plan, self.job_config, self.services)
 
     def submit(self, autostop: bool = True) -> LocalJob:
         return cast("LocalJob", super().submit(autostop))

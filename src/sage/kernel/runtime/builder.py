@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sage.common.core.context import RuntimeContext
+from sage.common.core.context import AsyncServiceCaller, RuntimeContext, ServiceCaller
 from sage.common.core.functions.flatmap_function import FlatMapFunction
 from sage.common.core.state import KeyedStateBackend
 from sage.kernel.config import JobConfig
@@ -66,6 +66,7 @@ def build_task(
     dead_letters: DeadLetterQueue,
     inbox: InputChannel | None,
     channels_of: Callable[[int], Sequence[Channel]],
+    services: tuple[ServiceCaller, AsyncServiceCaller] | None = None,
 ) -> TaskLoop:
     """Build the loop of ``task``.
 
@@ -77,6 +78,7 @@ def build_task(
         dead_letters: Where dead-lettered records go.
         inbox: The task's input channel (``None`` for source tasks).
         channels_of: Channels of a chain's tasks, by instance index.
+        services: The job's service callers (sync, async), given to every function.
 
     Raises:
         PlanError: a function cannot be constructed or copied for this instance.
@@ -97,6 +99,7 @@ def build_task(
             parallelism=node.parallelism,
             task_id=task.id,
             config=dict(config.raw or {}),
+            services=services,
         )
         state = KeyedStateBackend() if node.id in plan.keyed_nodes else None
         operators.append(OperatorInstance(function, context, stats, state))

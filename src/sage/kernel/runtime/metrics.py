@@ -9,10 +9,12 @@ so percentiles are real per-record times while the hot path stays untimed.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from sage.common.stats import LatencyRing, quantiles_ms
+from sage.kernel.services.metrics import ServiceMetrics
 
 __all__ = [
     "JobMetrics",
@@ -21,73 +23,7 @@ __all__ = [
     "OperatorStats",
     "TaskMetrics",
     "TaskStats",
-    "percentile",
 ]
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile (0..1) of ``sorted_values`` by the nearest-rank method (0.0 if empty)."""
-    if not sorted_values:
-        return 0.0
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-class LatencyRing:
-    """The most recent ``size`` latency samples (seconds) in a fixed ring."""
-
-    __slots__ = ("_next", "_samples", "count", "size")
-
-    def __init__(self, size: int = 2048) -> None:
-        self.size = size
-        self._samples: list[float] = []
-        self._next = 0
-        self.count = 0
-
-    def add(self, seconds: float) -> None:
-        """Record one sample."""
-        if len(self._samples) < self.size:
-            self._samples.append(seconds)
-        else:
-            self._samples[self._next] = seconds
-            self._next = (self._next + 1) % self.size
-        self.count += 1
-
-    def extend(self, samples: list[float]) -> None:
-        """Record several samples (slice assignments: no per-sample Python work)."""
-        n, size = len(samples), self.size
-        self.count += n
-        room = size - len(self._samples)
-        if room > 0:
-            self._samples.extend(samples[:room])
-            samples, n = samples[room:], n - min(room, n)
-            if not n:
-                return
-        if n >= size:
-            self._samples[:] = samples[-size:]
-            self._next = 0
-            return
-        start, end = self._next, self._next + n
-        if end <= size:
-            self._samples[start:end] = samples
-        else:
-            first = size - start
-            self._samples[start:] = samples[:first]
-            self._samples[: n - first] = samples[first:]
-        self._next = end % size
-
-    def values(self) -> list[float]:
-        """A copy of the retained samples (safe to call from another thread)."""
-        return list(self._samples)
-
-
-def _quantiles_ms(samples: Iterable[float]) -> tuple[float, float, float]:
-    ordered = sorted(samples)
-    return (
-        percentile(ordered, 0.50) * 1e3,
-        percentile(ordered, 0.95) * 1e3,
-        percentile(ordered, 0.99) * 1e3,
-    )
 
 
 class OperatorStats:
@@ -202,6 +138,15 @@ class JobMetrics:
     tasks: tuple[TaskMetrics, ...]
     instances: tuple[OperatorMetrics, ...] = field(default=(), repr=False)
     dead_letters: int = 0
+    services: tuple[ServiceMetrics, ...] = ()
+
+    def service(self, name: str) -> ServiceMetrics:
+        """Metrics of the service registered as ``name``."""
+        for svc in self.services:
+            if svc.service == name:
+                return svc
+        known = ", ".join(s.service for s in self.services) or "(none)"
+        raise KeyError(f"no service named {name!r}; services: {known}")
 
     def operator(self, name: str) -> OperatorMetrics:
         """Metrics of operator ``name``: full name (``"map 'Parse'"``) or label (``"Parse"``)."""
@@ -217,7 +162,12 @@ class JobMetrics:
 
 
 def snapshot(
-    job: str, status: str, elapsed_s: float, tasks: Sequence[TaskStats], dead_letters: int = 0
+    job: str,
+    status: str,
+    elapsed_s: float,
+    tasks: Sequence[TaskStats],
+    dead_letters: int = 0,
+    services: tuple[ServiceMetrics, ...] = (),
 ) -> JobMetrics:
     """Freeze live task and operator stats into a :class:`JobMetrics`."""
     task_rows = []
@@ -226,7 +176,7 @@ def snapshot(
         for op in t.operators:
             by_op.setdefault(op.node_id, []).append(op)
         queue = t.queue
-        p50, p95, p99 = _quantiles_ms(t.latency.values())
+        p50, p95, p99 = quantiles_ms(t.latency.values())
         task_rows.append(
             TaskMetrics(
                 task_id=t.task_id,
@@ -253,7 +203,7 @@ def snapshot(
         samples: list[float] = []
         for s in stats:
             samples.extend(s.latency.values())
-        p50, p95, p99 = _quantiles_ms(samples)
+        p50, p95, p99 = quantiles_ms(samples)
         records_in = sum(s.records_in for s in stats)
         # a source's work is what it emits; every other operator's is what it takes in
         processed = sum(s.records_out if s.kind == "source" else s.records_in for s in stats)
@@ -285,4 +235,5 @@ def snapshot(
         tasks=tuple(task_rows),
         instances=instances,
         dead_letters=dead_letters,
+        services=services,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sage.common.core.context import RuntimeContext
+from sage.common.core.context import AsyncServiceCaller, RuntimeContext, ServiceCaller
 from sage.common.core.state import KeyedState
 
 __all__ = ["BaseFunction"]
@@ -57,6 +57,33 @@ class BaseFunction:
         return (
             ctx.logger if ctx is not None else logging.getLogger(f"sage.fn.{type(self).__name__}")
         )
+
+    def _services(self) -> tuple[ServiceCaller, AsyncServiceCaller]:
+        ctx: RuntimeContext | None = getattr(self, "ctx", None)
+        if ctx is None or ctx.services is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: services are reachable from a function running in a "
+                "job (from open() on); register them with env.register_service(name, ...) "
+                "before env.submit()"
+            )
+        return ctx.services
+
+    @property
+    def call_service(self) -> ServiceCaller:
+        """Call a service of the job and wait for the result.
+
+        ``self.call_service["vdb"].search(q, top_k=5)`` or
+        ``self.call_service("vdb", q, method="search", timeout=2.0)``.
+        """
+        return self._services()[0]
+
+    @property
+    def call_service_async(self) -> AsyncServiceCaller:
+        """Call a service of the job without waiting: returns a ``concurrent.futures.Future``.
+
+        ``future = self.call_service_async["vdb"].search(batch)``; ``future.result()`` later.
+        """
+        return self._services()[1]
 
     @property
     def state(self) -> KeyedState:

@@ -11,12 +11,12 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from time import perf_counter
 
-from sage.common.errors import JobCancelledError, JobError, SageError
+from sage.common.errors import JobCancelledError, JobError, SageError, ServiceError
 from sage.kernel.config import ErrorMode, JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.runtime.builder import build_task
@@ -24,6 +24,8 @@ from sage.kernel.runtime.channel import Inbox
 from sage.kernel.runtime.error_policy import DeadLetter, DeadLetterQueue
 from sage.kernel.runtime.metrics import JobMetrics, snapshot
 from sage.kernel.runtime.task import TaskLoop
+from sage.kernel.services.registry import ServiceRegistry
+from sage.kernel.services.spec import ServiceSpec
 
 __all__ = ["JobStatus", "LocalJob"]
 
@@ -138,10 +140,13 @@ class LocalJob:
             the constructor, before any thread starts).
     """
 
-    def __init__(self, plan: PhysicalPlan, config: JobConfig) -> None:
+    def __init__(
+        self, plan: PhysicalPlan, config: JobConfig, services: Sequence[ServiceSpec] = ()
+    ) -> None:
         self.plan = plan
         self.config = config
         self.name = plan.job_name
+        self._services = ServiceRegistry(services, plan.job_name)
         self._dead_letters = DeadLetterQueue(config.dead_letter_path)
         inboxes = {t.id: Inbox(config.channel_capacity) for t in plan.tasks if t.expected_eos > 0}
         self._control = LocalJobControl(len(plan.tasks), list(inboxes.values()))
@@ -158,6 +163,7 @@ class LocalJob:
                 dead_letters=self._dead_letters,
                 inbox=inboxes.get(task.id),
                 channels_of=tasks_by_chain.__getitem__,
+                services=self._services.callers,
             )
             for task in plan.tasks
         ]
@@ -192,6 +198,11 @@ class LocalJob:
     def _launch(self, hosted: TaskLoop | None) -> None:
         if self._status is not JobStatus.CREATED:
             raise JobError(f"job {self.name!r} was already started")
+        try:
+            self._services.start()  # before the first record, so open() can call them too
+        except ServiceError:
+            self._status = JobStatus.FAILED
+            raise
         self._status = JobStatus.RUNNING
         self._started_at = perf_counter()
         # Threads wait at a gate until all exist: a new thread that ran straight away would
@@ -275,6 +286,11 @@ class LocalJob:
                 )
 
     def _finalize(self) -> None:
+        try:
+            self._services.close()  # after the last record: finish calls, cleanup()
+        except ServiceError as exc:
+            if self._control.error is None:
+                self._control.error = exc
         error = self._control.error
         if error is None:
             self._status = JobStatus.FINISHED
@@ -342,4 +358,5 @@ class LocalJob:
             self.elapsed_s,
             [loop.stats for loop in self._loops],
             len(self._dead_letters),
+            self._services.metrics(),
         )

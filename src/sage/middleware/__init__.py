@@ -1,0 +1,1 @@
+"""Middleware: services that pipelines call (vector DB, memory, LLM)."""
