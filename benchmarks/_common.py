@@ -134,3 +134,11 @@ def write_readme_section(name: str, markdown: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     README.write_text(text, encoding="utf-8")
+
+
+def report(name: str, title: str, lines: list[str], write_readme: bool) -> None:
+    """Print a benchmark's table (ending with the machine line) and optionally store it."""
+    table = "\n".join([*lines, "", f"Machine: {machine()}."])
+    print(table)
+    if write_readme:
+        write_readme_section(name, f"## {title}\n\n{table}")

@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import Case, cpu_ticks, fmt_rate, interleave, machine, write_readme_section
+from _common import Case, cpu_ticks, fmt_rate, interleave, report
 from sage.kernel.api.local_environment import LocalEnvironment
 
 N = 1_000_000
@@ -239,12 +239,10 @@ def main() -> None:
         f"I/O-bound map (10 ms per record), parallelism 16, 800 records: {slow:.3f} s "
         f"(median of 5, range {slow_runs[0]:.3f}-{slow_runs[-1]:.3f} s) vs ideal {ideal:.3f} s "
         f"= **{efficiency:.2f} of the ideal 16x** (target >= 0.85); host steal {slow_steal:.0%}.",
-        "",
-        f"Machine: {machine()}.",
     ]
     plain_ir, sage_ir = instructions_per_record("plain"), instructions_per_record("sage")
     if plain_ir and sage_ir:
-        lines[-2:-2] = [
+        lines += [
             "",
             f"Instructions per record under callgrind (deterministic; slope from 100k to 200k "
             f"records): plain "
@@ -252,10 +250,7 @@ def main() -> None:
             "loop**. The difference is the per-record contract: a `None` check after every map "
             "(a map returning None emits nothing) and the record kept for error reports.",
         ]
-    table = "\n".join(lines)
-    print(table)
-    if args.write_readme:
-        write_readme_section("kernel_throughput", f"## Kernel throughput\n\n{table}")
+    report("kernel_throughput", "Kernel throughput", lines, args.write_readme)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import Case, interleave, machine, write_readme_section
+from _common import Case, interleave, report
 from sage.common.core.functions.map_function import MapFunction
 from sage.kernel.api.local_environment import LocalEnvironment
 from sage.middleware.services.vdb import VDBService
@@ -199,13 +199,8 @@ def main() -> None:
         "",
         f"GPU: {gpus} visible to FAISS"
         + ("." if gpus else "; no GPU figures on this machine (CPU FAISS build)."),
-        "",
-        f"Machine: {machine()}.",
     ]
-    table = "\n".join(lines)
-    print(table)
-    if args.write_readme:
-        write_readme_section("vdb_service", f"## VDB service\n\n{table}")
+    report("vdb_service", "VDB service", lines, args.write_readme)
 
 
 if __name__ == "__main__":
