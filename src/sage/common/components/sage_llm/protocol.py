@@ -1,0 +1,318 @@
+"""The OpenAI-compatible wire format: pydantic models shared by servers, client and tests.
+
+Fields follow the order of the OpenAI API reference (https://platform.openai.com/docs/api-reference).
+Fields SAGE adds come last, each with a description. Unknown fields are accepted and logged
+(as vLLM does), so newer SDKs keep working. Errors are :class:`ErrorResponse` objects with the
+offending ``param`` named.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "ChatMessage",
+    "Choice",
+    "ChunkChoice",
+    "CompletionChoice",
+    "CompletionRequest",
+    "CompletionResponse",
+    "DeltaMessage",
+    "EmbeddingData",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
+    "ErrorDetail",
+    "ErrorResponse",
+    "ModelCard",
+    "ModelList",
+    "Usage",
+    "error_from_validation",
+    "new_id",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def new_id(prefix: str) -> str:
+    """``"chatcmpl-3f2a..."``: an id in OpenAI's style."""
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+class WireModel(BaseModel):
+    """Base of every request model: unknown fields are kept, logged once, and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _log_unknown(self) -> WireModel:
+        extra = self.model_extra
+        if extra:
+            logger.debug("%s: ignoring unsupported fields %s", type(self).__name__, sorted(extra))
+        return self
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of an OpenAI error response."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """``{"error": {...}}`` with an HTTP status alongside."""
+
+    error: ErrorDetail
+
+    @staticmethod
+    def of(
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> ErrorResponse:
+        return ErrorResponse(error=ErrorDetail(message=message, type=type, param=param, code=code))
+
+
+def error_from_validation(exc: ValidationError) -> ErrorResponse:
+    """The first validation problem as an OpenAI-style error naming the parameter."""
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first.get("loc", ())) or None
+    return ErrorResponse.of(
+        f"{param}: {first.get('msg', 'invalid value')}" if param else str(exc), param=param
+    )
+
+
+class Usage(BaseModel):
+    """Token counts of a request."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+# -- chat ---------------------------------------------------------------------------------
+
+
+class ChatMessage(WireModel):
+    """One message of a conversation."""
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The text of the message (text parts joined, for content given as parts)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(
+            str(part.get("text", "")) for part in self.content if part.get("type") == "text"
+        )
+
+
+class ChatCompletionRequest(WireModel):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    user: str | None = None
+    # --8<-- [start:sage-extensions]
+    priority: int | None = Field(
+        default=None, description="SAGE: scheduling priority (higher first)."
+    )
+    slo_ms: float | None = Field(default=None, gt=0, description="SAGE: latency objective in ms.")
+    # --8<-- [end:sage-extensions]
+
+    def token_limit(self, default: int) -> int:
+        """``max_completion_tokens``, else ``max_tokens``, else ``default``."""
+        return self.max_completion_tokens or self.max_tokens or default
+
+    def stop_list(self) -> list[str]:
+        """Stop sequences as a list."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class DeltaMessage(BaseModel):
+    """The increment of a streamed message."""
+
+    role: str | None = None
+    content: str | None = None
+
+
+class Choice(BaseModel):
+    """One completed chat choice."""
+
+    index: int = 0
+    message: ChatMessage
+    finish_reason: Literal["stop", "length"] | None = "stop"
+
+
+class ChatCompletionResponse(BaseModel):
+    """The answer to a non-streamed chat request."""
+
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage = Field(default_factory=Usage)
+
+
+class ChunkChoice(BaseModel):
+    """One choice of a streamed chunk."""
+
+    index: int = 0
+    delta: DeltaMessage
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat answer."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+# -- completions --------------------------------------------------------------------------
+
+
+class CompletionRequest(WireModel):
+    """``POST /v1/completions`` (one prompt string per request)."""
+
+    model: str
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    user: str | None = None
+    priority: int | None = Field(default=None, description="SAGE: scheduling priority.")
+    slo_ms: float | None = Field(default=None, gt=0, description="SAGE: latency objective in ms.")
+
+    def prompt_text(self) -> str:
+        """The prompt (a one-element list is accepted)."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise ValueError("prompt: one prompt per request is supported")
+        return self.prompt[0]
+
+    def stop_list(self) -> list[str]:
+        """Stop sequences as a list."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class CompletionChoice(BaseModel):
+    """One completed text choice."""
+
+    text: str
+    index: int = 0
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = "stop"
+
+
+class CompletionResponse(BaseModel):
+    """The answer to a completion request (also each streamed event)."""
+
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = Field(default_factory=Usage)
+
+
+# -- embeddings ---------------------------------------------------------------------------
+
+
+class EmbeddingRequest(WireModel):
+    """``POST /v1/embeddings``."""
+
+    input: str | list[str]
+    model: str
+    dimensions: int | None = Field(default=None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+    priority: int | None = Field(default=None, description="SAGE: scheduling priority.")
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> EmbeddingRequest:
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not texts:
+            raise ValueError("input must not be empty")
+        if any(not t for t in texts):
+            raise ValueError("input must not contain empty strings")
+        return self
+
+    def texts(self) -> list[str]:
+        """The inputs as a list."""
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class EmbeddingData(BaseModel):
+    """One embedding."""
+
+    object: Literal["embedding"] = "embedding"
+    embedding: list[float] | str
+    index: int
+
+
+class EmbeddingResponse(BaseModel):
+    """The answer to an embedding request."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage = Field(default_factory=Usage)
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    """One served model."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "sage"
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,1 @@
+"""Configuration: ports, network region hints, and settings from the environment / ``.env``."""

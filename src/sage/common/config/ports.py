@@ -1,0 +1,69 @@
+"""``SagePorts``: the well-known ports of SAGE's servers, in one place.
+
+Example:
+    >>> SagePorts.GATEWAY_DEFAULT, SagePorts.EMBEDDING_DEFAULT
+    (8000, 8090)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+
+__all__ = ["SagePorts"]
+
+
+class SagePorts:
+    """Default ports, and helpers to pick one that works on this machine."""
+
+    GATEWAY_DEFAULT = 8000
+    LLM_DEFAULT = 8001
+    LLM_SECONDARY = 8002
+    LLM_WSL_FALLBACK = 8901
+    BENCHMARK_LLM = 8901
+    EMBEDDING_DEFAULT = 8090
+    EMBEDDING_SECONDARY = 8091
+    BENCHMARK_EMBEDDING = 8902
+    BENCHMARK_API = 8903
+    JOBMANAGER_DEFAULT = 19001
+
+    @staticmethod
+    def is_wsl() -> bool:
+        """Whether this is Windows Subsystem for Linux (where port 8001 is often taken)."""
+        if os.environ.get("WSL_DISTRO_NAME") or os.environ.get("WSL_INTEROP"):
+            return True
+        return "microsoft" in platform.release().lower()
+
+    @classmethod
+    def get_recommended_llm_port(cls) -> int:
+        """:attr:`LLM_WSL_FALLBACK` (8901) on WSL2, :attr:`LLM_DEFAULT` (8001) elsewhere."""
+        return cls.LLM_WSL_FALLBACK if cls.is_wsl() else cls.LLM_DEFAULT
+
+    @classmethod
+    def get_recommended_embedding_port(cls) -> int:
+        """8902 (:attr:`BENCHMARK_EMBEDDING`) on WSL2, else 8090 (:attr:`EMBEDDING_DEFAULT`)."""
+        return cls.BENCHMARK_EMBEDDING if cls.is_wsl() else cls.EMBEDDING_DEFAULT
+
+    @staticmethod
+    def is_port_free(port: int, host: str = "127.0.0.1") -> bool:
+        """Whether a server could bind ``host:port`` now."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+            return True
+
+    @classmethod
+    def find_free_port(cls, start: int, host: str = "127.0.0.1", tries: int = 100) -> int:
+        """The first free port from ``start`` upwards.
+
+        Raises:
+            OSError: none of ``tries`` ports is free.
+        """
+        for port in range(start, start + tries):
+            if cls.is_port_free(port, host):
+                return port
+        raise OSError(f"no free port in {start}-{start + tries - 1} on {host}")

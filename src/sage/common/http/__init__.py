@@ -1,0 +1,23 @@
+"""A small fast HTTP/1.1 server and pooled client on asyncio and httptools."""
+
+from sage.common.http.client import BackendUnavailable, HttpPool, HttpResult
+from sage.common.http.server import (
+    HttpError,
+    HttpServer,
+    Request,
+    Response,
+    StreamResponse,
+    json_response,
+)
+
+__all__ = [
+    "BackendUnavailable",
+    "HttpError",
+    "HttpPool",
+    "HttpResult",
+    "HttpServer",
+    "Request",
+    "Response",
+    "StreamResponse",
+    "json_response",
+]

@@ -1,0 +1,173 @@
+"""The HTTP core: routes, errors that keep the server serving, streaming, pooled client."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvloop
+
+from sage.common.http import (
+    BackendUnavailable,
+    HttpError,
+    HttpPool,
+    HttpServer,
+    Request,
+    Response,
+    StreamResponse,
+    json_response,
+)
+
+
+class Running:
+    """An HttpServer on its own event loop thread."""
+
+    def __init__(self, build: Callable[[HttpServer], None], max_body: int = 1024) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(build, max_body), daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def _run(self, build: Callable[[HttpServer], None], max_body: int) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = HttpServer("test", max_body=max_body)
+        build(self.server)
+        self.port = self.loop.run_until_complete(self.server.start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.call(self.server.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+streams_closed = threading.Semaphore(0)  # released when a stream's generator is closed
+
+
+def build(server: HttpServer) -> None:
+    async def echo(request: Request) -> Response:
+        return json_response({"got": request.json(), "path": request.path, "q": request.query})
+
+    async def crash(request: Request) -> Response:
+        raise RuntimeError("handler bug")
+
+    async def teapot(request: Request) -> Response:
+        raise HttpError(418, "short and stout")
+
+    async def events(request: Request) -> StreamResponse:
+        count = int(request.query.split("=")[1])
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                for i in range(count):
+                    yield b"data: %d\n\n" % i
+                    await asyncio.sleep(0)
+            finally:
+                streams_closed.release()
+
+        return StreamResponse(chunks())
+
+    async def item(request: Request) -> Response:
+        return json_response({"id": request.path.rsplit("/", 1)[-1]})
+
+    server.route("POST", "/echo", echo)
+    server.route("GET", "/crash", crash)
+    server.route("GET", "/teapot", teapot)
+    server.route("GET", "/events", events)
+    server.route("DELETE", "/items/", item, prefix=True)
+
+
+@pytest.fixture
+def running() -> Iterator[Running]:
+    server = Running(build)
+    yield server
+    server.stop()
+
+
+def test_routes_json_and_errors_keep_the_server_serving(running: Running) -> None:
+    with httpx.Client(base_url=running.url) as client:
+        assert client.post("/echo?x=1", json={"a": 1}).json() == {
+            "got": {"a": 1},
+            "path": "/echo",
+            "q": "x=1",
+        }
+        assert client.delete("/items/42").json() == {"id": "42"}
+        missing = client.get("/nope")
+        assert (
+            missing.status_code == 404
+            and "no route GET /nope" in missing.json()["error"]["message"]
+        )
+        assert client.get("/echo").status_code == 405
+        bad_json = client.post("/echo", content=b"{not json")
+        assert (
+            bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]["message"]
+        )
+        crashed = client.get("/crash")
+        assert crashed.status_code == 500 and "handler bug" in crashed.json()["error"]["message"]
+        assert client.get("/teapot").status_code == 418
+        too_big = client.post("/echo", content=b"x" * 5000)  # max_body is 1024
+        assert too_big.status_code == 413
+        assert client.post("/echo", json={"still": "serving"}).json()["got"] == {"still": "serving"}
+
+
+def test_malformed_http_gets_400_and_the_server_keeps_serving(running: Running) -> None:
+    with socket.create_connection(("127.0.0.1", running.port)) as raw:
+        raw.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        reply = raw.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert httpx.post(running.url + "/echo", json=1).json()["got"] == 1
+
+
+def test_streamed_responses_arrive_whole_and_stop_when_the_client_leaves(running: Running) -> None:
+    with httpx.stream("GET", running.url + "/events?n=50") as response:
+        assert response.headers["transfer-encoding"] == "chunked"
+        lines = [line for line in response.iter_lines() if line]
+    assert lines == [f"data: {i}" for i in range(50)]
+    assert streams_closed.acquire(timeout=10)
+    with httpx.stream("GET", running.url + "/events?n=100000000") as response:
+        next(response.iter_lines())  # read one event, then hang up
+    # the server notices the hang-up and closes the generator instead of producing 10^8 events
+    assert streams_closed.acquire(timeout=10)
+
+
+def test_pool_reuses_connections_streams_and_reports_unreachable_servers(running: Running) -> None:
+    async def scenario() -> tuple[Any, ...]:
+        pool = HttpPool("127.0.0.1", running.port)
+        first = await pool.request(
+            "POST", "/echo", orjson.dumps({"n": 1}), {"content-type": "application/json"}
+        )
+        second = await pool.request("POST", "/echo", orjson.dumps({"n": 2}))
+        reused = len(pool._idle)
+        streamed = await pool.request("GET", "/events?n=3", stream=True)
+        assert streamed.chunks is not None
+        body = b"".join([c async for c in streamed.chunks])
+        await pool.close()
+        dead = HttpPool("127.0.0.1", 1)
+        try:
+            await dead.request("GET", "/")
+        except BackendUnavailable as exc:
+            error = str(exc)
+        return first, second, reused, body, error
+
+    first, second, reused, body, error = running.call(scenario())
+    assert orjson.loads(first.body)["got"] == {"n": 1} and orjson.loads(second.body)["got"] == {
+        "n": 2
+    }
+    assert reused == 1  # both requests went over one kept-alive connection
+    assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert "127.0.0.1:1: cannot connect" in error
