@@ -8,6 +8,7 @@ responses handed on chunk by chunk.
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -95,10 +96,17 @@ class HttpPool:
         port: Server port.
         limit: Most connections open at once (callers wait beyond it).
         connect_timeout_s: Seconds to wait for a connection.
+        ssl: A TLS context for HTTPS servers (remote endpoints), or None.
     """
 
     def __init__(
-        self, host: str, port: int, *, limit: int = 256, connect_timeout_s: float = 2.0
+        self,
+        host: str,
+        port: int,
+        *,
+        limit: int = 256,
+        connect_timeout_s: float = 2.0,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
@@ -106,6 +114,7 @@ class HttpPool:
         self._idle: deque[_Connection] = deque()
         self._slots = asyncio.Semaphore(limit)
         self._connect_timeout = connect_timeout_s
+        self._ssl = ssl
         self._host_header = f"host: {host}:{port}\r\n".encode()
 
     async def _connection(self) -> _Connection:
@@ -116,7 +125,9 @@ class HttpPool:
                 return connection
         try:
             _, protocol = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _Connection(self), self.host, self.port),
+                self.loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port, ssl=self._ssl
+                ),
                 self._connect_timeout,
             )
         except (OSError, TimeoutError) as exc:

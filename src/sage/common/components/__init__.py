@@ -1,0 +1,1 @@
+"""Components shared by pipelines and servers: the inference stack and embeddings."""

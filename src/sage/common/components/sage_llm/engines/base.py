@@ -1,0 +1,100 @@
+"""The one small interface every engine implements (LLM or embedding)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Delta", "EmbeddingEngine", "LLMEngine", "SamplingParams"]
+
+
+@dataclass
+class SamplingParams:
+    """How to generate: a request's parameters in engine terms.
+
+    Attributes:
+        max_tokens: Tokens to generate at most.
+        temperature: 0 is greedy; higher is more random.
+        top_p: Nucleus sampling mass (1.0: off).
+        stop: Strings that end the answer (not included in it).
+        seed: Makes sampling repeatable.
+    """
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Delta:
+    """A piece of a generated answer.
+
+    Attributes:
+        text: New text (may be empty on the last delta).
+        finish_reason: ``"stop"`` or ``"length"`` on the last delta, else ``None``.
+        prompt_tokens: Tokens in the prompt (on the last delta).
+        completion_tokens: Tokens generated (on the last delta).
+    """
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LLMEngine(ABC):
+    """A text generator (chat and completions)."""
+
+    model_name: str
+    aliases: tuple[str, ...] = ()
+    context_length: int = 2048
+
+    def accepts(self, model: str) -> bool:
+        """Whether requests naming ``model`` are for this engine."""
+        return model == self.model_name or model in self.aliases
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load the model (called once, inside the serving event loop)."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Release the model."""
+
+    @abstractmethod
+    def prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> int:
+        """Tokens the prompt takes (to check ``max_tokens`` against the context)."""
+
+    @abstractmethod
+    def generate(
+        self,
+        params: SamplingParams,
+        *,
+        messages: Sequence[dict[str, Any]] | None = None,
+        prompt: str | None = None,
+    ) -> AsyncIterator[Delta]:
+        """Stream the answer to a chat (``messages``) or a completion (``prompt``)."""
+
+
+class EmbeddingEngine(ABC):
+    """A text embedder."""
+
+    model_name: str
+    aliases: tuple[str, ...] = ()
+    dimension: int
+
+    def accepts(self, model: str) -> bool:
+        """Whether requests naming ``model`` are for this engine."""
+        return model == self.model_name or model in self.aliases
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load the model."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Release the model."""
+
+    @abstractmethod
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Vectors for ``texts`` and the tokens they took."""
