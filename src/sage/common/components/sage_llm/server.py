@@ -148,6 +148,7 @@ class UnifiedAPIServer:
         self._http = http
         self._stopping = asyncio.Event()
         self.port = await http.start(self.config.host, self.config.port)
+        await self._check_all()  # start with every instance's health known
         self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
         logger.info("gateway listening on %s:%s", self.config.host, self.port)
         return self.port
@@ -373,12 +374,16 @@ class UnifiedAPIServer:
         except (BackendUnavailable, TimeoutError) as exc:
             self.registry.mark(instance, False, str(exc))
 
+    async def _check_all(self) -> None:
+        assert self.registry is not None
+        await asyncio.gather(*(self._check(i) for i in self.registry.all()))
+
     async def _health_loop(self) -> None:
-        assert self.registry is not None and self._stopping is not None
+        assert self._stopping is not None
         while not self._stopping.is_set():
-            await asyncio.gather(*(self._check(i) for i in self.registry.all()))
             with contextlib.suppress(TimeoutError):  # the interval passed: check again
                 await asyncio.wait_for(self._stopping.wait(), self.config.health_check_interval_s)
+            await self._check_all()
 
 
 def _error_body(status: int, message: str) -> bytes:
