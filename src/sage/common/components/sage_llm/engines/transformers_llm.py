@@ -66,7 +66,7 @@ class TransformersLLMEngine(LLMEngine):
     """SmolLM2 (or any causal LM transformers loads) on the CPU; see the module docstring.
 
     Args:
-        spec: Where the model is (see :func:`~sage.common.components.sage_llm.models.resolve_model`).
+        spec: Where the model is (see ``sage_llm.models.resolve_model``).
         max_batch: Sequences decoded together at most.
         threads: Torch intra-op threads (default: torch's choice).
     """
@@ -110,9 +110,8 @@ class TransformersLLMEngine(LLMEngine):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, **kwargs
-        ).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+        self.model = model.eval()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         eos = self.model.generation_config.eos_token_id
         ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
