@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 import sage
+from sage.cli.llm import llm_app
 
 app = typer.Typer(
     name="sage",
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 # Piped output (make, CI logs) gets a width that fits the metrics tables instead of 80.
 console = Console(width=None if sys.stdout.isatty() else 120)
+app.add_typer(llm_app, name="llm")
 
 
 class Demo(StrEnum):

@@ -1,0 +1,98 @@
+"""The GPU engine: vLLM's own OpenAI-compatible server, for ``sage llm serve --engine vllm``.
+
+SAGE does not wrap vLLM's engine: it starts ``vllm.entrypoints.openai.api_server`` (which has
+continuous batching and paged attention) and registers it with the gateway like any other
+instance. ``--gpu-memory`` becomes ``--gpu-memory-utilization``; ``--dtype`` is passed on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sage.common.errors import ConfigError
+
+__all__ = ["launch_vllm", "vllm_command"]
+
+
+def vllm_command(
+    model: str, host: str, port: int, gpu_memory: float | None = None, dtype: str | None = None
+) -> list[str]:
+    """The command line that starts vLLM's server for ``model``."""
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--served-model-name",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    if gpu_memory is not None:
+        if not 0 < gpu_memory <= 1:
+            raise ConfigError(f"--gpu-memory {gpu_memory} must be a fraction in (0, 1], e.g. 0.5")
+        command += ["--gpu-memory-utilization", str(gpu_memory)]
+    if dtype is not None:
+        command += ["--dtype", dtype]
+    return command
+
+
+def _check_available() -> None:
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "--engine vllm needs vLLM on a machine with a CUDA GPU (pip install vllm); "
+            "on a CPU machine use --engine cpu"
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("--engine vllm needs a CUDA GPU, and torch sees none; use --engine cpu")
+
+
+def launch_vllm(
+    model: str,
+    host: str,
+    port: int,
+    log_path: Path,
+    gpu_memory: float | None,
+    dtype: str | None,
+    timeout_s: float,
+) -> int:
+    """Start vLLM's server in the background and wait until it answers; return its pid.
+
+    Raises:
+        ConfigError: vLLM or a GPU is missing, or the server did not come up in time.
+    """
+    import httpx
+
+    _check_available()
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            vllm_command(model, host, port, gpu_memory, dtype),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ},
+        )
+    deadline = time.monotonic() + timeout_s
+    # vLLM has no readiness pipe: ask its /health until it answers (start-up only)
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ConfigError(f"vLLM exited with code {process.returncode}; see {log_path}")
+        try:
+            if httpx.get(f"http://{host}:{port}/health", timeout=2).status_code == 200:
+                return process.pid
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    process.kill()
+    raise ConfigError(f"vLLM did not answer within {timeout_s:.0f} s; see {log_path}")

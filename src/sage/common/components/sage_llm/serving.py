@@ -1,0 +1,118 @@
+"""Entry points of the processes ``sage llm serve`` starts: one per engine, one gateway.
+
+``python -m sage.common.components.sage_llm.serving engine --kind llm --model smollm2 --port 8001``
+``python -m sage.common.components.sage_llm.serving gateway --config gateway.json``
+
+Each writes ``ready <port>`` to the file descriptor given by ``--ready-fd`` once it listens,
+so the parent waits on that pipe (no polling) and learns at once if the child died instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+from sage.common.components.sage_llm.config import BackendInstanceConfig, UnifiedServerConfig
+from sage.common.components.sage_llm.engine_server import EngineServer
+from sage.common.components.sage_llm.engines.base import EmbeddingEngine, LLMEngine
+from sage.common.components.sage_llm.models import resolve_model
+from sage.common.components.sage_llm.server import UnifiedAPIServer
+
+__all__ = ["ENGINES", "build_engine", "main"]
+
+ENGINES = ("cpu", "stub", "vllm")
+
+
+def build_engine(
+    kind: str, model: str, engine: str = "cpu", **options: Any
+) -> LLMEngine | EmbeddingEngine:
+    """The engine object for ``sage llm serve --engine``.
+
+    Raises:
+        ConfigError: the model is not available or the engine name is unknown.
+    """
+    from sage.common.errors import ConfigError
+
+    if engine == "stub":
+        from sage.common.components.sage_llm.engines.stub import StubEmbeddingEngine, StubLLMEngine
+
+        return StubLLMEngine(model) if kind == "llm" else StubEmbeddingEngine(model)
+    if engine != "cpu":
+        raise ConfigError(
+            f"engine {engine!r} has no in-process server; use one of {', '.join(ENGINES)}"
+        )
+    spec = resolve_model(model, "llm" if kind == "llm" else "embedding")
+    if kind == "llm":
+        from sage.common.components.sage_llm.engines.transformers_llm import TransformersLLMEngine
+
+        return TransformersLLMEngine(spec, max_batch=int(options.get("max_batch", 8)))
+    from sage.common.components.sage_llm.engines.sentence_embedding import SentenceTransformerEngine
+
+    return SentenceTransformerEngine(spec)
+
+
+def _signal_ready(fd: int | None, port: int) -> None:
+    if fd is None:
+        return
+    with os.fdopen(fd, "w") as pipe:
+        pipe.write(f"ready {port}\n")
+
+
+async def _serve(start: Any, stop: Any, ready_fd: int | None) -> None:
+    port = await start()
+    _signal_ready(ready_fd, port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await stop()  # finish requests in progress, release the model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sage-llm-process")
+    sub = parser.add_subparsers(dest="what", required=True)
+    engine = sub.add_parser("engine")
+    engine.add_argument("--kind", choices=("llm", "embedding"), required=True)
+    engine.add_argument("--model", required=True)
+    engine.add_argument("--engine", default="cpu", choices=("cpu", "stub"))
+    engine.add_argument("--host", default="127.0.0.1")
+    engine.add_argument("--port", type=int, required=True)
+    engine.add_argument("--max-batch", type=int, default=8)
+    engine.add_argument("--ready-fd", type=int)
+    gateway = sub.add_parser("gateway")
+    gateway.add_argument("--config", required=True)
+    gateway.add_argument("--ready-fd", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.what == "engine":
+        server = EngineServer(
+            build_engine(args.kind, args.model, args.engine, max_batch=args.max_batch),
+            args.host,
+            args.port,
+        )
+        run = _serve(server.start, server.stop, args.ready_fd)
+    else:
+        with open(args.config, encoding="utf-8") as fh:
+            raw = json.load(fh)
+        for key in ("llm_backends", "embedding_backends"):
+            raw[key] = [BackendInstanceConfig(**b) for b in raw.get(key, [])]
+        api = UnifiedAPIServer(UnifiedServerConfig(**raw))
+        run = _serve(api.start_async, api.stop_async, args.ready_fd)
+    try:
+        import uvloop
+
+        uvloop.run(run)
+    except ImportError:  # pragma: no cover
+        asyncio.run(run)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
