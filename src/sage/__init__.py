@@ -9,6 +9,7 @@ The import package is organised in layers (see ``DESIGN.md``):
 
 from sage.common.errors import (
     ConfigError,
+    GatewayError,
     JobCancelledError,
     JobError,
     OperatorError,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "GatewayError",
     "JobCancelledError",
     "JobError",
     "OperatorError",

@@ -9,9 +9,10 @@ layer, so callers can catch as broadly or narrowly as they need::
     ├── JobError             a job failed while running
     │   ├── OperatorError    user code raised inside an operator (names operator, instance, record)
     │   └── JobCancelledError the job was cancelled before it finished
-    └── ServiceError         a service could not be created, called or cleaned up
-        ├── UnknownServiceError  no service or method of that name (lists what exists)
-        └── ServiceTimeoutError  a call did not finish in time and no fallback took it
+    ├── ServiceError         a service could not be created, called or cleaned up
+    │   ├── UnknownServiceError  no service or method of that name (lists what exists)
+    │   └── ServiceTimeoutError  a call did not finish in time and no fallback took it
+    └── GatewayError         an inference server answered with an error, or none was found
 
 Messages say what happened, why, and what to do next.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "GatewayError",
     "JobCancelledError",
     "JobError",
     "OperatorError",
@@ -124,3 +126,17 @@ class UnknownServiceError(ServiceError, LookupError):
 
 class ServiceTimeoutError(ServiceError, TimeoutError):
     """A service call did not finish within its timeout and no fallback took it."""
+
+
+class GatewayError(SageError, RuntimeError):
+    """An inference server answered with an error, or no server could be found.
+
+    Attributes:
+        status: The HTTP status (0 when no server answered).
+        param: The request parameter the server blamed, if any.
+    """
+
+    def __init__(self, message: str, status: int = 0, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.param = param

@@ -4,6 +4,7 @@ Seed imports: ``UnifiedInferenceClient``, ``UnifiedAPIServer``, ``UnifiedServerC
 ``BackendInstanceConfig``, ``SchedulingPolicyType`` (and ``ControlPlaneVLLMService``).
 """
 
+from sage.common.components.sage_llm.client import UnifiedInferenceClient
 from sage.common.components.sage_llm.config import (
     BackendInstanceConfig,
     SchedulingPolicyType,
@@ -15,5 +16,6 @@ __all__ = [
     "BackendInstanceConfig",
     "SchedulingPolicyType",
     "UnifiedAPIServer",
+    "UnifiedInferenceClient",
     "UnifiedServerConfig",
 ]

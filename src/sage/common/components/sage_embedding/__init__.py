@@ -1,0 +1,28 @@
+"""Embedding without a server: ``EmbeddingFactory`` and ``EmbeddingClientAdapter``.
+
+Example:
+    >>> from sage.common.components.sage_embedding import EmbeddingFactory, EmbeddingClientAdapter
+    >>> raw = EmbeddingFactory.create("hash", dim=8)
+    >>> len(raw.embed("one text"))              # single-text, as the seed notes
+    8
+    >>> len(EmbeddingClientAdapter(raw).embed(["a", "b", "c"]))   # the batch interface
+    3
+"""
+
+from sage.common.components.sage_embedding.factory import (
+    BaseEmbedding,
+    EmbeddingClientAdapter,
+    EmbeddingFactory,
+    HashEmbedding,
+    HFEmbedding,
+    OpenAIEmbedding,
+)
+
+__all__ = [
+    "BaseEmbedding",
+    "EmbeddingClientAdapter",
+    "EmbeddingFactory",
+    "HFEmbedding",
+    "HashEmbedding",
+    "OpenAIEmbedding",
+]
