@@ -52,19 +52,25 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        error = BackendUnavailable(f"{self.pool.address}: connection closed ({exc or 'by peer'})")
-        for future in (self.head_done, self.done):
-            if not future.done():
-                future.set_exception(error)
+        self._fail(
+            BackendUnavailable(f"{self.pool.address}: connection closed ({exc or 'by peer'})")
+        )
         if self.stream is not None:
             self.stream.put_nowait(None)
+
+    def _fail(self, error: BackendUnavailable) -> None:
+        """Fail whichever of the two futures is pending; the caller awaits only the first."""
+        pending = [f for f in (self.head_done, self.done) if not f.done()]
+        for future in pending:
+            future.set_exception(error)
+        if len(pending) == 2:
+            self.done.exception()  # the head's waiter reports the error; nobody awaits ``done``
 
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            if not self.done.done():
-                self.done.set_exception(BackendUnavailable(f"malformed response: {exc}"))
+            self._fail(BackendUnavailable(f"{self.pool.address}: malformed response: {exc}"))
             if self.transport is not None:
                 self.transport.close()
 

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -64,35 +65,65 @@ def _raise_for(response: httpx.Response) -> None:
 
 
 class _Embedded:
-    """Engines in this process, on a private event loop thread, each loaded on first use."""
+    """Engines in this process, on one private event-loop thread shared by embedded clients.
 
-    _shared: ClassVar[dict[tuple[str, str], Any]] = {}
-    _lock = threading.Lock()
+    Each model is loaded on first use and kept (one copy per process) until :meth:`shutdown`
+    or interpreter exit, so creating many embedded clients costs nothing after the first.
+    """
+
+    _loop: ClassVar[asyncio.AbstractEventLoop | None] = None
+    _thread: ClassVar[threading.Thread | None] = None
+    _engines: ClassVar[dict[tuple[str, str], Any]] = {}
+    _lock: ClassVar[threading.RLock] = threading.RLock()
 
     def __init__(self, llm_model: str, embedding_model: str) -> None:
-        import uvloop
-
         self.llm_model, self.embedding_model = llm_model, embedding_model
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="sage-embedded-engines", daemon=True
-        )
-        self.thread.start()
+
+    @classmethod
+    def _running_loop(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None:
+                import uvloop
+
+                cls._loop = uvloop.new_event_loop()
+                cls._thread = threading.Thread(
+                    target=cls._loop.run_forever, name="sage-embedded-engines", daemon=True
+                )
+                cls._thread.start()
+                atexit.register(cls.shutdown)
+            return cls._loop
+
+    @classmethod
+    def call(cls, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, cls._running_loop()).result()
+
+    @classmethod
+    def shutdown(cls) -> None:
+        """Stop every embedded engine and the loop thread (idempotent)."""
+        with cls._lock:
+            loop, thread = cls._loop, cls._thread
+            if loop is None or thread is None:
+                return
+            for engine in cls._engines.values():
+                asyncio.run_coroutine_threadsafe(engine.stop(), loop).result()
+            cls._engines.clear()
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+            cls._loop = cls._thread = None
+            atexit.unregister(cls.shutdown)
 
     def _engine(self, kind: str) -> Any:
         from sage.common.components.sage_llm.serving import build_engine
 
         name = self.llm_model if kind == "llm" else self.embedding_model
-        with self._lock:  # one copy of each model per process, shared by embedded clients
-            engine = self._shared.get((kind, name))
+        with self._lock:
+            engine = self._engines.get((kind, name))
             if engine is None:
                 engine = build_engine(kind, name)
                 self.call(engine.start())
-                self._shared[(kind, name)] = engine
+                self._engines[(kind, name)] = engine
         return engine
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def stream(self, params: SamplingParams, messages: Any, prompt: str | None) -> Iterator[str]:
         engine: LLMEngine = self._engine("llm")
@@ -107,7 +138,7 @@ class _Embedded:
             except BaseException as exc:
                 pieces.put(exc)
 
-        asyncio.run_coroutine_threadsafe(pump(), self.loop)
+        asyncio.run_coroutine_threadsafe(pump(), self._running_loop())
         while (item := pieces.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
@@ -509,6 +540,14 @@ class UnifiedInferenceClient:
     def close(self) -> None:
         """Close pooled connections."""
         self._http.close()
+
+    @staticmethod
+    def shutdown_embedded() -> None:
+        """Stop the in-process engines that embedded clients share (they restart on next use).
+
+        Called at interpreter exit; call it earlier to free the models' memory.
+        """
+        _Embedded.shutdown()
 
     async def aclose(self) -> None:
         """Close pooled connections (async twin)."""

@@ -1,0 +1,140 @@
+"""``sage llm serve`` → ``status`` → ``stop``, as a user runs them: real processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+SAGE = [sys.executable, "-m", "sage.cli.main"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) is not running
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+class Stack:
+    """One ``SAGE_HOME`` and a set of spare ports; ``stop`` is run whatever happens."""
+
+    def __init__(self, home: Path) -> None:
+        self.env = {**os.environ, "SAGE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+        self.llm, self.embedding, self.gateway = _free_port(), _free_port(), _free_port()
+        self.home = home
+
+    def sage(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*SAGE, "llm", *args],
+            env={**self.env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def serve(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.sage(
+            "serve",
+            "--with-embedding",
+            "--port",
+            str(self.llm),
+            "--embedding-port",
+            str(self.embedding),
+            "--gateway-port",
+            str(self.gateway),
+            *extra,
+        )
+
+    def pids(self) -> dict[str, int]:
+        state = json.loads((self.home / "llm" / "state.json").read_text())
+        return {name: int(pid) for name, pid in state["pids"].items()}
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path)
+    yield s
+    s.sage("stop", timeout=120)
+
+
+def _serve_status_stop(stack: Stack, model: str, *extra: str) -> None:
+    served = stack.serve(*extra)
+    assert served.returncode == 0, served.stdout + served.stderr
+    assert f"http://127.0.0.1:{stack.gateway}/v1" in served.stdout
+    pids = stack.pids()
+    assert set(pids) == {"llm", "embedding", "gateway"} and all(map(_alive, pids.values()))
+
+    status = stack.sage("status", timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.count("│ healthy") == 2 and "unhealthy" not in status.stdout
+
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{stack.gateway}/v1", api_key="none", max_retries=0
+    )
+    assert model in [m.id for m in client.models.list()]
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+    )
+    assert reply.choices[0].message.content
+
+    logs = stack.sage("logs", "gateway", timeout=60)
+    assert logs.returncode == 0 and "gateway" in logs.stdout
+
+    stopped = stack.sage("stop", timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert not [name for name, pid in pids.items() if _alive(pid)]
+    for port in (stack.llm, stack.embedding, stack.gateway):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    again = stack.sage("status", timeout=60)
+    assert again.returncode != 0 and "nothing is running" in again.stdout
+
+
+def test_serve_status_stop_with_stub_engines(stack: Stack) -> None:
+    _serve_status_stop(stack, "stub-llm", "--engine", "stub", "--model", "stub-llm")
+
+
+@pytest.mark.slow
+def test_serve_status_stop_with_the_bundled_models(stack: Stack) -> None:
+    _serve_status_stop(stack, "smollm2")
+
+
+def test_a_busy_port_is_a_clear_error_naming_a_free_one(stack: Stack) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", stack.gateway))
+        busy.listen()
+        served = stack.serve("--engine", "stub")
+    assert served.returncode == 2
+    message = " ".join(served.stdout.split())
+    assert f"port {stack.gateway} (gateway) is in use" in message
+    assert "--gateway-port" in message
+    assert not (stack.home / "llm" / "state.json").exists()
+
+
+def test_a_model_that_is_not_available_offline_fails_before_starting_anything(
+    stack: Stack,
+) -> None:
+    served = stack.serve("--model", "Qwen/Qwen2.5-7B-Instruct")
+    assert served.returncode == 2
+    message = " ".join(served.stdout.split())
+    assert "not available offline" in message and "smollm2" in message
