@@ -11,7 +11,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check --quiet
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo     create .venv, install SAGE, run the demo pipeline"
+	@echo "make demo     create .venv, install SAGE and the CPU models, run the RAG demo (offline)"
 	@echo "make test     create .venv, install SAGE and test tools, run the whole test suite"
 	@echo "make bench    run every benchmark under benchmarks/ (installs the peers they compare with)"
 	@echo "make quality  ruff check, ruff format --check, mypy"
@@ -45,7 +45,7 @@ $(VENV)/.stamp-bench: pyproject.toml $(VENV)/.stamp-core
 	$(PIP) install -e '.[bench,services]'
 	@touch $@
 
-demo: $(VENV)/.stamp-core
+demo: $(VENV)/.stamp-llm
 	$(BIN)/sage demo
 
 test: $(VENV)/.stamp-test

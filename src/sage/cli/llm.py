@@ -144,7 +144,10 @@ def serve(
         float | None, typer.Option(help="vLLM --gpu-memory-utilization (0-1).")
     ] = None,
     dtype: Annotated[
-        str | None, typer.Option(help="vLLM --dtype (auto, half, bfloat16...).")
+        str | None,
+        typer.Option(
+            help="vLLM --dtype (auto, half, bfloat16...); CPU engine: float32 or bfloat16."
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     max_batch: Annotated[int, typer.Option(help="CPU engine: sequences decoded together.")] = 8,
@@ -202,6 +205,7 @@ def serve(
                         str(llm_port),
                         "--max-batch",
                         str(max_batch),
+                        *(["--dtype", dtype] if dtype and engine == "cpu" else []),
                     ],
                     logs,
                     timeout,

@@ -27,6 +27,7 @@ app.add_typer(llm_app, name="llm")
 class Demo(StrEnum):
     """The demos ``sage demo`` can run."""
 
+    RAG = "rag"
     WORDCOUNT = "wordcount"
 
 
@@ -49,16 +50,31 @@ def version() -> None:
 
 @app.command()
 def demo(
-    name: Annotated[Demo, typer.Argument(help="Which demo to run.")] = Demo.WORDCOUNT,
+    name: Annotated[Demo, typer.Argument(help="Which demo to run.")] = Demo.RAG,
     parallelism: Annotated[
-        int, typer.Option(min=1, help="Parallelism of the keyed counting operator.")
-    ] = 4,
-    top: Annotated[int, typer.Option(min=1, help="How many top words to show.")] = 15,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Parallel instances of the generating (rag, 8) or counting (wordcount, 4) "
+            "operator.",
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="wordcount: how many top words to show.")] = 15,
+    max_tokens: Annotated[int, typer.Option(min=1, help="rag: tokens per answer.")] = 64,
 ) -> None:
-    """Run a demo pipeline and show its results and per-operator metrics."""
-    from sage.demos.wordcount import run_wordcount_demo
+    """Run a demo pipeline and show its results and per-operator metrics.
 
-    run_wordcount_demo(console, parallelism=parallelism, top=top)
+    rag (default): index the Python reference with all-MiniLM-L6-v2 into the vector DB and
+    answer questions with SmolLM2, offline. wordcount: a parallel keyed word count.
+    """
+    if name is Demo.RAG:
+        from sage.demos.rag import run_rag_demo
+
+        run_rag_demo(console, parallelism=parallelism or 8, max_tokens=max_tokens)
+    else:
+        from sage.demos.wordcount import run_wordcount_demo
+
+        run_wordcount_demo(console, parallelism=parallelism or 4, top=top)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,7 +50,11 @@ def build_engine(
     if kind == "llm":
         from sage.common.components.sage_llm.engines.transformers_llm import TransformersLLMEngine
 
-        return TransformersLLMEngine(spec, max_batch=int(options.get("max_batch", 8)))
+        return TransformersLLMEngine(
+            spec,
+            max_batch=int(options.get("max_batch", 8)),
+            dtype=str(options.get("dtype") or "float32"),
+        )
     from sage.common.components.sage_llm.engines.sentence_embedding import SentenceTransformerEngine
 
     return SentenceTransformerEngine(spec)
@@ -84,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     engine.add_argument("--host", default="127.0.0.1")
     engine.add_argument("--port", type=int, required=True)
     engine.add_argument("--max-batch", type=int, default=8)
+    engine.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     engine.add_argument("--ready-fd", type=int)
     gateway = sub.add_parser("gateway")
     gateway.add_argument("--config", required=True)
@@ -94,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.what == "engine":
         server = EngineServer(
-            build_engine(args.kind, args.model, args.engine, max_batch=args.max_batch),
+            build_engine(
+                args.kind, args.model, args.engine, max_batch=args.max_batch, dtype=args.dtype
+            ),
             args.host,
             args.port,
         )

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Delta", "EmbeddingEngine", "LLMEngine", "SamplingParams"]
+__all__ = ["Delta", "EmbeddingEngine", "LLMEngine", "SamplingParams", "join_thread"]
+
+
+async def join_thread(thread: threading.Thread) -> None:
+    """Wait for ``thread`` to end without blocking the loop.
+
+    A helper thread does the join rather than the loop's default executor, which refuses
+    work once the interpreter has begun to exit (when ``atexit`` stops engines).
+    """
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def wait() -> None:
+        thread.join()
+        loop.call_soon_threadsafe(ended.set_result, None)
+
+    threading.Thread(target=wait, name=f"{thread.name}-join", daemon=True).start()
+    await ended
 
 
 @dataclass

@@ -14,7 +14,7 @@ import queue
 import threading
 from typing import Any
 
-from sage.common.components.sage_llm.engines.base import EmbeddingEngine
+from sage.common.components.sage_llm.engines.base import EmbeddingEngine, join_thread
 from sage.common.components.sage_llm.models import ModelSpec
 
 __all__ = ["SentenceTransformerEngine"]
@@ -66,7 +66,7 @@ class SentenceTransformerEngine(EmbeddingEngine):
     async def stop(self) -> None:
         if self._worker is not None:
             self._jobs.put(None)
-            await asyncio.to_thread(self._worker.join)
+            await join_thread(self._worker)
             self._worker = None
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:

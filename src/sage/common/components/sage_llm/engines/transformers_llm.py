@@ -22,8 +22,15 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from sage.common.components.sage_llm.engines.base import Delta, LLMEngine, SamplingParams
+from sage.common.components.sage_llm.engines.base import (
+    Delta,
+    LLMEngine,
+    SamplingParams,
+    join_thread,
+)
+from sage.common.components.sage_llm.engines.kv_cache import new_cache
 from sage.common.components.sage_llm.models import ModelSpec
+from sage.common.errors import ConfigError
 
 __all__ = ["TransformersLLMEngine"]
 
@@ -69,9 +76,21 @@ class TransformersLLMEngine(LLMEngine):
         spec: Where the model is (see ``sage_llm.models.resolve_model``).
         max_batch: Sequences decoded together at most.
         threads: Torch intra-op threads (default: torch's choice).
+        dtype: ``float32`` (default: the reference numerics) or ``bfloat16`` (about 2.5x
+            faster prefill on CPUs with AMX or AVX512-BF16; outputs may differ slightly).
     """
 
-    def __init__(self, spec: ModelSpec, *, max_batch: int = 8, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        max_batch: int = 8,
+        threads: int | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        if dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype={dtype!r} is not supported on CPU; use float32 or bfloat16")
+        self.dtype = dtype
         self.spec = spec
         self.model_name = spec.name
         self.aliases = spec.aliases
@@ -110,7 +129,9 @@ class TransformersLLMEngine(LLMEngine):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, self.dtype), **kwargs
+        )
         self.model = model.eval()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
         eos = self.model.generation_config.eos_token_id
@@ -120,7 +141,7 @@ class TransformersLLMEngine(LLMEngine):
     async def stop(self) -> None:
         if self._worker is not None:
             self._incoming.put(None)
-            await asyncio.to_thread(self._worker.join)
+            await join_thread(self._worker)
             self._worker = None
 
     # -- requests ---------------------------------------------------------------------------
@@ -225,7 +246,13 @@ class TransformersLLMEngine(LLMEngine):
             ids[row, longest - n :] = torch.tensor(seq.prompt_ids, dtype=torch.long)
             mask[row, longest - n :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=new_cache(),
+            use_cache=True,
+        )
         tokens = self._sample(out.logits[:, -1], sequences)
         return out.past_key_values, mask, tokens
 
