@@ -18,7 +18,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 __all__ = ["GrowingLayer", "new_cache"]
 
 
-class GrowingLayer(DynamicLayer):
+class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """A ``DynamicLayer`` whose appends write into preallocated room instead of copying."""
 
     _MIN_ROOM = 64
@@ -38,9 +38,10 @@ class GrowingLayer(DynamicLayer):
         added = key_states.shape[-2]
         if self._key_buffer is None or self.keys is not self._key_view:
             # first update, or the engine replaced keys/values (merge, prune): re-buffer them
-            held = self.keys.numel() > 0
-            self._length = self.keys.shape[-2] if held else 0
-            self._allocate(key_states, added, self.keys if held else None, self.values)
+            keys: Any = self.keys
+            held = keys is not None and keys.numel() > 0
+            self._length = keys.shape[-2] if held else 0
+            self._allocate(key_states, added, keys if held else None, self.values)
         elif self._length + added > self._key_buffer.shape[-2]:
             self._allocate(key_states, added, self.keys, self.values)
         end = self._length + added
