@@ -42,34 +42,3 @@ class Collector(SinkFunction):
         """Block until at least ``n`` records have arrived; ``False`` after ``timeout``."""
         with self._arrived:
             return self._arrived.wait_for(lambda: len(self.records) >= n, timeout)
-
-
-class LoopThread:
-    """An event loop (uvloop) on its own thread, for running servers inside tests."""
-
-    def __init__(self) -> None:
-        import asyncio
-
-        import uvloop
-
-        self.loop = uvloop.new_event_loop()
-        self._asyncio = asyncio
-        started = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.call_soon(started.set)
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, name="test-loop", daemon=True)
-        self.thread.start()
-        assert started.wait(10)
-
-    def call(self, coro: Any, timeout: float = 30) -> Any:
-        """Run ``coro`` on the loop and return its result."""
-        return self._asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        """Stop the loop and its thread."""
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvloop
 
+from sage.common.concurrency import LoopThread
 from sage.common.http import (
     BackendUnavailable,
     HttpError,
@@ -29,22 +29,14 @@ class Running:
     """An HttpServer on its own event loop thread."""
 
     def __init__(self, build: Callable[[HttpServer], None], max_body: int = 1024) -> None:
-        self.loop = uvloop.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(build, max_body), daemon=True)
-        self.thread.start()
-        assert self.ready.wait(10)
-
-    def _run(self, build: Callable[[HttpServer], None], max_body: int) -> None:
-        asyncio.set_event_loop(self.loop)
+        self.thread = LoopThread("test-http")
+        self.loop = self.thread.loop
         self.server = HttpServer("test", max_body=max_body)
         build(self.server)
-        self.port = self.loop.run_until_complete(self.server.start())
-        self.ready.set()
-        self.loop.run_forever()
+        self.port = self.call(self.server.start())
 
     def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+        return self.thread.call(coro, timeout=10)
 
     @property
     def url(self) -> str:
@@ -52,8 +44,7 @@ class Running:
 
     def stop(self) -> None:
         self.call(self.server.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.thread.stop()
 
 
 streams_closed = threading.Semaphore(0)  # released when a stream's generator is closed

@@ -9,56 +9,36 @@ import httpx
 import openai
 import pytest
 
-from helpers import LoopThread
-from sage.common.components.sage_llm import (
-    BackendInstanceConfig,
-    UnifiedAPIServer,
-    UnifiedServerConfig,
-)
-from sage.common.components.sage_llm.engine_server import EngineServer
 from sage.common.components.sage_llm.engines.stub import (
     ANSWER,
-    StubEmbeddingEngine,
-    StubLLMEngine,
 )
+from sage.common.components.sage_llm.stack import LocalStack
 
 
-class Stack:
-    """Stub engine servers (LLM x2, embedding) behind a gateway, on one loop thread."""
+class Stack(LocalStack):
+    """Stub engine servers (LLM x2, embedding) behind a gateway."""
 
     def __init__(self, api_key: str | None = None, health_check_interval_s: float = 5.0) -> None:
-        self.loop = LoopThread()
-        self.engines = [
-            EngineServer(StubLLMEngine("stub-llm")),
-            EngineServer(StubLLMEngine("stub-llm")),
-            EngineServer(StubEmbeddingEngine("stub-emb")),
-        ]
-        ports = [self.loop.call(e.start()) for e in self.engines]
-        self.engine_ports = ports
-        config = UnifiedServerConfig(
-            port=0,
-            api_key=api_key,
-            max_body_bytes=1024 * 1024,
-            health_check_interval_s=health_check_interval_s,
-            llm_backends=[
-                BackendInstanceConfig(
-                    port=ports[0], model_name="stub-llm", max_concurrent_requests=2
-                ),
-                BackendInstanceConfig(
-                    port=ports[1], model_name="stub-llm", max_concurrent_requests=2
-                ),
-            ],
-            embedding_backends=[BackendInstanceConfig(port=ports[2], model_name="stub-emb")],
+        super().__init__(
+            "stub-llm",
+            "stub-emb",
+            engine="stub",
+            llm_ports=(0, 0),
+            max_concurrent_requests=2,
+            gateway_options={
+                "api_key": api_key,
+                "max_body_bytes": 1024 * 1024,
+                "health_check_interval_s": health_check_interval_s,
+            },
         )
-        self.gateway = UnifiedAPIServer(config)
-        self.port = self.loop.call(self.gateway.start_async())
+        self.start()
+        assert self.embedding_server is not None and self.embedding_port is not None
+        self.engines = [*self.llm_servers, self.embedding_server]
+        self.engine_ports = [*self.llm_ports, self.embedding_port]
         self.url = f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
-        self.loop.call(self.gateway.stop_async())
-        for engine in self.engines:
-            self.loop.call(engine.stop())
-        self.loop.stop()
+        self.stop()
 
 
 @pytest.fixture
@@ -242,7 +222,7 @@ def test_a_request_to_an_instance_that_died_is_retried_on_another() -> None:
 
 
 def _died_and_retried(stack: Stack) -> None:
-    stack.loop.call(stack.engines[0].stop())  # still marked healthy until a request fails
+    stack.call(stack.engines[0].stop())  # still marked healthy until a request fails
     with httpx.Client(base_url=stack.url) as client:
         for _ in range(4):
             ok = client.post(
@@ -255,5 +235,3 @@ def _died_and_retried(stack: Stack) -> None:
         }
     died = states[f"127.0.0.1:{stack.engine_ports[0]}"]
     assert died["healthy"] is False and died["errors"] >= 1
-    stack.engines[0] = EngineServer(StubLLMEngine("stub-llm"))  # so close() has one to stop
-    stack.loop.call(stack.engines[0].start())

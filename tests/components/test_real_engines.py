@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import openai
 import pytest
 
-from helpers import LoopThread
 from sage.common.components.sage_embedding import EmbeddingClientAdapter, EmbeddingFactory
 from sage.common.components.sage_llm import (
-    BackendInstanceConfig,
-    UnifiedAPIServer,
     UnifiedInferenceClient,
-    UnifiedServerConfig,
 )
-from sage.common.components.sage_llm.engine_server import EngineServer
 from sage.common.components.sage_llm.engines.base import SamplingParams
-from sage.common.components.sage_llm.serving import build_engine
+from sage.common.components.sage_llm.stack import LocalStack
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.errors import ConfigError
 from sage.kernel.api.local_environment import LocalEnvironment
@@ -28,37 +24,21 @@ from sage.middleware.services.llm import LLMService
 pytestmark = pytest.mark.slow
 
 
-class RealStack:
-    def __init__(self) -> None:
-        self.loop = LoopThread()
-        self.llm = build_engine("llm", "smollm2")
-        self.embedder = build_engine("embedding", "all-minilm-l6-v2")
-        self.llm_server, self.emb_server = EngineServer(self.llm), EngineServer(self.embedder)
-        self.llm_port = self.loop.call(self.llm_server.start(), timeout=300)
-        self.emb_port = self.loop.call(self.emb_server.start(), timeout=300)
-        self.gateway = UnifiedAPIServer(
-            UnifiedServerConfig(
-                port=0,
-                llm_backends=[BackendInstanceConfig(port=self.llm_port, model_name="smollm2")],
-                embedding_backends=[
-                    BackendInstanceConfig(port=self.emb_port, model_name="all-minilm-l6-v2")
-                ],
-            )
-        )
-        self.port = self.loop.call(self.gateway.start_async())
+class RealStack(LocalStack):
+    """SmolLM2 and MiniLM engine servers behind a gateway, with the engines at hand."""
 
-    def close(self) -> None:
-        self.loop.call(self.gateway.stop_async())
-        self.loop.call(self.llm_server.stop())
-        self.loop.call(self.emb_server.stop())
-        self.loop.stop()
+    def __init__(self) -> None:
+        super().__init__("smollm2", "all-minilm-l6-v2")
+        self.start()
+        assert self.embedding_server is not None and self.embedding_port is not None
+        self.llm_engine: Any = self.llm_servers[0].engine
+        self.llm_port, self.emb_port = self.llm_ports[0], self.embedding_port
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[RealStack]:
-    s = RealStack()
-    yield s
-    s.close()
+    with RealStack() as s:
+        yield s
 
 
 QUESTION = [{"role": "user", "content": "What is a Python list? Answer in one sentence."}]
@@ -106,7 +86,7 @@ def test_concurrent_requests_are_batched_and_answer_as_if_alone(stack: RealStack
     async def ask(q: str) -> str:
         parts = [
             d.text
-            async for d in stack.llm.generate(params, messages=[{"role": "user", "content": q}])
+            async for d in stack.llm_engine.generate(params, messages=[{"role": "user", "content": q}])
         ]
         return "".join(parts)
 
@@ -116,11 +96,11 @@ def test_concurrent_requests_are_batched_and_answer_as_if_alone(stack: RealStack
     async def concurrent() -> list[str]:
         return list(await asyncio.gather(*(ask(q) for q in questions)))
 
-    alone = stack.loop.call(sequential(), timeout=300)
-    steps_before = stack.llm.steps
-    together = stack.loop.call(concurrent(), timeout=300)
+    alone = stack.call(sequential(), timeout=300)
+    steps_before = stack.llm_engine.steps
+    together = stack.call(concurrent(), timeout=300)
     assert together == alone  # greedy decoding in a batch changes nothing
-    steps = stack.llm.steps - steps_before
+    steps = stack.llm_engine.steps - steps_before
     assert steps < 0.5 * 8 * 12  # the 8 sequences shared their decoding steps
 
 

@@ -1,12 +1,58 @@
-"""Small synchronisation helpers shared by services."""
+"""Small synchronisation helpers shared by services, servers and clients."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
-__all__ = ["RWLock"]
+__all__ = ["LoopThread", "RWLock"]
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop (uvloop) running on its own daemon thread.
+
+    For serving from synchronous code (examples, tests, benchmarks, embedded engines): submit
+    coroutines with :meth:`call` and get their results back on the calling thread.
+
+    Args:
+        name: The thread's name.
+    """
+
+    def __init__(self, name: str = "sage-loop") -> None:
+        import uvloop
+
+        self.loop = uvloop.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(started.set)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name=name, daemon=True)
+        self.thread.start()
+        started.wait()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop; return its result (or raise its exception)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Any:
+        """Start ``coro`` on the loop; return its ``concurrent.futures.Future``."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        """Stop the loop, join the thread, close the loop (idempotent)."""
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
 
 
 class RWLock:

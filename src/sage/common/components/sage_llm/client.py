@@ -35,6 +35,7 @@ from sage.common.components.sage_llm.engines.base import (
     LLMEngine,
     SamplingParams,
 )
+from sage.common.concurrency import LoopThread
 from sage.common.config.ports import SagePorts
 from sage.common.config.settings import load_settings
 from sage.common.errors import GatewayError
@@ -71,8 +72,7 @@ class _Embedded:
     or interpreter exit, so creating many embedded clients costs nothing after the first.
     """
 
-    _loop: ClassVar[asyncio.AbstractEventLoop | None] = None
-    _thread: ClassVar[threading.Thread | None] = None
+    _runtime: ClassVar[LoopThread | None] = None
     _engines: ClassVar[dict[tuple[str, str], Any]] = {}
     _lock: ClassVar[threading.RLock] = threading.RLock()
 
@@ -80,37 +80,29 @@ class _Embedded:
         self.llm_model, self.embedding_model = llm_model, embedding_model
 
     @classmethod
-    def _running_loop(cls) -> asyncio.AbstractEventLoop:
+    def _loop_thread(cls) -> LoopThread:
         with cls._lock:
-            if cls._loop is None:
-                import uvloop
-
-                cls._loop = uvloop.new_event_loop()
-                cls._thread = threading.Thread(
-                    target=cls._loop.run_forever, name="sage-embedded-engines", daemon=True
-                )
-                cls._thread.start()
+            if cls._runtime is None:
+                cls._runtime = LoopThread("sage-embedded-engines")
                 atexit.register(cls.shutdown)
-            return cls._loop
+            return cls._runtime
 
     @classmethod
     def call(cls, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, cls._running_loop()).result()
+        return cls._loop_thread().call(coro)
 
     @classmethod
     def shutdown(cls) -> None:
         """Stop every embedded engine and the loop thread (idempotent)."""
         with cls._lock:
-            loop, thread = cls._loop, cls._thread
-            if loop is None or thread is None:
+            runtime = cls._runtime
+            if runtime is None:
                 return
             for engine in cls._engines.values():
-                asyncio.run_coroutine_threadsafe(engine.stop(), loop).result()
+                runtime.call(engine.stop())
             cls._engines.clear()
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-            loop.close()
-            cls._loop = cls._thread = None
+            runtime.stop()
+            cls._runtime = None
             atexit.unregister(cls.shutdown)
 
     def _engine(self, kind: str) -> Any:
@@ -138,7 +130,7 @@ class _Embedded:
             except BaseException as exc:
                 pieces.put(exc)
 
-        asyncio.run_coroutine_threadsafe(pump(), self._running_loop())
+        self._loop_thread().submit(pump())
         while (item := pieces.get()) is not None:
             if isinstance(item, BaseException):
                 raise item

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import threading
 from dataclasses import asdict
 from time import perf_counter
 from typing import Any
@@ -99,13 +100,19 @@ class UnifiedAPIServer:
         self._health_task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
         self._run_owns_shutdown = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listening = threading.Event()
         self.requests = 0
         self.rejected = 0
 
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Serve until interrupted (blocks). Use :meth:`run_async` inside an event loop."""
+        """Serve until interrupted or :meth:`stop` (blocks).
+
+        Inside an event loop use :meth:`run_async` or :meth:`start_async` instead. To serve in
+        the background, run ``start`` on a thread and :meth:`wait_ready` for the port.
+        """
         try:
             import uvloop
 
@@ -122,6 +129,23 @@ class UnifiedAPIServer:
         assert self._stopping is not None
         await self._stopping.wait()
         await self._shutdown()
+
+    def wait_ready(self, timeout: float | None = None) -> int:
+        """Block until the server listens (``start`` running on another thread); the port.
+
+        Raises:
+            TimeoutError: it did not start within ``timeout`` seconds.
+        """
+        if not self._listening.wait(timeout):
+            raise TimeoutError(f"the gateway did not start listening within {timeout} s")
+        assert self.port is not None
+        return self.port
+
+    def stop(self) -> None:
+        """Stop serving; safe from any thread (a ``start`` running elsewhere returns)."""
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stopping.set)
 
     async def start_async(self) -> int:
         """Listen and start health checks; return the port.
@@ -147,9 +171,11 @@ class UnifiedAPIServer:
         http.route("PUT", "/v1/management/policy", self._set_policy)
         self._http = http
         self._stopping = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self.port = await http.start(self.config.host, self.config.port)
         await self._check_all()  # start with every instance's health known
-        self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+        self._health_task = self._loop.create_task(self._health_loop())
+        self._listening.set()
         logger.info("gateway listening on %s:%s", self.config.host, self.port)
         return self.port
 
@@ -162,6 +188,7 @@ class UnifiedAPIServer:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        self._listening.clear()
         if self._health_task is not None:
             self._health_task.cancel()
             self._health_task = None

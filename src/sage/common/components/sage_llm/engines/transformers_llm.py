@@ -10,7 +10,8 @@ One worker thread owns the model and a running batch. At every decoding step it:
 3. hands each sequence's new text to its request, and drops finished or cancelled ones.
 
 With nothing to do the thread blocks on its request queue (no polling). The model is loaded
-from the packaged GGUF (dequantised to float32) or any transformers checkpoint directory.
+from the packaged GGUF (dequantised to float32; converted once into a cached checkpoint, see
+``gguf_cache``) or any transformers checkpoint directory.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sage.common.components.sage_llm.engines.base import (
     join_thread,
 )
 from sage.common.components.sage_llm.engines.kv_cache import new_cache
+from sage.common.components.sage_llm.gguf_cache import converted_checkpoint
 from sage.common.components.sage_llm.models import ModelSpec
 from sage.common.errors import ConfigError
 
@@ -122,9 +124,13 @@ class TransformersLLMEngine(LLMEngine):
         if self.threads:
             torch.set_num_threads(self.threads)
         kwargs: dict[str, Any] = {}
-        if self.spec.gguf_file:
-            kwargs["gguf_file"] = self.spec.gguf_file
         path = str(self.spec.path)
+        if self.spec.gguf_file:
+            try:
+                path = str(converted_checkpoint(self.spec.path, self.spec.gguf_file))
+            except OSError as exc:  # no writable cache: read the GGUF itself (slower)
+                logger.warning("cannot cache a converted copy of the GGUF model: %s", exc)
+                kwargs["gguf_file"] = self.spec.gguf_file
         self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
