@@ -9,17 +9,13 @@ with CPython (``pydoc_data.topics``):
 2. ``RAGStep`` (the seed's code) searches the VDB and stores the passage as a memory;
 3. ``Report`` keeps the best hits, and at the end asks the memory service what it holds.
 
-Vectors come from a small feature-hashing embedder defined here (no model download); the
-inference issue brings a real embedding model.
+Vectors come from SAGE's feature-hashing embedder (``EmbeddingFactory.create("hash")``: no
+model, instant); ``sage demo`` runs the same services with a real embedding model.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
-
-import numpy as np
 
 # --- the seed block, verbatim (seed 000: 编排示例（服务驱动的 GPU 使用）) ------------------------
 # fmt: off
@@ -49,22 +45,16 @@ class RAGStep(BaseFunction):
 # fmt: on
 # --- end of the seed block ---------------------------------------------------------------
 
+from sage.common.components.sage_embedding import EmbeddingFactory  # noqa: E402
 from sage.common.core.functions.map_function import MapFunction  # noqa: E402
 from sage.common.core.functions.sink_function import SinkFunction  # noqa: E402
 
-DIM = 256
-_WORD = re.compile(r"[a-z][a-z_]{2,}")
+_EMBEDDER = EmbeddingFactory.create("hash", dim=256)
 
 
 def embed(text: str) -> list[float]:
-    """Feature hashing: each word adds +/-1 to one of ``DIM`` buckets; unit length."""
-    vector = np.zeros(DIM, dtype=np.float32)
-    for word in _WORD.findall(text.lower()):
-        digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
-        bucket = int.from_bytes(digest[:3], "little") % DIM
-        vector[bucket] += 1.0 if digest[3] & 1 else -1.0
-    norm = float(np.linalg.norm(vector))
-    return (vector / norm if norm else vector + 1.0 / DIM**0.5).tolist()
+    """The feature-hashing vector of ``text`` (see ``EmbeddingFactory.create("hash")``)."""
+    return list(_EMBEDDER.embed(text))
 
 
 def passages(limit: int = 400) -> list[dict[str, Any]]:

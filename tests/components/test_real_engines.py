@@ -86,7 +86,9 @@ def test_concurrent_requests_are_batched_and_answer_as_if_alone(stack: RealStack
     async def ask(q: str) -> str:
         parts = [
             d.text
-            async for d in stack.llm_engine.generate(params, messages=[{"role": "user", "content": q}])
+            async for d in stack.llm_engine.generate(
+                params, messages=[{"role": "user", "content": q}]
+            )
         ]
         return "".join(parts)
 

@@ -530,8 +530,11 @@ class UnifiedInferenceClient:
         return vectors[0] if single else vectors
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections (a closed singleton is forgotten by :meth:`get_instance`)."""
         self._http.close()
+        with self._instances_lock:
+            for key in [k for k, c in self._instances.items() if c is self]:
+                del self._instances[key]
 
     @staticmethod
     def shutdown_embedded() -> None:

@@ -25,7 +25,7 @@ import logging
 import threading
 from dataclasses import asdict
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -92,6 +92,11 @@ class UnifiedAPIServer:
         config: Listening address, instances, policy and limits.
     """
 
+    # Gateways listening in this process, by port: lets code that runs ``start()`` on a thread
+    # (or did not build the server itself) wait for it without polling the port.
+    _listening_ports: ClassVar[dict[int, UnifiedAPIServer]] = {}
+    _listening_changed: ClassVar[threading.Condition] = threading.Condition()
+
     def __init__(self, config: UnifiedServerConfig | None = None) -> None:
         self.config = config or UnifiedServerConfig()
         self.registry: InstanceRegistry | None = None
@@ -141,6 +146,21 @@ class UnifiedAPIServer:
         assert self.port is not None
         return self.port
 
+    @classmethod
+    def wait_listening(cls, port: int, timeout: float | None = None) -> UnifiedAPIServer:
+        """The gateway of this process listening on ``port``, once it listens.
+
+        For a ``start()`` running on another thread when the caller does not hold the
+        server object.
+
+        Raises:
+            TimeoutError: none listened on ``port`` within ``timeout`` seconds.
+        """
+        with cls._listening_changed:
+            if not cls._listening_changed.wait_for(lambda: port in cls._listening_ports, timeout):
+                raise TimeoutError(f"no gateway of this process listened on port {port}")
+            return cls._listening_ports[port]
+
     def stop(self) -> None:
         """Stop serving; safe from any thread (a ``start`` running elsewhere returns)."""
         loop, stopping = self._loop, self._stopping
@@ -176,6 +196,9 @@ class UnifiedAPIServer:
         await self._check_all()  # start with every instance's health known
         self._health_task = self._loop.create_task(self._health_loop())
         self._listening.set()
+        with self._listening_changed:
+            self._listening_ports[self.port] = self
+            self._listening_changed.notify_all()
         logger.info("gateway listening on %s:%s", self.config.host, self.port)
         return self.port
 
@@ -189,6 +212,9 @@ class UnifiedAPIServer:
 
     async def _shutdown(self) -> None:
         self._listening.clear()
+        with self._listening_changed:
+            if self.port is not None and self._listening_ports.get(self.port) is self:
+                del self._listening_ports[self.port]
         if self._health_task is not None:
             self._health_task.cancel()
             self._health_task = None
