@@ -41,8 +41,18 @@ $(VENV)/.stamp-quality: pyproject.toml $(VENV)/.stamp-core
 	$(PIP) install -e '.[quality,test,services]'
 	@touch $@
 
-$(VENV)/.stamp-bench: pyproject.toml $(VENV)/.stamp-core
+$(VENV)/.stamp-bench: pyproject.toml $(VENV)/.stamp-llm
 	$(PIP) install -e '.[bench,services]'
+	@touch $@
+
+# The routers benchmarks/inference.py compares the gateway with, in their own virtualenv so
+# their dependencies never meet SAGE's (LiteLLM pins many). LiteLLM 1.107.0 was a compromised
+# release: keep the pin off it.
+PEERS := .venv-peers
+$(PEERS)/.stamp: Makefile | $(PY)
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip --disable-pip-version-check --quiet install \
+		vllm-router==0.1.17 'litellm[proxy]==1.100.0'
 	@touch $@
 
 demo: $(VENV)/.stamp-llm
@@ -51,7 +61,7 @@ demo: $(VENV)/.stamp-llm
 test: $(VENV)/.stamp-test
 	$(PY) -m pytest
 
-bench: $(VENV)/.stamp-bench
+bench: $(VENV)/.stamp-bench $(PEERS)/.stamp
 	@set -e; for script in benchmarks/[!_]*.py; do \
 		echo "== $$script"; $(PY) $$script --write-readme; \
 	done
@@ -62,4 +72,4 @@ quality: $(VENV)/.stamp-quality
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
+	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts

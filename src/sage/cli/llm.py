@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,13 +19,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sage.common.components.sage_llm.processes import SpawnError, spawn, terminate
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
 
 llm_app = typer.Typer(help="Run and inspect the local inference stack (engines + gateway).")
 console = Console(width=None if sys.stdout.isatty() else 120)
-
-_SERVING = "sage.common.components.sage_llm.serving"
 
 
 def state_dir() -> Path:
@@ -70,51 +66,11 @@ def _check_port(port: int, what: str, option: str, host: str) -> None:
 
 
 def _spawn(name: str, args: list[str], logs: Path, timeout_s: float) -> tuple[int, int]:
-    """Start a detached child; wait for its ``ready <port>`` line. Returns (pid, port)."""
-    read_fd, write_fd = os.pipe()
-    log_path = logs / f"{name}.log"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", _SERVING, *args, "--ready-fd", str(write_fd)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-            env=env,
-        )
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        ready, _, _ = select.select([pipe], [], [], timeout_s)
-        line = pipe.readline() if ready else ""
-    if not line.startswith("ready "):
-        _terminate(process.pid)
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-        detail = "\n".join(tail) if tail else "(no output)"
-        reason = "exited" if line == "" and ready else f"was not ready within {timeout_s:.0f} s"
-        raise _fail(f"{name} {reason}; the end of {log_path}:\n{detail}")
-    return process.pid, int(line.split()[1])
-
-
-def _terminate(pid: int, grace_s: float = 20.0) -> None:
-    import psutil
-
+    """Start a detached server child; wait until it listens. Returns (pid, port)."""
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        psutil.Process(pid).wait(grace_s)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        os.killpg(pid, signal.SIGKILL)
+        return spawn(args, logs / f"{name}.log", timeout_s)
+    except SpawnError as exc:
+        raise _fail(f"{name} {exc}") from None
 
 
 @llm_app.command()
@@ -263,7 +219,7 @@ def serve(
             )
     except BaseException:
         for pid in pids.values():
-            _terminate(pid)
+            terminate(pid)
         raise
     _state_file().write_text(
         json.dumps(
@@ -343,7 +299,7 @@ def stop() -> None:
         console.print("nothing is running")
         return
     for name, pid in state["pids"].items():
-        _terminate(pid)
+        terminate(pid)
         console.print(f"stopped {name} (pid {pid})")
     left = [f"{n} ({p})" for n, p in state["pids"].items() if _alive(p)]
     _state_file().unlink(missing_ok=True)
