@@ -310,7 +310,7 @@ class HttpServer:
         self._prefixes: list[tuple[str, str, Handler]] = []
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
-        self._loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
+        self._loop: asyncio.AbstractEventLoop  # the loop ``start`` runs on (set there)
 
     def route(self, method: str, path: str, handler: Handler, *, prefix: bool = False) -> None:
         """Send ``method path`` (or, with ``prefix``, every path under it) to ``handler``."""
@@ -340,9 +340,9 @@ class HttpServer:
         Raises:
             OSError: the port is taken (the message names it).
         """
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         try:
-            self._server = await self._loop.create_server(
+            self._server = await loop.create_server(
                 lambda: _Connection(self), host, port, reuse_address=True, backlog=2048
             )
         except OSError as exc:
