@@ -7,12 +7,11 @@ imported and their ``main()`` called with fewer prompts than the program uses.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,16 +29,6 @@ def _no_embedded_engines_left() -> Iterator[None]:
     """Examples that fall back to in-process engines leave them to this fixture to stop."""
     yield
     UnifiedInferenceClient.shutdown_embedded()
-
-
-def load(name: str) -> ModuleType:
-    module_name = f"_sage_inference_example_{name}"
-    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_program(name: str, *args: str, timeout: float = 120) -> str:
@@ -70,9 +59,11 @@ def test_ports_and_network_program() -> None:
 
 
 def test_ports_and_network_sets_the_mirror_only_in_china(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    load_example: Callable[[str], ModuleType],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    example = load("ports_and_network")
+    example = load_example("ports_and_network")
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.setenv("SAGE_REGION", "us")
     assert example.main()["hf_endpoint"] is None
@@ -93,9 +84,10 @@ def test_gpu_memory_program() -> None:
 
 
 def test_gpu_memory_closes_each_instance_through_clear_gpu_cache(
+    load_example: Callable[[str], ModuleType],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    example = load("gpu_memory")
+    example = load_example("gpu_memory")
     calls: list[int] = []
     monkeypatch.setattr(example, "clear_gpu_cache", lambda: calls.append(1))
     result = example.main(n_records=9, dim=16, parallelism=3)
@@ -116,9 +108,10 @@ def test_batch_embedding_program() -> None:
 
 @pytest.mark.slow
 def test_batch_embedding_one_call_and_one_by_one_agree(
+    load_example: Callable[[str], ModuleType],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    result = load("batch_embedding").main(n_texts=130)
+    result = load_example("batch_embedding").main(n_texts=130)
     assert result["mode"] == "embedded"  # nothing serves on the local ports during tests
     first, last = result["batch_vectors"], result["last_vector"]
     assert len(first) == 100 and all(len(v) == 384 for v in first)
@@ -135,9 +128,10 @@ def test_batch_embedding_one_call_and_one_by_one_agree(
 
 @pytest.mark.slow
 def test_batch_llm_operator_loses_the_partial_batch_and_kernel_batch_does_not(
+    load_example: Callable[[str], ModuleType],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    example = load("batch_llm_operator")
+    example = load_example("batch_llm_operator")
     questions = example.QUESTIONS[:3]
     result = example.main(questions, batch_size=2)
     seed, kernel = result["seed_batch_operator"], result["kernel_batch"]
@@ -153,9 +147,10 @@ def test_batch_llm_operator_loses_the_partial_batch_and_kernel_batch_does_not(
 
 @pytest.mark.slow
 def test_benchmark_functions_print_latency_and_throughput(
+    load_example: Callable[[str], ModuleType],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    load("benchmark_functions").main(n_prompts=2, n_texts=64)
+    load_example("benchmark_functions").main(n_prompts=2, n_texts=64)
     out = capsys.readouterr().out
     for label in ("平均延迟:", "标准差:", "P95 延迟:", "总耗时:", "吞吐量:"):
         assert label in out
@@ -168,9 +163,10 @@ def test_benchmark_functions_print_latency_and_throughput(
 
 @pytest.mark.slow
 def test_llm_serving_runs_the_gateway_and_client_blocks(
+    load_example: Callable[[str], ModuleType],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    results: dict[str, Any] = load("llm_serving").main()
+    results: dict[str, Any] = load_example("llm_serving").main()
     status = results["status"]
     assert status["mode"] == "control_plane"
     assert status["llm"]["healthy"] and status["embedding"]["healthy"]

@@ -9,7 +9,6 @@ its example verbatim (trailing whitespace aside).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import os
 import re
@@ -17,34 +16,12 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SEED_DOC = Path(os.environ.get("SAGE_SEED_DOC", "/work/shared/seeds/003_f2b00cf93bb417dc.txt"))
-
-
-@pytest.fixture
-def load_example() -> Iterator[Callable[[str], ModuleType]]:
-    """Import ``examples/<name>.py`` as a fresh module (its own module-level state)."""
-    loaded: list[str] = []
-
-    def load(name: str) -> ModuleType:
-        module_name = f"_sage_example_{name}"
-        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        loaded.append(module_name)
-        spec.loader.exec_module(module)
-        return module
-
-    yield load
-    for module_name in loaded:
-        sys.modules.pop(module_name, None)
 
 
 def run_program(name: str, cwd: Path) -> str:

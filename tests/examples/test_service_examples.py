@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_rag_step_runs_the_seed_block_with_both_services() -> None:
-    result = load("rag_step").main(limit=120)
+def test_rag_step_runs_the_seed_block_with_both_services(
+    load_example: Callable[[str], ModuleType],
+) -> None:
+    result = load_example("rag_step").main(limit=120)
     assert len(result["results"]) == 120
     assert all(len(r["hits"]) >= 1 for r in result["results"])
     # every passage was stored as a memory, in sessions named after its topic
@@ -40,7 +34,9 @@ def test_rag_step_as_a_program() -> None:
     assert "memory service holds 400 memories" in run.stdout
 
 
-def test_async_batches_return_the_same_hits_with_fewer_calls() -> None:
-    result = load("async_batch_search").main()
+def test_async_batches_return_the_same_hits_with_fewer_calls(
+    load_example: Callable[[str], ModuleType],
+) -> None:
+    result = load_example("async_batch_search").main()
     assert len(result["hits"]) == 2000
     assert result["single_calls"] == 2000 and result["batch_calls"] == 32
