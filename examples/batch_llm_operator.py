@@ -128,10 +128,16 @@ def run_pipeline(
     return answers
 
 
-def main(questions: list[str] = QUESTIONS, batch_size: int = 4) -> dict[str, Any]:
-    """Run the seed's operator and the ``.batch()`` pipeline on ``questions``; return both."""
+def main(
+    questions: list[str] = QUESTIONS, batch_size: int = 4, llm_client: Any = None
+) -> dict[str, Any]:
+    """Run the seed's operator and the ``.batch()`` pipeline on ``questions``; return both.
+
+    ``llm_client`` replaces ``UnifiedInferenceClient.create_auto()`` (it needs ``generate``,
+    ``agenerate`` and ``close``).
+    """
     global client
-    client = UnifiedInferenceClient.create_auto()
+    client = llm_client or UnifiedInferenceClient.create_auto()
     records = [{"prompt": chat_prompt(q)} for q in questions]
     results: dict[str, Any] = {}
     for name, seed_operator in (("seed_batch_operator", True), ("kernel_batch", False)):

@@ -126,6 +126,27 @@ def test_batch_embedding_one_call_and_one_by_one_agree(
 # -- batch_llm_operator.py (批量请求优化) -------------------------------------------------------
 
 
+class ShortAnswers:
+    """The real embedded SmolLM2, answering in at most 16 greedy tokens.
+
+    The seed's operator asks for ``max_tokens=256`` at the default temperature, which on a
+    busy 2-core host can take minutes for a few prompts; what this test pins is which
+    prompts get answered, not how long the answers are.
+    """
+
+    def __init__(self) -> None:
+        self.real = UnifiedInferenceClient.create(embedded=True)
+
+    def generate(self, prompt: str, **kwargs: Any) -> str:
+        return str(self.real.generate(prompt, max_tokens=16, temperature=0))
+
+    async def agenerate(self, prompt: str, **kwargs: Any) -> str:
+        return str(await self.real.agenerate(prompt, max_tokens=16, temperature=0))
+
+    def close(self) -> None:
+        self.real.close()
+
+
 @pytest.mark.slow
 def test_batch_llm_operator_loses_the_partial_batch_and_kernel_batch_does_not(
     load_example: Callable[[str], ModuleType],
@@ -133,12 +154,15 @@ def test_batch_llm_operator_loses_the_partial_batch_and_kernel_batch_does_not(
 ) -> None:
     example = load_example("batch_llm_operator")
     questions = example.QUESTIONS[:3]
-    result = example.main(questions, batch_size=2)
+    result = example.main(questions, batch_size=2, llm_client=ShortAnswers())
     seed, kernel = result["seed_batch_operator"], result["kernel_batch"]
     prompts = [example.chat_prompt(q) for q in questions]
     assert [a["prompt"] for a in seed["answers"]] == prompts[:2]  # the third waits forever
     assert sorted(a["prompt"] for a in kernel["answers"]) == sorted(prompts)
     assert all(isinstance(a["response"], str) and a["response"] for a in kernel["answers"])
+    # greedy decoding: the same prompt gets the same answer alone and in a batch of two
+    kernel_answers = {a["prompt"]: a["response"] for a in kernel["answers"]}
+    assert all(kernel_answers[a["prompt"]] == a["response"] for a in seed["answers"])
     assert "seed_batch_operator: 2 of 3 prompts answered" in capsys.readouterr().out
 
 
