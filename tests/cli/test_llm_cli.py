@@ -138,3 +138,11 @@ def test_a_model_that_is_not_available_offline_fails_before_starting_anything(
     assert served.returncode == 2
     message = " ".join(served.stdout.split())
     assert "not available offline" in message and "smollm2" in message
+
+
+def test_engine_vllm_without_a_gpu_says_what_to_use_and_starts_nothing(stack: Stack) -> None:
+    served = stack.serve("--engine", "vllm", "--gpu-memory", "0.5")
+    assert served.returncode == 2
+    message = " ".join(served.stdout.split())
+    assert "--engine vllm needs" in message and "--engine cpu" in message
+    assert not (stack.home / "llm" / "state.json").exists()

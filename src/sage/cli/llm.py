@@ -124,6 +124,14 @@ def serve(
         try:
             if engine == "cpu":
                 resolve_model(model, "llm")
+            else:
+                from sage.common.components.sage_llm.engines.vllm import (
+                    check_vllm_available,
+                    vllm_command,
+                )
+
+                vllm_command(model, host, llm_port, gpu_memory, dtype)  # validates the options
+                check_vllm_available()
             if serve_embedding:
                 resolve_model(embedding_model, "embedding")
         except ConfigError as exc:
@@ -141,9 +149,12 @@ def serve(
             if engine == "vllm":
                 from sage.common.components.sage_llm.engines.vllm import launch_vllm
 
-                pids["llm"] = launch_vllm(
-                    model, host, llm_port, logs / "llm.log", gpu_memory, dtype, timeout
-                )
+                try:
+                    pids["llm"] = launch_vllm(
+                        model, host, llm_port, logs / "llm.log", gpu_memory, dtype, timeout
+                    )
+                except ConfigError as exc:
+                    raise _fail(str(exc)) from None
             else:
                 pids["llm"], _ = _spawn(
                     "llm",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sage.common.errors import ConfigError
 
-__all__ = ["launch_vllm", "vllm_command"]
+__all__ = ["check_vllm_available", "launch_vllm", "vllm_command"]
 
 
 def vllm_command(
@@ -45,7 +45,8 @@ def vllm_command(
     return command
 
 
-def _check_available() -> None:
+def check_vllm_available() -> None:
+    """Raise :class:`ConfigError` (saying what to use instead) unless vLLM and a GPU are here."""
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError(
             "--engine vllm needs vLLM on a machine with a CUDA GPU (pip install vllm); "
@@ -73,7 +74,7 @@ def launch_vllm(
     """
     import httpx
 
-    _check_available()
+    check_vllm_available()
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             vllm_command(model, host, port, gpu_memory, dtype),
