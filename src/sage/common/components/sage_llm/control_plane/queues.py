@@ -14,8 +14,8 @@ on ``now`` is the same for every request and drops out of the comparison.
   the deadline is ``arrival + slo_ms`` and the prediction comes from the caller (the
   instances' measured P95 latency per token times the request's tokens). Requests without an
   SLO get ``default_slo_s``. A request whose slack is already negative when it reaches the
-  head can no longer meet its SLO: it is moved to a "late" queue (kept, in the order found late) that
-  is served only when no request that can still make its deadline is waiting.
+  head can no longer meet its SLO: it is moved to a "late" queue (kept, in the order found
+  late) that is served only when no request that can still make its deadline is waiting.
 """
 
 from __future__ import annotations
