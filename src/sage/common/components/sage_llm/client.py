@@ -52,6 +52,30 @@ def _messages(messages: Messages) -> list[dict[str, Any]]:
     return [dict(m) for m in messages]
 
 
+_PATHS = {"chat": "/chat/completions", "completion": "/completions"}
+
+
+def _answer(payload: dict[str, Any], kind: str) -> str:
+    """The text of a non-streamed ``chat`` or ``completion`` answer."""
+    choice = payload["choices"][0]
+    return str(choice["message"]["content"] if kind == "chat" else choice["text"])
+
+
+def _sse_piece(line: str, kind: str) -> str | None:
+    """The text one server-sent event line of a streamed answer carries (None: none)."""
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return None
+    choice = (orjson.loads(line[6:]).get("choices") or [{}])[0]
+    piece = choice.get("delta", {}).get("content") if kind == "chat" else choice.get("text")
+    return str(piece) if piece else None
+
+
+def _vectors(response: httpx.Response) -> list[list[float]]:
+    """The embeddings of an ``/embeddings`` answer, in input order."""
+    _raise_for(response)
+    return [d["embedding"] for d in sorted(response.json()["data"], key=lambda d: d["index"])]
+
+
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
@@ -324,8 +348,7 @@ class UnifiedInferenceClient:
         return self.llm_base_url, name
 
     def _body(self, model: str, extra: dict[str, Any], **fields: Any) -> dict[str, Any]:
-        body = {"model": model, **{k: v for k, v in fields.items() if v is not None}, **extra}
-        return body
+        return {"model": model, **{k: v for k, v in fields.items() if v is not None}, **extra}
 
     def chat(
         self,
@@ -344,25 +367,8 @@ class UnifiedInferenceClient:
         Returns:
             The answer text, or with ``stream=True`` an iterator of text pieces.
         """
-        if self._embedded is not None:
-            params = self._sampling(max_tokens, temperature, top_p, stop)
-            pieces = self._embedded.stream(params, _messages(messages), None)
-            return pieces if stream else "".join(pieces)
-        url, name = self._llm(model)
-        body = self._body(
-            name,
-            extra,
-            messages=_messages(messages),
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=stop,
-        )
-        if stream:
-            return self._stream(f"{url}/chat/completions", {**body, "stream": True}, "delta")
-        response = self._http.post(f"{url}/chat/completions", content=orjson.dumps(body))
-        _raise_for(response)
-        return response.json()["choices"][0]["message"]["content"]
+        sampling = (max_tokens, temperature, top_p, stop)
+        return self._complete("chat", model, stream, sampling, extra, messages=_messages(messages))
 
     def generate(
         self,
@@ -377,61 +383,69 @@ class UnifiedInferenceClient:
         **extra: Any,
     ) -> Any:
         """A plain text completion of ``prompt`` (or an iterator of pieces with ``stream``)."""
+        sampling = (max_tokens, temperature, top_p, stop)
+        return self._complete("completion", model, stream, sampling, extra, prompt=prompt)
+
+    def _complete(
+        self,
+        kind: str,
+        model: str | None,
+        stream: bool,
+        sampling: tuple[int | None, float | None, float | None, str | list[str] | None],
+        extra: dict[str, Any],
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        prompt: str | None = None,
+    ) -> Any:
+        """A ``chat`` or ``completion`` request, in this process or over HTTP."""
         if self._embedded is not None:
-            params = self._sampling(max_tokens, temperature, top_p, stop)
-            pieces = self._embedded.stream(params, None, prompt)
+            pieces = self._embedded.stream(self._sampling(*sampling), messages, prompt)
             return pieces if stream else "".join(pieces)
         url, name = self._llm(model)
+        max_tokens, temperature, top_p, stop = sampling
         body = self._body(
             name,
             extra,
+            messages=messages,
             prompt=prompt,
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
             stop=stop,
         )
+        endpoint = url + _PATHS[kind]
         if stream:
-            return self._stream(f"{url}/completions", {**body, "stream": True}, "text")
-        response = self._http.post(f"{url}/completions", content=orjson.dumps(body))
+            return self._stream(endpoint, {**body, "stream": True}, kind)
+        response = self._http.post(endpoint, content=orjson.dumps(body))
         _raise_for(response)
-        return response.json()["choices"][0]["text"]
+        return _answer(response.json(), kind)
 
-    def _stream(self, url: str, body: dict[str, Any], field: str) -> Iterator[str]:
+    def _stream(self, url: str, body: dict[str, Any], kind: str) -> Iterator[str]:
         with self._http.stream("POST", url, content=orjson.dumps(body)) as response:
             if response.status_code >= 400:
                 response.read()
                 _raise_for(response)
             for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                choices = orjson.loads(line[6:]).get("choices") or [{}]
-                piece = (
-                    choices[0]["delta"].get("content")
-                    if field == "delta"
-                    else choices[0].get("text")
-                )
-                if piece:
+                if piece := _sse_piece(line, kind):
                     yield piece
 
     def embed(self, texts: str | Sequence[str], *, model: str | None = None) -> Any:
         """One vector for one text; a list of vectors for a list of texts."""
-        single = isinstance(texts, str)
-        batch: list[str] = [texts] if isinstance(texts, str) else list(texts)
+        batch = [texts] if isinstance(texts, str) else list(texts)
         if self._embedded is not None:
             vectors = self._embedded.embed(batch)
         else:
-            name = model or self.embedding_model
-            if self.embedding_base_url is None or name is None:
-                raise GatewayError("no embedding model is configured; pass default_embedding_model")
-            response = self._http.post(
-                f"{self.embedding_base_url}/embeddings",
-                content=orjson.dumps({"model": name, "input": batch}),
-            )
-            _raise_for(response)
-            data = sorted(response.json()["data"], key=lambda d: d["index"])
-            vectors = [d["embedding"] for d in data]
-        return vectors[0] if single else vectors
+            url, content = self._embedding_request(batch, model)
+            vectors = _vectors(self._http.post(url, content=content))
+        return vectors[0] if isinstance(texts, str) else vectors
+
+    def _embedding_request(self, batch: list[str], model: str | None) -> tuple[str, bytes]:
+        name = model or self.embedding_model
+        if self.embedding_base_url is None or name is None:
+            raise GatewayError("no embedding model is configured; pass default_embedding_model")
+        return f"{self.embedding_base_url}/embeddings", orjson.dumps(
+            {"model": name, "input": batch}
+        )
 
     @staticmethod
     def _sampling(
@@ -478,56 +492,49 @@ class UnifiedInferenceClient:
         """:meth:`chat` without blocking the event loop (``stream=True``: an async iterator)."""
         if self._embedded is not None:
             return await asyncio.to_thread(self.chat, messages, **kwargs)
+        return await self._acomplete("chat", kwargs, messages=_messages(messages))
+
+    async def agenerate(self, prompt: str, **kwargs: Any) -> Any:
+        """:meth:`generate` without blocking the event loop (``stream=True``: an async iterator)."""
+        if self._embedded is not None:
+            return await asyncio.to_thread(self.generate, prompt, **kwargs)
+        return await self._acomplete("completion", kwargs, prompt=prompt)
+
+    async def _acomplete(
+        self,
+        kind: str,
+        kwargs: dict[str, Any],
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        prompt: str | None = None,
+    ) -> Any:
         stream = kwargs.pop("stream", False)
         url, name = self._llm(kwargs.pop("model", None))
-        body = self._body(name, {}, messages=_messages(messages), **kwargs)
+        body = self._body(name, {}, messages=messages, prompt=prompt, **kwargs)
+        endpoint = url + _PATHS[kind]
         if stream:
-            return self._astream(f"{url}/chat/completions", {**body, "stream": True})
-        response = await self._async_client().post(
-            f"{url}/chat/completions", content=orjson.dumps(body)
-        )
+            return self._astream(endpoint, {**body, "stream": True}, kind)
+        response = await self._async_client().post(endpoint, content=orjson.dumps(body))
         _raise_for(response)
-        return response.json()["choices"][0]["message"]["content"]
+        return _answer(response.json(), kind)
 
-    async def _astream(self, url: str, body: dict[str, Any]) -> AsyncIterator[str]:
+    async def _astream(self, url: str, body: dict[str, Any], kind: str) -> AsyncIterator[str]:
         async with self._async_client().stream("POST", url, content=orjson.dumps(body)) as response:
             if response.status_code >= 400:
                 await response.aread()
                 _raise_for(response)
             async for line in response.aiter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    choices = orjson.loads(line[6:]).get("choices") or [{}]
-                    piece = choices[0].get("delta", {}).get("content")
-                    if piece:
-                        yield piece
-
-    async def agenerate(self, prompt: str, **kwargs: Any) -> Any:
-        """:meth:`generate` without blocking the event loop."""
-        if self._embedded is not None:
-            return await asyncio.to_thread(self.generate, prompt, **kwargs)
-        url, name = self._llm(kwargs.pop("model", None))
-        body = self._body(name, {}, prompt=prompt, **kwargs)
-        response = await self._async_client().post(f"{url}/completions", content=orjson.dumps(body))
-        _raise_for(response)
-        return response.json()["choices"][0]["text"]
+                if piece := _sse_piece(line, kind):
+                    yield piece
 
     async def aembed(self, texts: str | Sequence[str], *, model: str | None = None) -> Any:
         """:meth:`embed` without blocking the event loop."""
         if self._embedded is not None:
             return await asyncio.to_thread(self.embed, texts, model=model)
-        single = isinstance(texts, str)
-        name = model or self.embedding_model
-        if self.embedding_base_url is None or name is None:
-            raise GatewayError("no embedding model is configured; pass default_embedding_model")
-        response = await self._async_client().post(
-            f"{self.embedding_base_url}/embeddings",
-            content=orjson.dumps({"model": name, "input": [texts] if single else list(texts)}),
-        )
-        _raise_for(response)
-        vectors = [
-            d["embedding"] for d in sorted(response.json()["data"], key=lambda d: d["index"])
-        ]
-        return vectors[0] if single else vectors
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        url, content = self._embedding_request(batch, model)
+        vectors = _vectors(await self._async_client().post(url, content=content))
+        return vectors[0] if isinstance(texts, str) else vectors
 
     def close(self) -> None:
         """Close pooled connections (a closed singleton is forgotten by :meth:`get_instance`)."""

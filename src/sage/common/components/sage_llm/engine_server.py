@@ -144,14 +144,9 @@ class EngineServer:
         return parsed
 
     def _params(
-        self,
-        max_tokens: int,
-        prompt_tokens: int,
-        temperature: float | None,
-        top_p: float | None,
-        stop: list[str],
-        seed: int | None,
+        self, parsed: ChatCompletionRequest | CompletionRequest, max_tokens: int, prompt_tokens: int
     ) -> SamplingParams:
+        """The engine's parameters for ``parsed`` (400 if the prompt leaves no room)."""
         engine = self.engine
         assert isinstance(engine, LLMEngine)
         if prompt_tokens + max_tokens > engine.context_length:
@@ -162,12 +157,13 @@ class EngineServer:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        stop = parsed.stop
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=1.0 if temperature is None else temperature,
-            top_p=1.0 if top_p is None else top_p,
-            stop=stop,
-            seed=seed,
+            temperature=1.0 if parsed.temperature is None else parsed.temperature,
+            top_p=1.0 if parsed.top_p is None else parsed.top_p,
+            stop=[stop] if isinstance(stop, str) else list(stop or []),
+            seed=parsed.seed,
         )
 
     # -- routes -----------------------------------------------------------------------------
@@ -178,12 +174,7 @@ class EngineServer:
         assert isinstance(engine, LLMEngine)
         messages = [{"role": m.role, "content": m.text()} for m in parsed.messages]
         params = self._params(
-            parsed.token_limit(_DEFAULT_MAX_TOKENS),
-            engine.prompt_tokens(messages, None),
-            parsed.temperature,
-            parsed.top_p,
-            parsed.stop_list(),
-            parsed.seed,
+            parsed, parsed.token_limit(_DEFAULT_MAX_TOKENS), engine.prompt_tokens(messages, None)
         )
         deltas = engine.generate(params, messages=messages)
         if parsed.stream:
@@ -263,14 +254,7 @@ class EngineServer:
             prompt = parsed.prompt_text()
         except ValueError as exc:
             raise _bad(400, str(exc), param="prompt") from None
-        params = self._params(
-            parsed.max_tokens or 16,
-            engine.prompt_tokens(None, prompt),
-            parsed.temperature,
-            parsed.top_p,
-            parsed.stop_list(),
-            parsed.seed,
-        )
+        params = self._params(parsed, parsed.max_tokens or 16, engine.prompt_tokens(None, prompt))
         deltas = engine.generate(params, prompt=prompt)
         if parsed.stream:
             return StreamResponse(self._completion_events(deltas, parsed.model))

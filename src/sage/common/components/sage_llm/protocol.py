@@ -138,22 +138,14 @@ class ChatCompletionRequest(WireModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     user: str | None = None
-    # --8<-- [start:sage-extensions]
     priority: int | None = Field(
-        default=None, description="SAGE: scheduling priority (higher first)."
+        default=None, description="SAGE: scheduling priority (lower first)."
     )
     slo_ms: float | None = Field(default=None, gt=0, description="SAGE: latency objective in ms.")
-    # --8<-- [end:sage-extensions]
 
     def token_limit(self, default: int) -> int:
         """``max_completion_tokens``, else ``max_tokens``, else ``default``."""
         return self.max_completion_tokens or self.max_tokens or default
-
-    def stop_list(self) -> list[str]:
-        """Stop sequences as a list."""
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 class DeltaMessage(BaseModel):
@@ -217,7 +209,9 @@ class CompletionRequest(WireModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     user: str | None = None
-    priority: int | None = Field(default=None, description="SAGE: scheduling priority.")
+    priority: int | None = Field(
+        default=None, description="SAGE: scheduling priority (lower first)."
+    )
     slo_ms: float | None = Field(default=None, gt=0, description="SAGE: latency objective in ms.")
 
     def prompt_text(self) -> str:
@@ -227,12 +221,6 @@ class CompletionRequest(WireModel):
         if len(self.prompt) != 1:
             raise ValueError("prompt: one prompt per request is supported")
         return self.prompt[0]
-
-    def stop_list(self) -> list[str]:
-        """Stop sequences as a list."""
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 class CompletionChoice(BaseModel):
@@ -266,7 +254,9 @@ class EmbeddingRequest(WireModel):
     dimensions: int | None = Field(default=None, ge=1)
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
-    priority: int | None = Field(default=None, description="SAGE: scheduling priority.")
+    priority: int | None = Field(
+        default=None, description="SAGE: scheduling priority (lower first)."
+    )
 
     @model_validator(mode="after")
     def _non_empty(self) -> EmbeddingRequest:
