@@ -43,6 +43,7 @@ from _common import Case, interleave, report
 from sage.common.components.sage_llm.models import resolve_model
 from sage.common.components.sage_llm.processes import spawn, terminate
 from sage.common.components.sage_llm.stack import LocalStack
+from sage.common.config.ports import SagePorts
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / ".venv-peers" / "bin"
@@ -192,12 +193,6 @@ def serve_stack(logs: Path, kind: str, model: str, *engine_args: str) -> Iterato
 # -- part 3: the gateway vs other routers in front of one stub ------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     """Wait for a peer (which has no readiness signal) to accept connections on ``port``."""
     deadline, delay = time.monotonic() + timeout_s, 0.01
@@ -267,13 +262,13 @@ def _peers(stub_port: int, logs: Path) -> Iterator[dict[str, int]]:
     if not PEERS.is_dir():
         yield {}
         return
-    router_port, litellm_port = free_port(), free_port()
+    router_port, litellm_port = SagePorts.any_free_port(), SagePorts.any_free_port()
     stub_url = f"http://127.0.0.1:{stub_port}"
     router = [
         str(PEERS / "vllm-router"),
         *("--host", "127.0.0.1", "--port", str(router_port)),
         *("--worker-urls", stub_url, "--policy", "round_robin"),
-        *("--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())),
+        *("--prometheus-host", "127.0.0.1", "--prometheus-port", str(SagePorts.any_free_port())),
         *("--log-level", "warning"),
     ]
     litellm_config = logs / "litellm.yaml"

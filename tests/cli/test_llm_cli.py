@@ -14,13 +14,9 @@ import httpx
 import openai
 import pytest
 
+from sage.common.config.ports import SagePorts
+
 SAGE = [sys.executable, "-m", "sage.cli.main"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -38,7 +34,11 @@ class Stack:
 
     def __init__(self, home: Path) -> None:
         self.env = {**os.environ, "SAGE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-        self.llm, self.embedding, self.gateway = _free_port(), _free_port(), _free_port()
+        self.llm, self.embedding, self.gateway = (
+            SagePorts.any_free_port(),
+            SagePorts.any_free_port(),
+            SagePorts.any_free_port(),
+        )
         self.home = home
 
     def sage(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -73,6 +73,26 @@ def _spawn(name: str, args: list[str], logs: Path, timeout_s: float) -> tuple[in
         raise _fail(f"{name} {exc}") from None
 
 
+def _start_engine(
+    kind: str,
+    model: str,
+    engine: str,
+    host: str,
+    port: int,
+    logs: Path,
+    timeout_s: float,
+    *extra: str,
+) -> tuple[int, str]:
+    """Start one SAGE engine server process; return its pid and the name it serves."""
+    args = ["engine", "--kind", kind, "--model", model, "--engine", engine]
+    pid, _ = _spawn(kind, [*args, "--host", host, "--port", str(port), *extra], logs, timeout_s)
+    if engine != "cpu":
+        return pid, model
+    from sage.common.components.sage_llm.models import resolve_model
+
+    return pid, resolve_model(model, kind).name  # type: ignore[arg-type]
+
+
 @llm_app.command()
 def serve(
     model: Annotated[
@@ -144,6 +164,7 @@ def serve(
     logs = state_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pids: dict[str, int] = {}
+    llm_name = model  # vLLM serves the model under the name it was given
     try:
         with console.status("starting the LLM engine (loading the model)..."):
             if engine == "vllm":
@@ -156,32 +177,12 @@ def serve(
                 except ConfigError as exc:
                     raise _fail(str(exc)) from None
             else:
-                pids["llm"], _ = _spawn(
-                    "llm",
-                    [
-                        "engine",
-                        "--kind",
-                        "llm",
-                        "--model",
-                        model,
-                        "--engine",
-                        engine,
-                        "--host",
-                        host,
-                        "--port",
-                        str(llm_port),
-                        "--max-batch",
-                        str(max_batch),
-                        *(["--dtype", dtype] if dtype and engine == "cpu" else []),
-                    ],
-                    logs,
-                    timeout,
+                cpu_args = ["--max-batch", str(max_batch)]
+                if dtype and engine == "cpu":
+                    cpu_args += ["--dtype", dtype]
+                pids["llm"], llm_name = _start_engine(
+                    "llm", model, engine, host, llm_port, logs, timeout, *cpu_args
                 )
-        llm_name = model
-        if engine == "cpu":
-            from sage.common.components.sage_llm.models import resolve_model
-
-            llm_name = resolve_model(model, "llm").name
         backends: dict[str, list[dict[str, Any]]] = {
             "llm_backends": [{"host": host, "port": llm_port, "model_name": llm_name}],
             "embedding_backends": [],
@@ -189,29 +190,9 @@ def serve(
         if serve_embedding:
             with console.status("starting the embedding engine..."):
                 emb_engine = "stub" if engine == "stub" else "cpu"
-                pids["embedding"], _ = _spawn(
-                    "embedding",
-                    [
-                        "engine",
-                        "--kind",
-                        "embedding",
-                        "--model",
-                        embedding_model,
-                        "--engine",
-                        emb_engine,
-                        "--host",
-                        host,
-                        "--port",
-                        str(embedding_port),
-                    ],
-                    logs,
-                    timeout,
+                pids["embedding"], emb_name = _start_engine(
+                    "embedding", embedding_model, emb_engine, host, embedding_port, logs, timeout
                 )
-            emb_name = embedding_model
-            if emb_engine == "cpu":
-                from sage.common.components.sage_llm.models import resolve_model
-
-                emb_name = resolve_model(embedding_model, "embedding").name
             backends["embedding_backends"] = [
                 {
                     "host": host,

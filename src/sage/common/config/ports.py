@@ -67,3 +67,10 @@ class SagePorts:
             if cls.is_port_free(port, host):
                 return port
         raise OSError(f"no free port in {start}-{start + tries - 1} on {host}")
+
+    @staticmethod
+    def any_free_port(host: str = "127.0.0.1") -> int:
+        """A port the system reports free now (for servers started right after)."""
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
