@@ -106,7 +106,6 @@ class UnifiedAPIServer:
         self._stopping: asyncio.Event | None = None
         self._run_owns_shutdown = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._listening = threading.Event()
         self.requests = 0
         self.rejected = 0
 
@@ -141,8 +140,11 @@ class UnifiedAPIServer:
         Raises:
             TimeoutError: it did not start within ``timeout`` seconds.
         """
-        if not self._listening.wait(timeout):
-            raise TimeoutError(f"the gateway did not start listening within {timeout} s")
+        with self._listening_changed:
+            if not self._listening_changed.wait_for(
+                lambda: self in self._listening_ports.values(), timeout
+            ):
+                raise TimeoutError(f"the gateway did not start listening within {timeout} s")
         assert self.port is not None
         return self.port
 
@@ -195,7 +197,6 @@ class UnifiedAPIServer:
         self.port = await http.start(self.config.host, self.config.port)
         await self._check_all()  # start with every instance's health known
         self._health_task = self._loop.create_task(self._health_loop())
-        self._listening.set()
         with self._listening_changed:
             self._listening_ports[self.port] = self
             self._listening_changed.notify_all()
@@ -211,7 +212,6 @@ class UnifiedAPIServer:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        self._listening.clear()
         with self._listening_changed:
             if self.port is not None and self._listening_ports.get(self.port) is self:
                 del self._listening_ports[self.port]
