@@ -365,6 +365,23 @@ class UnifiedAPIServer:
         body = ("\n".join(lines) + "\n").encode()
         return Response(body=body, content_type="text/plain; version=0.0.4")
 
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """The gateway's state as JSON-ready data (``ControlPlaneVLLMService.get_metrics``,
+        ``GET /v1/management/metrics``).
+
+        Keys: ``total_requests``, ``rejected``, ``policy``, ``active_policy``, ``queued``,
+        ``instances`` (each instance's ``describe()``).
+        """
+        instances = self.registry.all() if self.registry is not None else []
+        return {
+            "total_requests": self.requests,
+            "rejected": self.rejected,
+            "policy": str(self.config.scheduling_policy),
+            "active_policy": str(self.config.scheduling_policy),
+            "queued": self.registry.waiting if self.registry is not None else 0,
+            "instances": [i.describe() for i in instances],
+        }
+
     # -- management -------------------------------------------------------------------------------
 
     async def _list_instances(self, request: Request) -> Response:
