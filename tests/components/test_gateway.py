@@ -160,9 +160,13 @@ def test_requests_spread_over_instances_within_their_limits(stack: Stack) -> Non
 
 def test_management_routes_policy_and_failover(stack: Stack) -> None:
     with httpx.Client(base_url=stack.url) as client:
-        assert client.get("/v1/management/policy").json() == {"policy": "fifo"}
+        assert client.get("/v1/management/policy").json() == {
+            "policy": "fifo",
+            "active_policy": "fifo",
+        }
         assert client.put("/v1/management/policy", json={"policy": "hybrid_slo"}).json() == {
-            "policy": "hybrid"
+            "policy": "hybrid",
+            "active_policy": "hybrid",
         }
         bad = client.put("/v1/management/policy", json={"policy": "fastest"})
         assert (

@@ -9,7 +9,12 @@ from typing import Any, Literal
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
 
-__all__ = ["BackendInstanceConfig", "SchedulingPolicyType", "UnifiedServerConfig"]
+__all__ = [
+    "BackendInstanceConfig",
+    "RequestDefaults",
+    "SchedulingPolicyType",
+    "UnifiedServerConfig",
+]
 
 
 class SchedulingPolicyType(StrEnum):
@@ -92,6 +97,44 @@ class BackendInstanceConfig:
 
 
 @dataclass
+class RequestDefaults:
+    """Scheduling defaults for requests that do not say (per API key or per model).
+
+    Attributes:
+        priority: Lower is more urgent (``None``: fall through to the next default).
+        slo_ms: Latency objective in milliseconds (``None``: fall through).
+    """
+
+    priority: int | None = None
+    slo_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.priority is not None and (
+            isinstance(self.priority, bool) or not isinstance(self.priority, int)
+        ):
+            raise ConfigError(f"priority={self.priority!r} must be an integer (lower first)")
+        if self.slo_ms is not None and not (
+            isinstance(self.slo_ms, int | float) and self.slo_ms > 0
+        ):
+            raise ConfigError(f"slo_ms={self.slo_ms!r} must be a positive number of ms")
+
+    @classmethod
+    def of(cls, value: RequestDefaults | dict[str, Any]) -> RequestDefaults:
+        """From a mapping such as ``{"priority": 0, "slo_ms": 2000}``.
+
+        Raises:
+            ConfigError: an unknown key or a bad value.
+        """
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict) or set(value) - {"priority", "slo_ms"}:
+            raise ConfigError(
+                f"request defaults {value!r} must be a mapping with 'priority' and/or 'slo_ms'"
+            )
+        return cls(**value)
+
+
+@dataclass
 class UnifiedServerConfig:
     """The gateway (``UnifiedAPIServer``).
 
@@ -107,6 +150,14 @@ class UnifiedServerConfig:
         max_body_bytes: Largest request body accepted.
         request_timeout_s: Longest a backend may take to answer.
         health_check_interval_s: Seconds between health checks of each instance.
+        default_priority: Priority of requests that give none (lower first).
+        default_slo_ms: Latency objective of requests that give none (``None``: none).
+        model_defaults: Per model name, the priority/SLO of its requests that give none.
+        api_key_defaults: Per bearer token sent by a client, the same (checked before the
+            model's); keys are never logged.
+        priority_aging_s: PRIORITY: seconds of waiting worth one level (``None``: strict).
+        embedding_batch_max_texts: SLO_AWARE/HYBRID: inputs per batched embedding call.
+        embedding_batch_wait_ms: HYBRID: longest a batch waits to fill while its model is busy.
     """
 
     host: str = "127.0.0.1"
@@ -119,8 +170,26 @@ class UnifiedServerConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 600.0
     health_check_interval_s: float = 5.0
+    default_priority: int = 0
+    default_slo_ms: float | None = None
+    model_defaults: dict[str, RequestDefaults] = field(default_factory=dict)
+    api_key_defaults: dict[str, RequestDefaults] = field(default_factory=dict)
+    priority_aging_s: float | None = 10.0
+    embedding_batch_max_texts: int = 256
+    embedding_batch_wait_ms: float = 5.0
 
     def __post_init__(self) -> None:
         self.scheduling_policy = SchedulingPolicyType.parse(self.scheduling_policy)
+        RequestDefaults(self.default_priority, self.default_slo_ms)  # validates both
+        self.model_defaults = {k: RequestDefaults.of(v) for k, v in self.model_defaults.items()}
+        self.api_key_defaults = {k: RequestDefaults.of(v) for k, v in self.api_key_defaults.items()}
+        if self.embedding_batch_max_texts < 1:
+            raise ConfigError(
+                f"embedding_batch_max_texts={self.embedding_batch_max_texts} must be at least 1"
+            )
+        if self.embedding_batch_wait_ms < 0:
+            raise ConfigError(
+                f"embedding_batch_wait_ms={self.embedding_batch_wait_ms} must be >= 0"
+            )
         for backend in self.embedding_backends:
             backend.instance_type = "embedding"

@@ -3,17 +3,23 @@
 Routes:
 
 * ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/embeddings`` — sent to a
-  healthy instance serving the requested model (the one with the most capacity left; when all
-  are at ``max_concurrent_requests`` the request waits in the gateway). Bodies pass through as
+  healthy instance serving the requested model (the one with the most capacity left). When
+  every one is at ``max_concurrent_requests`` the request waits in the gateway's dispatcher,
+  which lets waiting requests go in the order of the scheduling policy
+  (:mod:`~sage.common.components.sage_llm.control_plane.dispatcher`). Bodies pass through as
   bytes; streamed answers are relayed event by event.
 * ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text).
 * ``GET|POST /v1/management/instances``, ``DELETE /v1/management/instances/<id>``,
-  ``GET|PUT /v1/management/policy``.
+  ``GET|PUT /v1/management/policy``, ``GET /v1/management/metrics`` (JSON).
 
-The gateway reads only ``model`` and ``stream`` from a request (an unknown model gets 404,
-invalid JSON 400); the engine validates the rest and its 4xx answer is passed on. An instance
-that cannot be reached leaves the rotation (health checks bring it back) and the request is
-retried once on another instance of the model, else answered with 503.
+The gateway reads ``model``, ``stream``, the scheduling fields (``priority``, ``slo_ms``, or the
+headers ``x-sage-priority``, ``x-sage-slo-ms``; ``x-sage-class`` names the request's class in
+the metrics) and the sizes it predicts from; an unknown model gets 404, invalid JSON or a bad
+scheduling field 400. The engine validates the rest and its 4xx answer is passed on. An
+instance that cannot be reached or times out leaves the rotation (health checks bring it
+back), and a request whose answer had not started reaching the client (every non-streamed
+request, and a streamed one before its first byte) runs again on another instance of the
+model, at the head of the queue; when none is left it gets 503.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import contextlib
 import hmac
 import logging
 import threading
+import time
 from dataclasses import asdict
 from time import perf_counter
 from typing import Any, ClassVar
@@ -34,7 +41,20 @@ from sage.common.components.sage_llm.config import (
     SchedulingPolicyType,
     UnifiedServerConfig,
 )
+from sage.common.components.sage_llm.control_plane.batching import (
+    batch_key,
+    merge_inputs,
+    split_answer,
+    texts_of,
+)
+from sage.common.components.sage_llm.control_plane.dispatcher import (
+    Dispatcher,
+    NoInstance,
+    Ticket,
+    settle_riders,
+)
 from sage.common.components.sage_llm.control_plane.instances import Instance, InstanceRegistry
+from sage.common.components.sage_llm.control_plane.queues import PendingRequest
 from sage.common.components.sage_llm.protocol import ModelCard, ModelList
 from sage.common.errors import ConfigError
 from sage.common.http import (
@@ -74,6 +94,52 @@ def _error(
     return HttpError(status, message, openai_error(status, message, param, code))
 
 
+_SCHEDULING = ("priority", "slo_ms")
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("priority")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError("priority") from None
+
+
+def _as_slo(value: Any) -> float:
+    try:
+        slo = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("slo_ms") from None
+    if isinstance(value, bool) or not slo > 0:
+        raise ValueError("slo_ms")
+    return slo
+
+
+def _tokens(kind: str, body: dict[str, Any]) -> int:
+    """Tokens a request is expected to cost (about 4 characters a token), for predictions."""
+    if kind == "embedding":
+        return sum(len(text) for text in texts_of(body) or ()) // 4 + 1
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        chars = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
+    else:
+        chars = len(str(body.get("prompt", "")))
+    limit = body.get("max_tokens", body.get("max_completion_tokens"))
+    return chars // 4 + (limit if isinstance(limit, int) and limit > 0 else 256)
+
+
+def _split(status: int, answer: bytes, counts: list[int]) -> list[bytes] | None:
+    """A batched call's answer per member, or ``None`` if it is not a good one."""
+    if status != 200:
+        return None
+    try:
+        return split_answer(answer, counts)
+    except (ValueError, orjson.JSONDecodeError, AttributeError, TypeError):
+        logger.warning("a batched embedding answer could not be split; members go alone")
+        return None
+
+
 _KIND_OF_PATH = {
     "/v1/chat/completions": "llm",
     "/v1/completions": "llm",
@@ -100,6 +166,8 @@ class UnifiedAPIServer:
     def __init__(self, config: UnifiedServerConfig | None = None) -> None:
         self.config = config or UnifiedServerConfig()
         self.registry: InstanceRegistry | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._dispatcher_clock = time.monotonic
         self.port: int | None = None
         self._http: HttpServer | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -175,9 +243,18 @@ class UnifiedAPIServer:
         Raises:
             OSError: the port is taken.
         """
+        config = self.config
         self.registry = InstanceRegistry()
-        for backend in [*self.config.llm_backends, *self.config.embedding_backends]:
+        for backend in [*config.llm_backends, *config.embedding_backends]:
             self.registry.add(backend)
+        self.dispatcher = Dispatcher(
+            self.registry,
+            config.scheduling_policy if config.enable_control_plane else "fifo",
+            aging_s=config.priority_aging_s,
+            batch_max_texts=config.embedding_batch_max_texts,
+            batch_wait_s=config.embedding_batch_wait_ms / 1000,
+            clock=self._dispatcher_clock,
+        )
         http = HttpServer(
             "sage-gateway", max_body=self.config.max_body_bytes, error_body=_error_body
         )
@@ -191,6 +268,7 @@ class UnifiedAPIServer:
         http.route("DELETE", "/v1/management/instances/", self._remove_instance, prefix=True)
         http.route("GET", "/v1/management/policy", self._get_policy)
         http.route("PUT", "/v1/management/policy", self._set_policy)
+        http.route("GET", "/v1/management/metrics", self._management_metrics)
         self._http = http
         self._stopping = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -242,10 +320,59 @@ class UnifiedAPIServer:
 
     # -- the API -------------------------------------------------------------------------------
 
+    def _schedule(
+        self, request: Request, kind: str, model: str, body: dict[str, Any]
+    ) -> tuple[PendingRequest, bytes]:
+        """The request as the dispatcher sees it, and the body to send on.
+
+        Priority and SLO come from the body (``priority``, ``slo_ms``), else the headers
+        (``x-sage-priority``, ``x-sage-slo-ms``), else the defaults of the caller's API key,
+        of the model, of the gateway. The body fields are removed before forwarding (an
+        engine such as vLLM may refuse a priority it does not schedule by).
+        """
+        config = self.config
+        priority: Any = body.get("priority", request.headers.get("x-sage-priority"))
+        slo_ms: Any = body.get("slo_ms", request.headers.get("x-sage-slo-ms"))
+        defaults = []
+        if config.api_key_defaults:
+            given = request.headers.get("authorization", "")
+            if given.startswith("Bearer ") and given[7:] in config.api_key_defaults:
+                defaults.append(config.api_key_defaults[given[7:]])
+        if model in config.model_defaults:
+            defaults.append(config.model_defaults[model])
+        for default in defaults:
+            priority = default.priority if priority is None else priority
+            slo_ms = default.slo_ms if slo_ms is None else slo_ms
+        try:
+            priority = config.default_priority if priority is None else _as_int(priority)
+            slo_ms = config.default_slo_ms if slo_ms is None else _as_slo(slo_ms)
+        except ValueError as exc:
+            name = str(exc)
+            raise _error(
+                400,
+                f"{name!r} must be {'an integer' if name == 'priority' else 'a number > 0'}"
+                f" (body field {name!r} or header 'x-sage-{name.replace('_', '-')}')",
+                param=name,
+            ) from None
+        payload = request.body
+        if "priority" in body or "slo_ms" in body:
+            payload = orjson.dumps({k: v for k, v in body.items() if k not in _SCHEDULING})
+        return (
+            PendingRequest(
+                arrival=self._dispatcher_clock(),
+                kind=kind,
+                model=model,
+                priority=priority,
+                slo_ms=slo_ms,
+                tokens=_tokens(kind, body),
+            ),
+            payload,
+        )
+
     async def _forward(self, request: Request) -> Response | StreamResponse:
         self._check_key(request)
-        registry = self.registry
-        assert registry is not None
+        registry, dispatcher = self.registry, self.dispatcher
+        assert registry is not None and dispatcher is not None
         kind = _KIND_OF_PATH[request.path]
         body = request.json()
         model = body.get("model") if isinstance(body, dict) else None
@@ -259,58 +386,113 @@ class UnifiedAPIServer:
                 param="model",
                 code="model_not_found",
             )
+        assert isinstance(body, dict)
+        pending, payload = self._schedule(request, kind, model, body)
+        class_name = request.headers.get("x-sage-class") or None
         stream = kind == "llm" and body.get("stream") is True
+        key = batch_key(body) if kind == "embedding" else None
+        texts = len(texts_of(body) or ()) if kind == "embedding" else 1
         self.requests += 1
-        tried: Instance | None = None
-        for attempt in (0, 1):
+        arrived = perf_counter()
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            ticket = Ticket(loop.create_future(), body, key, max(texts, 1))
             try:
-                instance = await registry.acquire(kind, model, exclude=tried)
-            except LookupError:
+                grant = await dispatcher.admit(pending, ticket, retry=failures > 0)
+            except NoInstance:
+                dispatcher.record(pending, perf_counter() - arrived, 0.0, True, class_name)
                 raise _error(
                     503,
                     f"no healthy instance serves {model!r} now; retry later",
                     code="unavailable",
                 ) from None
-            started = perf_counter()
+            if grant.instance is None:  # riding on another request's batched call
+                assert grant.outcome is not None
+                outcome = await grant.outcome
+                if outcome is None:  # the call failed: go again, alone
+                    failures += 1
+                    key = None
+                    continue
+                status, answer = outcome
+                elapsed = perf_counter() - arrived
+                dispatcher.record(pending, elapsed, elapsed, status >= 500, class_name)
+                return Response(status=status, body=answer, content_type="application/json")
+            instance = grant.instance
+            send = payload
+            if grant.riders:
+                send, counts = merge_inputs([body, *(r.payload.body for r in grant.riders)])
+            dispatched = perf_counter()
             try:
                 result = await asyncio.wait_for(
                     instance.pool.request(
-                        "POST",
-                        instance.path(request.path),
-                        request.body,
-                        instance.headers,
-                        stream=stream,
+                        "POST", instance.path(request.path), send, instance.headers, stream=stream
                     ),
                     self.config.request_timeout_s,
                 )
             except (BackendUnavailable, TimeoutError) as exc:
-                registry.release(instance, started, failed=True)
-                registry.mark(instance, False, str(exc))
+                # Nothing reached the client yet, so the request can run again elsewhere.
+                dispatcher.finish(pending, instance, dispatched, failed=True)
+                registry.mark(instance, False, str(exc) or type(exc).__name__)
+                settle_riders(grant.riders, None)
                 logger.warning("instance %s failed: %s", instance.id, exc)
-                tried = instance
-                if attempt == 0 and registry.has_healthy(kind, model, exclude=instance):
-                    continue  # nothing was streamed yet: retry on another instance
+                failures += 1
+                if failures <= len(registry.of_model(kind, model)) and registry.has_healthy(
+                    kind, model
+                ):
+                    continue
+                dispatcher.record(pending, perf_counter() - arrived, 0.0, True, class_name)
                 raise _error(
                     503, f"instance {instance.id} failed: {exc}", code="unavailable"
                 ) from None
             content_type = result.headers.get("content-type", "application/json")
             if result.chunks is None:
-                registry.release(instance, started, failed=result.status >= 500)
-                return Response(status=result.status, body=result.body, content_type=content_type)
+                failed = result.status >= 500
+                dispatcher.finish(pending, instance, dispatched, failed=failed)
+                answer = result.body
+                if grant.riders:
+                    parts = _split(result.status, result.body, counts)
+                    if parts is not None:
+                        answer = parts[0]
+                        settle_riders(grant.riders, [(200, part) for part in parts[1:]])
+                    else:  # let each go again alone and get its own answer
+                        settle_riders(grant.riders, None)
+                        if result.status < 500:
+                            failures += 1
+                            key = None
+                            continue
+                elapsed = perf_counter() - arrived
+                dispatcher.record(pending, elapsed, elapsed, failed, class_name)
+                return Response(status=result.status, body=answer, content_type=content_type)
             return StreamResponse(
-                self._relay(result.chunks, instance, started), result.status, content_type
+                self._relay(result.chunks, pending, instance, dispatched, arrived, class_name),
+                result.status,
+                content_type,
             )
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _relay(self, chunks: Any, instance: Instance, started: float) -> Any:
-        assert self.registry is not None
+    async def _relay(
+        self,
+        chunks: Any,
+        pending: PendingRequest,
+        instance: Instance,
+        dispatched: float,
+        arrived: float,
+        class_name: str | None,
+    ) -> Any:
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
         failed = True
+        first: float | None = None
         try:
             async for chunk in chunks:
+                if first is None:
+                    first = perf_counter()
                 yield chunk
             failed = False
         finally:
-            self.registry.release(instance, started, failed=failed)
+            dispatcher.finish(pending, instance, dispatched, failed=failed, first_byte=first)
+            end = perf_counter()
+            dispatcher.record(pending, end - arrived, (first or end) - arrived, failed, class_name)
             await chunks.aclose()
 
     async def _models(self, request: Request) -> Response:
@@ -329,19 +511,55 @@ class UnifiedAPIServer:
                 "instances": len(instances),
                 "healthy": healthy,
                 "policy": str(self.config.scheduling_policy),
+                "active_policy": str(self.dispatcher.active_policy) if self.dispatcher else None,
             }
         )
 
     async def _metrics(self, request: Request) -> Response:
-        assert self.registry is not None
+        assert self.registry is not None and self.dispatcher is not None
+        state = self.dispatcher.describe()
         lines = [
             "# HELP sage_gateway_requests_total Requests received by the gateway.",
             "# TYPE sage_gateway_requests_total counter",
             f"sage_gateway_requests_total {self.requests}",
             "# HELP sage_gateway_waiting Requests waiting for a free instance.",
             "# TYPE sage_gateway_waiting gauge",
-            f"sage_gateway_waiting {self.registry.waiting}",
+            f"sage_gateway_waiting {state['queued']}",
+            "# HELP sage_gateway_retries_total Requests sent again after their instance failed.",
+            "# TYPE sage_gateway_retries_total counter",
+            f"sage_gateway_retries_total {state['retries']}",
+            "# HELP sage_gateway_policy_active 1 for the scheduling policy in use now.",
+            "# TYPE sage_gateway_policy_active gauge",
+            *(
+                f'sage_gateway_policy_active{{policy="{policy}"}} '
+                f"{int(policy == self.dispatcher.active_policy)}"
+                for policy in SchedulingPolicyType
+                if policy is not SchedulingPolicyType.ADAPTIVE
+            ),
+            "# HELP sage_gateway_queued Requests waiting, per lane.",
+            "# TYPE sage_gateway_queued gauge",
+            *(
+                f'sage_gateway_queued{{type="{lane["kind"]}",model="{lane["model"]}"}} '
+                f"{lane['queued']}"
+                for lane in state["lanes"]
+            ),
         ]
+        per_class = {
+            "sage_class_requests_total": ("counter", "Requests answered, per class.", "requests"),
+            "sage_class_errors_total": ("counter", "Requests failed, per class.", "errors"),
+            "sage_class_latency_p95_ms": ("gauge", "p95 latency incl. queueing (ms).", "p95_ms"),
+            "sage_class_ttft_p95_ms": ("gauge", "p95 time to first token (ms).", "ttft_p95_ms"),
+            "sage_class_slo_attainment": (
+                "gauge",
+                "Share of requests with an SLO that met it.",
+                "slo_attainment",
+            ),
+        }
+        for name, (kind, help_text, key) in per_class.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            for class_name, figures in state["classes"].items():
+                if figures[key] is not None:
+                    lines.append(f'{name}{{class="{class_name}"}} {float(figures[key])}')
         metrics = {
             "sage_instance_requests_total": (
                 "counter",
@@ -352,6 +570,7 @@ class UnifiedAPIServer:
             "sage_instance_in_flight": ("gauge", "Requests running on an instance.", "in_flight"),
             "sage_instance_healthy": ("gauge", "1 when the instance is in rotation.", "healthy"),
             "sage_instance_latency_p95_ms": ("gauge", "p95 request latency (ms).", "p95_ms"),
+            "sage_instance_ttft_p95_ms": ("gauge", "p95 time to first byte (ms).", "ttft_p95_ms"),
         }
         states = [i.describe() for i in self.registry.all()]
         for name, (kind, help_text, key) in metrics.items():
@@ -369,18 +588,28 @@ class UnifiedAPIServer:
         """The gateway's state as JSON-ready data (``ControlPlaneVLLMService.get_metrics``,
         ``GET /v1/management/metrics``).
 
-        Keys: ``total_requests``, ``rejected``, ``policy``, ``active_policy``, ``queued``,
+        Keys: ``total_requests``, ``rejected``, ``policy``, ``active_policy``,
+        ``policy_switches``, ``queued``, ``lanes`` (per kind and model: queued, P95 ms per
+        token), ``classes`` (per request class: requests, errors, latency percentiles, TTFT,
+        SLO attainment), ``embedding_batches``, ``batched_requests``, ``retries`` and
         ``instances`` (each instance's ``describe()``).
         """
         instances = self.registry.all() if self.registry is not None else []
+        if self.dispatcher is not None:
+            state = self.dispatcher.describe()
+        else:
+            policy = str(self.config.scheduling_policy)
+            state = {"policy": policy, "active_policy": policy, "queued": 0}
         return {
             "total_requests": self.requests,
             "rejected": self.rejected,
-            "policy": str(self.config.scheduling_policy),
-            "active_policy": str(self.config.scheduling_policy),
-            "queued": self.registry.waiting if self.registry is not None else 0,
+            **state,
             "instances": [i.describe() for i in instances],
         }
+
+    async def _management_metrics(self, request: Request) -> Response:
+        self._check_key(request)
+        return json_response(self.metrics_snapshot())
 
     # -- management -------------------------------------------------------------------------------
 
@@ -415,19 +644,33 @@ class UnifiedAPIServer:
             raise _error(404, f"no instance {instance_id!r}", param="instance_id") from None
         return json_response({"removed": instance_id})
 
+    def _policy_state(self) -> dict[str, str]:
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+        return {"policy": str(dispatcher.policy), "active_policy": str(dispatcher.active_policy)}
+
     async def _get_policy(self, request: Request) -> Response:
         self._check_key(request)
-        return json_response({"policy": str(self.config.scheduling_policy)})
+        return json_response(self._policy_state())
 
     async def _set_policy(self, request: Request) -> Response:
         self._check_key(request)
+        assert self.dispatcher is not None
         payload = request.json()
         name = payload.get("policy") if isinstance(payload, dict) else None
+        if not self.config.enable_control_plane:
+            raise _error(
+                409,
+                "the control plane is off (enable_control_plane=False): requests go in "
+                "arrival order; restart the gateway with it on to choose a policy",
+                param="policy",
+            )
         try:
-            self.config.scheduling_policy = SchedulingPolicyType.parse(name)
+            policy = SchedulingPolicyType.parse(name)
         except ConfigError as exc:
             raise _error(400, str(exc), param="policy") from None
-        return json_response({"policy": str(self.config.scheduling_policy)})
+        self.config.scheduling_policy = self.dispatcher.set_policy(policy)
+        return json_response(self._policy_state())
 
     # -- health ---------------------------------------------------------------------------------
 

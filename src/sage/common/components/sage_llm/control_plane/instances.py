@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
+from collections.abc import Callable
 from time import perf_counter
 
 from sage.common.components.sage_llm.config import BackendInstanceConfig
@@ -31,7 +30,8 @@ class Instance:
         self.healthy = True
         self.requests = 0
         self.errors = 0
-        self.latency = LatencyRing(1024)
+        self.latency = LatencyRing(1024)  # service time: dispatch to last byte
+        self.ttft = LatencyRing(1024)  # dispatch to first byte of the answer
         self.last_error = ""
         self.headers = {"content-type": "application/json"}
         if config.api_key:
@@ -63,22 +63,23 @@ class Instance:
             "p50_ms": p50,
             "p95_ms": p95,
             "p99_ms": p99,
+            "ttft_p95_ms": quantiles_ms(self.ttft.values())[1],
             "last_error": self.last_error,
         }
 
 
 class InstanceRegistry:
-    """Instances by (type, model), and the wait for a free one.
+    """Instances by (type, model), their health, and where a request should go.
 
-    A request takes a slot on the healthy instance of its model with the most capacity
-    left; when every one is full it waits (first come, first served) for a slot to free.
+    The registry only places and counts; waiting for a free instance is the dispatcher's
+    job, which it learns about through ``on_change`` (called when an instance is added,
+    removed, or changes health).
     """
 
     def __init__(self) -> None:
         self._by_id: dict[str, Instance] = {}
         self._by_model: dict[tuple[str, str], list[Instance]] = {}
-        self._changed = asyncio.Condition()
-        self._waiting = 0  # requests waiting for a free instance (the slow path)
+        self.on_change: Callable[[], None] | None = None
 
     def add(self, config: BackendInstanceConfig) -> Instance:
         """Register an instance (its id must be new).
@@ -92,7 +93,7 @@ class InstanceRegistry:
         self._by_id[instance.id] = instance
         key = (config.instance_type, config.model_name)
         self._by_model[key] = [*self._by_model.get(key, []), instance]
-        self._wake()
+        self._changed()
         return instance
 
     async def remove(self, instance_id: str) -> Instance:
@@ -110,6 +111,7 @@ class InstanceRegistry:
             self._by_model[key] = remaining
         else:
             self._by_model.pop(key, None)
+        self._changed()
         await instance.pool.close()
         return instance
 
@@ -121,6 +123,10 @@ class InstanceRegistry:
         """Every instance, in registration order."""
         return list(self._by_id.values())
 
+    def of_model(self, kind: str, model: str) -> list[Instance]:
+        """The instances of ``kind`` serving ``model``."""
+        return self._by_model.get((kind, model), [])
+
     def models(self, kind: str | None = None) -> list[str]:
         """Model names served (of one type)."""
         return sorted({m for k, m in self._by_model if kind is None or k == kind})
@@ -129,69 +135,57 @@ class InstanceRegistry:
         """Whether any instance of ``kind`` serves ``model``."""
         return (kind, model) in self._by_model
 
-    def _pick(self, kind: str, model: str, exclude: Instance | None) -> Instance | None:
+    def pick(self, kind: str, model: str) -> Instance | None:
+        """The healthy instance of the model with the most capacity left (``None``: all full).
+
+        Ties go to the one registered first, so placement is deterministic.
+        """
         best = None
         for instance in self._by_model.get((kind, model), ()):
             if (
                 instance.healthy
-                and instance is not exclude
                 and instance.capacity_left > 0
                 and (best is None or instance.capacity_left > best.capacity_left)
             ):
                 best = instance
         return best
 
-    def has_healthy(self, kind: str, model: str, exclude: Instance | None = None) -> bool:
-        """Whether a healthy instance (other than ``exclude``) serves the model."""
-        return any(i.healthy and i is not exclude for i in self._by_model.get((kind, model), ()))
+    def has_healthy(self, kind: str, model: str) -> bool:
+        """Whether a healthy instance serves the model."""
+        return any(i.healthy for i in self._by_model.get((kind, model), ()))
 
-    async def acquire(self, kind: str, model: str, exclude: Instance | None = None) -> Instance:
-        """A slot on the best instance for ``model``, waiting for one to free if needed.
+    def capacity(self, kind: str, model: str) -> int:
+        """Requests the model's healthy instances can hold at once."""
+        return sum(
+            i.config.max_concurrent_requests
+            for i in self._by_model.get((kind, model), ())
+            if i.healthy
+        )
 
-        Raises:
-            LookupError: no healthy instance serves the model (now or after a change).
-        """
-        instance = self._pick(kind, model, exclude)
-        if instance is None:
-            async with self._changed:
-                self._waiting += 1
-                try:
-                    while (instance := self._pick(kind, model, exclude)) is None:
-                        if not self.has_healthy(kind, model, exclude):
-                            raise LookupError(model)
-                        await self._changed.wait()
-                finally:
-                    self._waiting -= 1
+    def take(self, instance: Instance) -> None:
+        """Count a request dispatched to ``instance``."""
         instance.in_flight += 1
-        return instance
 
-    def release(self, instance: Instance, started: float, failed: bool) -> None:
-        """Give back the slot of a request that started at ``started`` (perf_counter)."""
+    def release(
+        self, instance: Instance, started: float, failed: bool, first_byte: float | None = None
+    ) -> None:
+        """Give back the slot of a request dispatched at ``started`` (perf_counter)."""
+        now = perf_counter()
         instance.in_flight -= 1
         instance.requests += 1
-        instance.latency.add(perf_counter() - started)
+        instance.latency.add(now - started)
+        instance.ttft.add((first_byte or now) - started)
         if failed:
             instance.errors += 1
-        if self._waiting:
-            self._wake()
-
-    def _wake(self) -> None:
-        async def notify() -> None:
-            async with self._changed:
-                self._changed.notify_all()
-
-        with contextlib.suppress(RuntimeError):  # no loop yet: nobody can be waiting
-            asyncio.get_running_loop().create_task(notify())
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for a free instance now."""
-        return self._waiting
 
     def mark(self, instance: Instance, healthy: bool, error: str = "") -> None:
-        """Record a health observation (waiters re-check when it changes)."""
-        if instance.healthy != healthy:
-            instance.healthy = healthy
-            self._wake()
+        """Record a health observation (the dispatcher re-plans when it changes)."""
         if error:
             instance.last_error = error
+        if instance.healthy != healthy:
+            instance.healthy = healthy
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()

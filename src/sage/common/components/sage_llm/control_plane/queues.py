@@ -72,6 +72,10 @@ class RequestQueue(Protocol):
 
     def pop(self, now: float) -> PendingRequest | None: ...
 
+    def requeue(self, request: PendingRequest) -> None:
+        """Put back a request just popped (it keeps its place)."""
+        ...
+
     def __len__(self) -> int: ...
 
 
@@ -88,6 +92,9 @@ class FifoQueue:
 
     def pop(self, now: float) -> PendingRequest | None:
         return self._items.popleft() if self._items else None
+
+    def requeue(self, request: PendingRequest) -> None:
+        self._items.appendleft(request)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -120,6 +127,9 @@ class PriorityQueue:
 
     def pop(self, now: float) -> PendingRequest | None:
         return heapq.heappop(self._heap)[2] if self._heap else None
+
+    def requeue(self, request: PendingRequest) -> None:
+        self.push(request)  # the key depends only on the request: same place
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -167,16 +177,25 @@ class SloAwareQueue:
             self.demoted += 1
         return self._late.popleft() if self._late else None
 
+    def requeue(self, request: PendingRequest) -> None:
+        self.push(request)
+
     def __len__(self) -> int:
         return len(self._heap) + len(self._late)
 
 
-def make_queue(policy: SchedulingPolicyType | str, **options: Any) -> RequestQueue:
-    """The queue for ``policy`` (``aging_s`` for PRIORITY; ``predict_s``, ``default_slo_s``
-    for SLO_AWARE).
+def make_queue(
+    policy: SchedulingPolicyType | str, kind: str = "llm", **options: Any
+) -> RequestQueue:
+    """The queue a lane of ``kind`` requests uses under ``policy``.
+
+    Options: ``aging_s`` for PRIORITY; ``predict_s``, ``default_slo_s`` for SLO_AWARE and for
+    HYBRID's LLM lanes. HYBRID orders LLM requests by slack and keeps embeddings in arrival
+    order (they are batched as they leave, see the dispatcher).
 
     Raises:
-        ConfigError: an unknown policy name, or one without a queue of its own yet.
+        ConfigError: an unknown policy name, or ADAPTIVE (which picks one of the others at
+            run time; ask the dispatcher for its queue).
     """
     parsed = SchedulingPolicyType.parse(policy)
     if parsed is SchedulingPolicyType.FIFO:
@@ -185,6 +204,9 @@ def make_queue(policy: SchedulingPolicyType | str, **options: Any) -> RequestQue
         return PriorityQueue(**options)
     if parsed is SchedulingPolicyType.SLO_AWARE:
         return SloAwareQueue(**options)
+    if parsed is SchedulingPolicyType.HYBRID:
+        return FifoQueue() if kind == "embedding" else SloAwareQueue(**options)
     raise ConfigError(
-        f"policy {parsed.value!r} has no request queue yet; use fifo, priority or slo_aware"
+        "policy 'adaptive' has no queue of its own: it switches among fifo, priority, "
+        "slo_aware and hybrid; build the queue for the policy it chose"
     )
