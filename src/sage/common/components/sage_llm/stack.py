@@ -31,7 +31,8 @@ class LocalStack:
     Args:
         llm: Chat model (bundled name, path or cached hub name); ``None`` for none.
         embedding: Embedding model; ``None`` for none.
-        engine: ``cpu`` (the real models) or ``stub`` (answers at once; a simulator).
+        engine: ``cpu`` (the real models), ``stub`` (answers at once) or ``simulated`` (the
+            timing of a batched GPU engine; ``profile=`` sets it).
         host: Address every server listens on.
         llm_ports: One port per LLM engine server (0 = any free port). Two or more ports
             start that many engines for the model, each its own instance behind the gateway.
@@ -40,7 +41,7 @@ class LocalStack:
         max_concurrent_requests: Per instance, as the gateway enforces it.
         gateway_options: More :class:`UnifiedServerConfig` fields (``api_key``,
             ``max_body_bytes``, ``health_check_interval_s``, ``scheduling_policy``...).
-        **engine_options: For the engines (e.g. ``max_batch``, ``dtype``).
+        **engine_options: For the engines (e.g. ``max_batch``, ``dtype``, ``profile``).
     """
 
     def __init__(
@@ -127,7 +128,7 @@ class LocalStack:
                 self.llm_ports.append(self._loop.call(server.start(), timeout_s))
             if self.embedding is not None:
                 self.embedding_server = EngineServer(
-                    build_engine("embedding", self.embedding, self.engine),
+                    build_engine("embedding", self.embedding, self.engine, **self._engine_options),
                     self.host,
                     self._embedding_port,
                 )
