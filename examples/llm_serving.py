@@ -16,7 +16,12 @@ and a MiniLM server (8090) are started in this process with :class:`LocalStack` 
 ``sage llm serve`` runs as processes — then the seed's gateway serves on port 8000 in the main
 thread while a second thread runs the client blocks against it and finally stops it.
 
-Run it with ``python examples/llm_serving.py`` (ports 8000, 8001, 8090 and 8901 must be free).
+With ``--engine simulated`` the three instances are GPU-instance simulators instead (the
+timing of a batched GPU engine, placeholder text, no model loaded): the gateway block runs
+exactly as on a GPU machine, in seconds.
+
+Run it with ``python examples/llm_serving.py [--engine simulated]`` (ports 8000, 8001, 8090
+and 8901 must be free).
 """
 
 from __future__ import annotations
@@ -189,12 +194,18 @@ def engine_port_client() -> Any:
     return client
 
 
-def main() -> dict[str, Any]:
-    """Start the engines, serve the seed's gateway, run the client blocks; return what they saw."""
+def main(engine: str = "cpu") -> dict[str, Any]:
+    """Start the engines, serve the seed's gateway, run the client blocks; return what they saw.
+
+    Args:
+        engine: ``cpu`` (the bundled models) or ``simulated`` (GPU-instance simulators).
+    """
     results: dict[str, Any] = {}
+    print(f"instances: {engine} engines on ports 8001, 8901 (LLM) and 8090 (embedding)")
     with LocalStack(
         "smollm2",
         "all-minilm-l6-v2",
+        engine=engine,
         llm_ports=(SagePorts.get_recommended_llm_port(), SagePorts.BENCHMARK_LLM),
         embedding_port=SagePorts.EMBEDDING_DEFAULT,
         gateway_port=None,  # the seed block starts the gateway
@@ -211,4 +222,8 @@ def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The seed's gateway and client blocks.")
+    parser.add_argument("--engine", choices=("cpu", "simulated"), default="cpu")
+    main(parser.parse_args().engine)

@@ -208,3 +208,24 @@ def test_llm_serving_runs_the_gateway_and_client_blocks(
     assert all(i["healthy"] for i in instances)
     assert sum(i["requests"] for i in instances if i["instance_type"] == "llm") >= 2
     assert "'mode': 'control_plane'" in capsys.readouterr().out
+
+
+def test_llm_serving_seed_gateway_over_gpu_instance_simulators(
+    load_example: Callable[[str], ModuleType],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The seed's SLO_AWARE gateway block as written, its instances simulated on its ports."""
+    results: dict[str, Any] = load_example("llm_serving").main("simulated")
+    status = results["status"]
+    assert status["mode"] == "control_plane"
+    assert status["llm"]["healthy"] and status["embedding"]["healthy"]
+    assert results["response"] and results["streamed"] == results["response"]
+    instances = results["instances"]
+    assert sorted((i["port"], i["max_concurrent_requests"]) for i in instances) == [
+        (8001, 128),
+        (8090, 256),
+        (8901, 64),
+    ]
+    assert sum(i["requests"] for i in instances if i["instance_type"] == "llm") >= 2
+    out = capsys.readouterr().out
+    assert "simulated engines on ports 8001, 8901" in out and "'mode': 'control_plane'" in out
