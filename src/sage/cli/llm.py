@@ -113,7 +113,8 @@ def serve(
     engine: Annotated[
         str,
         typer.Option(
-            help="cpu (transformers), vllm (GPU), or stub (answers at once; for testing)."
+            help="cpu (transformers), vllm (GPU), stub (answers at once; for testing), or "
+            "simulated (a simulator of a batched GPU engine's timing; any model name)."
         ),
     ] = "cpu",
     gpu_memory: Annotated[
@@ -127,18 +128,35 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     max_batch: Annotated[int, typer.Option(help="CPU engine: sequences decoded together.")] = 8,
+    sim_profile: Annotated[
+        str | None,
+        typer.Option(
+            help="Simulated engine: a JSON object of SimulatorProfile fields, "
+            """e.g. '{"max_batch": 8, "decode_base_ms": 20}'."""
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds each process may take to start.")] = 600.0,
 ) -> None:
     """Start the engines and the gateway in the background; return when all are ready."""
     state = load_state()
     if state and any(_alive(p) for p in state["pids"].values()):
         raise _fail("the stack is already running (see sage llm status); run sage llm stop first")
-    if engine not in ("cpu", "vllm", "stub"):
-        raise _fail(f"--engine {engine!r} is unknown; use cpu, vllm or stub")
+    if engine not in ("cpu", "vllm", "stub", "simulated"):
+        raise _fail(f"--engine {engine!r} is unknown; use cpu, vllm, stub or simulated")
+    sim_args: list[str] = []
+    if sim_profile is not None:
+        if engine != "simulated":
+            raise _fail("--sim-profile is for --engine simulated")
+        from sage.common.components.sage_llm.engines.simulated import SimulatorProfile
+
+        try:
+            sim_args = ["--sim-profile", SimulatorProfile.from_json(sim_profile).to_json()]
+        except ConfigError as exc:
+            raise _fail(f"--sim-profile: {exc}") from None
     llm_port = port or SagePorts.get_recommended_llm_port()
     serve_embedding = with_embedding or embedding_model is not None
     embedding_model = embedding_model or "all-minilm-l6-v2"
-    if engine != "stub":
+    if engine not in ("stub", "simulated"):  # these serve any name; nothing is loaded
         from sage.common.components.sage_llm.models import resolve_model
 
         try:
@@ -177,7 +195,7 @@ def serve(
                 except ConfigError as exc:
                     raise _fail(str(exc)) from None
             else:
-                cpu_args = ["--max-batch", str(max_batch)]
+                cpu_args = ["--max-batch", str(max_batch), *sim_args]
                 if dtype and engine == "cpu":
                     cpu_args += ["--dtype", dtype]
                 pids["llm"], llm_name = _start_engine(
@@ -189,9 +207,16 @@ def serve(
         }
         if serve_embedding:
             with console.status("starting the embedding engine..."):
-                emb_engine = "stub" if engine == "stub" else "cpu"
+                emb_engine = engine if engine in ("stub", "simulated") else "cpu"
                 pids["embedding"], emb_name = _start_engine(
-                    "embedding", embedding_model, emb_engine, host, embedding_port, logs, timeout
+                    "embedding",
+                    embedding_model,
+                    emb_engine,
+                    host,
+                    embedding_port,
+                    logs,
+                    timeout,
+                    *sim_args,
                 )
             backends["embedding_backends"] = [
                 {

@@ -2,6 +2,8 @@
 
 ``python -m sage.common.components.sage_llm.serving engine --kind llm --model smollm2 --port 8001``
 ``python -m sage.common.components.sage_llm.serving gateway --config gateway.json``
+``python -m sage.common.components.sage_llm.serving engine --kind llm --model sim-7b
+--engine simulated --port 8001 --sim-profile '{"max_batch": 8}'`` (a GPU-instance simulator)
 
 Each writes ``ready <port>`` to the file descriptor given by ``--ready-fd`` once it listens,
 so the parent waits on that pipe (no polling) and learns at once if the child died instead.
@@ -25,7 +27,7 @@ from sage.common.components.sage_llm.server import UnifiedAPIServer
 
 __all__ = ["ENGINES", "build_engine", "main"]
 
-ENGINES = ("cpu", "stub", "vllm")
+ENGINES = ("cpu", "simulated", "stub", "vllm")
 
 
 def build_engine(
@@ -33,11 +35,29 @@ def build_engine(
 ) -> LLMEngine | EmbeddingEngine:
     """The engine object for ``sage llm serve --engine``.
 
+    ``stub`` and ``simulated`` accept any model name (nothing is loaded). ``simulated`` takes
+    ``profile=`` (a :class:`~sage.common.components.sage_llm.engines.simulated.SimulatorProfile`,
+    a mapping of its fields, or ``None`` for the defaults) and ignores the CPU engine's options.
+
     Raises:
-        ConfigError: the model is not available or the engine name is unknown.
+        ConfigError: the model is not available, the engine name is unknown or the
+            simulator profile is invalid.
     """
     from sage.common.errors import ConfigError
 
+    if engine == "simulated":
+        from sage.common.components.sage_llm.engines.simulated import (
+            SimulatedEmbeddingEngine,
+            SimulatedLLMEngine,
+            SimulatorProfile,
+        )
+
+        profile = options.get("profile")
+        if profile is not None and not isinstance(profile, SimulatorProfile):
+            profile = SimulatorProfile.from_mapping(profile)
+        if kind == "llm":
+            return SimulatedLLMEngine(model, profile)
+        return SimulatedEmbeddingEngine(model, profile)
     if engine == "stub":
         from sage.common.components.sage_llm.engines.stub import StubEmbeddingEngine, StubLLMEngine
 
@@ -84,11 +104,16 @@ def main(argv: list[str] | None = None) -> None:
     engine = sub.add_parser("engine")
     engine.add_argument("--kind", choices=("llm", "embedding"), required=True)
     engine.add_argument("--model", required=True)
-    engine.add_argument("--engine", default="cpu", choices=("cpu", "stub"))
+    engine.add_argument("--engine", default="cpu", choices=("cpu", "simulated", "stub"))
     engine.add_argument("--host", default="127.0.0.1")
     engine.add_argument("--port", type=int, required=True)
     engine.add_argument("--max-batch", type=int, default=8)
     engine.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    engine.add_argument(
+        "--sim-profile",
+        help="simulated engine: a JSON object of SimulatorProfile fields, "
+        """e.g. '{"max_batch": 8}'""",
+    )
     engine.add_argument("--ready-fd", type=int)
     gateway = sub.add_parser("gateway")
     gateway.add_argument("--config", required=True)
@@ -98,10 +123,19 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.what == "engine":
+        options: dict[str, Any] = {"max_batch": args.max_batch, "dtype": args.dtype}
+        if args.sim_profile is not None:
+            if args.engine != "simulated":
+                parser.error("--sim-profile is for --engine simulated")
+            from sage.common.components.sage_llm.engines.simulated import SimulatorProfile
+            from sage.common.errors import ConfigError
+
+            try:
+                options = {"profile": SimulatorProfile.from_json(args.sim_profile)}
+            except ConfigError as exc:
+                parser.error(f"--sim-profile: {exc}")
         server = EngineServer(
-            build_engine(
-                args.kind, args.model, args.engine, max_batch=args.max_batch, dtype=args.dtype
-            ),
+            build_engine(args.kind, args.model, args.engine, **options),
             args.host,
             args.port,
         )
