@@ -114,6 +114,28 @@ def test_serve_status_stop_with_stub_engines(stack: Stack) -> None:
     _serve_status_stop(stack, "stub-llm", "--engine", "stub", "--model", "stub-llm")
 
 
+def test_serve_status_stop_with_gpu_instance_simulators(stack: Stack) -> None:
+    _serve_status_stop(
+        stack,
+        "sim-7b",
+        "--engine",
+        "simulated",
+        "--model",
+        "sim-7b",
+        "--embedding-model",
+        "sim-embed",
+        "--sim-profile",
+        '{"max_batch": 4}',
+    )
+
+
+def test_a_bad_simulator_profile_is_refused_before_starting_anything(stack: Stack) -> None:
+    served = stack.serve("--engine", "simulated", "--sim-profile", '{"max_batch": 0}')
+    assert served.returncode == 2
+    assert "max_batch" in served.stdout + served.stderr
+    assert not (stack.home / "llm" / "state.json").exists()
+
+
 @pytest.mark.slow
 def test_serve_status_stop_with_the_bundled_models(stack: Stack) -> None:
     _serve_status_stop(stack, "smollm2")
