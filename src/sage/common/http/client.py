@@ -164,6 +164,7 @@ class HttpPool:
             BackendUnavailable: the server is unreachable or dropped the connection.
         """
         await self._slots.acquire()
+        connection: _Connection | None = None
         try:
             connection = await self._connection()
             if stream:
@@ -173,11 +174,15 @@ class HttpPool:
             status = await connection.head_done
         except BaseException:
             self._slots.release()
+            self._discard(connection)  # cancelled or failed mid-request: the connection is spent
             raise
         if stream:
             return HttpResult(status, connection.headers, chunks=self._chunks(connection))
         try:
             keep_alive = await connection.done
+        except BaseException:
+            self._discard(connection)
+            raise
         finally:
             self._slots.release()
         self._recycle(connection, keep_alive)
@@ -198,8 +203,13 @@ class HttpPool:
             self._recycle(connection, keep_alive)
         finally:
             self._slots.release()
-            if not complete and connection.transport is not None:
-                connection.transport.close()  # abandoned mid-stream: the connection is spent
+            if not complete:
+                self._discard(connection)  # abandoned mid-stream: the connection is spent
+
+    @staticmethod
+    def _discard(connection: _Connection | None) -> None:
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
 
     def _recycle(self, connection: _Connection, keep_alive: bool) -> None:
         if keep_alive and not connection.lost:

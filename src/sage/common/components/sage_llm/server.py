@@ -295,6 +295,8 @@ class UnifiedAPIServer:
                 del self._listening_ports[self.port]
         if self._health_task is not None:
             self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
             self._health_task = None
         if self._http is not None:
             await self._http.close()
