@@ -10,10 +10,12 @@ from sage.common.components.sage_llm.config import (
     SchedulingPolicyType,
     UnifiedServerConfig,
 )
+from sage.common.components.sage_llm.control_plane.service import ControlPlaneVLLMService
 from sage.common.components.sage_llm.server import UnifiedAPIServer
 
 __all__ = [
     "BackendInstanceConfig",
+    "ControlPlaneVLLMService",
     "SchedulingPolicyType",
     "UnifiedAPIServer",
     "UnifiedInferenceClient",
