@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import Case, interleave, report
 from sage.common.components.sage_llm.models import resolve_model
-from sage.common.components.sage_llm.processes import spawn, terminate
+from sage.common.components.sage_llm.processes import spawn_engine, spawn_gateway, terminate
 from sage.common.components.sage_llm.stack import LocalStack
 from sage.common.config.ports import SagePorts
 
@@ -158,30 +158,30 @@ def embeddings(rounds: int) -> list[str]:
 
 
 @contextmanager
-def serve_stack(logs: Path, kind: str, model: str, *engine_args: str) -> Iterator[tuple[int, int]]:
+def serve_stack(
+    logs: Path, kind: str, model: str, engine: str = "cpu", *engine_args: str
+) -> Iterator[tuple[int, int]]:
     """An engine server and a gateway in front of it, one process each.
 
     Yields:
         ``(gateway port, engine port)``.
     """
-    engine_pid, engine_port = spawn(
-        ["engine", "--kind", kind, "--model", model, *engine_args, "--port", "0"],
-        logs / f"{kind}-engine.log",
-        180,
+    engine_pid, engine_port, served = spawn_engine(
+        kind, model, engine, logs / f"{kind}-engine.log", extra=engine_args
     )
     pids = [engine_pid]
     try:
         backend = {
             "port": engine_port,
-            "model_name": resolve_model(model, kind).name if model != "stub" else "stub",
+            "model_name": served,
             "instance_type": kind,
             "max_concurrent_requests": 256,
         }
-        config = logs / f"{kind}-gateway.json"
         key = "llm_backends" if kind == "llm" else "embedding_backends"
-        config.write_text(json.dumps({"port": 0, "enable_control_plane": True, key: [backend]}))
-        gateway_pid, gateway_port = spawn(
-            ["gateway", "--config", str(config)], logs / f"{kind}-gateway.log", 60
+        gateway_pid, gateway_port = spawn_gateway(
+            {"port": 0, "enable_control_plane": True, key: [backend]},
+            logs / f"{kind}-gateway.json",
+            logs / f"{kind}-gateway.log",
         )
         pids.append(gateway_pid)
         yield gateway_port, engine_port
@@ -244,7 +244,7 @@ def load(port: int, concurrency: int, seconds: float) -> dict[str, float]:
 
 def routers(rounds: int, seconds: float) -> list[str]:
     logs = Path(tempfile.mkdtemp(prefix="sage-bench-"))
-    stack = serve_stack(logs, "llm", "stub", "--engine", "stub")
+    stack = serve_stack(logs, "llm", "stub", "stub")
     with stack as (gateway_port, stub_port):
         targets = {
             "stub directly (the limit)": stub_port,

@@ -93,10 +93,20 @@ def test_slo_aware_demotes_requests_that_can_no_longer_make_it_and_keeps_them() 
     queue.push(PendingRequest(arrival=0.2, slo_ms=1000, payload="doomed-too"))  # latest 0.2
     queue.push(PendingRequest(arrival=0.9, slo_ms=2000, payload="on-time"))  # latest start 1.9
     queue.push(PendingRequest(arrival=1.0, slo_ms=5000, payload="relaxed"))  # latest start 5.0
-    # at now=1.0 the first two are past their latest start: served after every on-time one
+    # at now=1.0 the first two are past their latest start and become late; "on-time" has
+    # 0.9 s of slack, less than a late one's 1.0 s of service: it goes first
     assert queue.pop(now=1.0).payload == "on-time"
     assert queue.demoted == 2 and len(queue) == 3
-    assert drain(queue, now=1.0) == ["relaxed", "doomed-too", "doomed"]  # late: demotion order
+    # "relaxed" has 4.0 s to spare: the late ones go before it, in demotion order
+    assert drain(queue, now=1.0) == ["doomed-too", "doomed", "relaxed"]
+
+
+def test_slo_aware_late_requests_wait_while_on_time_ones_cannot_spare_the_time() -> None:
+    queue = SloAwareQueue(predict_s=lambda r: 1.0)
+    queue.push(PendingRequest(arrival=0.0, slo_ms=1000, payload="late"))  # latest start 0.0
+    for i in range(3):  # latest starts 1.5, 1.6, 1.7: slack < 1.0 at now=1.0
+        queue.push(PendingRequest(arrival=0.5 + i / 10, slo_ms=2000, payload=f"tight{i}"))
+    assert drain(queue, now=1.0) == ["tight0", "tight1", "tight2", "late"]
 
 
 def test_slo_aware_default_slo_applies_to_requests_without_one() -> None:

@@ -19,7 +19,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sage.common.components.sage_llm.processes import SpawnError, spawn, terminate
+from sage.common.components.sage_llm.processes import (
+    SpawnError,
+    spawn_engine,
+    spawn_gateway,
+    terminate,
+)
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
 
@@ -65,14 +70,6 @@ def _check_port(port: int, what: str, option: str, host: str) -> None:
         raise _fail(f"port {port} ({what}) is in use; pick a free one, e.g. {option} {free}")
 
 
-def _spawn(name: str, args: list[str], logs: Path, timeout_s: float) -> tuple[int, int]:
-    """Start a detached server child; wait until it listens. Returns (pid, port)."""
-    try:
-        return spawn(args, logs / f"{name}.log", timeout_s)
-    except SpawnError as exc:
-        raise _fail(f"{name} {exc}") from None
-
-
 def _start_engine(
     kind: str,
     model: str,
@@ -84,13 +81,20 @@ def _start_engine(
     *extra: str,
 ) -> tuple[int, str]:
     """Start one SAGE engine server process; return its pid and the name it serves."""
-    args = ["engine", "--kind", kind, "--model", model, "--engine", engine]
-    pid, _ = _spawn(kind, [*args, "--host", host, "--port", str(port), *extra], logs, timeout_s)
-    if engine != "cpu":
-        return pid, model
-    from sage.common.components.sage_llm.models import resolve_model
-
-    return pid, resolve_model(model, kind).name  # type: ignore[arg-type]
+    try:
+        pid, _, name = spawn_engine(
+            kind,
+            model,
+            engine,
+            logs / f"{kind}.log",
+            host=host,
+            port=port,
+            timeout_s=timeout_s,
+            extra=extra,
+        )
+    except SpawnError as exc:
+        raise _fail(f"{kind} {exc}") from None
+    return pid, name
 
 
 @llm_app.command()
@@ -226,14 +230,15 @@ def serve(
                     "instance_type": "embedding",
                 }
             ]
-        config_path = state_dir() / "gateway.json"
-        config_path.write_text(
-            json.dumps({"host": host, "port": gateway_port, **backends}), encoding="utf-8"
-        )
         with console.status("starting the gateway..."):
-            pids["gateway"], _ = _spawn(
-                "gateway", ["gateway", "--config", str(config_path)], logs, 60
-            )
+            try:
+                pids["gateway"], _ = spawn_gateway(
+                    {"host": host, "port": gateway_port, **backends},
+                    state_dir() / "gateway.json",
+                    logs / "gateway.log",
+                )
+            except SpawnError as exc:
+                raise _fail(f"gateway {exc}") from None
     except BaseException:
         for pid in pids.values():
             terminate(pid)

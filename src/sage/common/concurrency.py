@@ -8,9 +8,19 @@ from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-__all__ = ["LoopThread", "RWLock"]
+__all__ = ["LoopThread", "RWLock", "run_loop"]
 
 T = TypeVar("T")
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a new uvloop event loop (asyncio's where uvloop is not
+    installed) in this thread; the blocking entry point of servers and command-line tools."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is installed on Linux
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 class LoopThread:

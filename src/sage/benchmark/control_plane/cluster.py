@@ -29,7 +29,7 @@ from sage.benchmark.control_plane.config import (
     Kind,
     LLMBenchmarkConfig,
 )
-from sage.common.components.sage_llm.processes import spawn, terminate
+from sage.common.components.sage_llm.processes import spawn_engine, spawn_gateway, terminate
 
 __all__ = ["EngineProcess", "LocalCluster", "default_model", "instance_counts"]
 
@@ -144,24 +144,24 @@ class LocalCluster:
         """The model served per kind."""
         return {e.kind: e.model for e in self.engines}
 
-    def _engine_args(self, kind: Kind) -> list[str]:
+    def _engine_options(self, kind: Kind) -> list[str]:
         config = self.config
-        args = ["engine", "--kind", kind, "--model", default_model(config, kind)]
-        args += ["--engine", config.engine, "--port", "0"]
+        options: list[str] = []
         if config.engine == "simulated" and config.sim_profile:
-            args += ["--sim-profile", json.dumps(config.sim_profile)]
+            options += ["--sim-profile", json.dumps(config.sim_profile)]
         if config.engine == "cpu" and kind == "llm":
-            args += ["--max-batch", str(max_concurrent(config, "llm"))]
-        return args
+            options += ["--max-batch", str(max_concurrent(config, "llm"))]
+        return options
 
     def _start_engine(self, kind: Kind, number: int) -> EngineProcess:
-        log = self.log_dir / f"{kind}-{number}.log"
-        pid, port = spawn(self._engine_args(kind), log, self.timeout_s)
-        model = default_model(self.config, kind)
-        if self.config.engine == "cpu":
-            from sage.common.components.sage_llm.models import resolve_model
-
-            model = resolve_model(model, kind).name  # the name the engine serves
+        pid, port, model = spawn_engine(
+            kind,
+            default_model(self.config, kind),
+            self.config.engine,
+            self.log_dir / f"{kind}-{number}.log",
+            timeout_s=self.timeout_s,
+            extra=self._engine_options(kind),
+        )
         return EngineProcess(kind, pid, port, model, max_concurrent(self.config, kind))
 
     def start(self) -> LocalCluster:
@@ -211,10 +211,8 @@ class LocalCluster:
             "llm_backends": backends("llm"),
             "embedding_backends": backends("embedding"),
         }
-        path = self.log_dir / "gateway.json"
-        path.write_text(json.dumps(gateway, indent=2), encoding="utf-8")
-        self.gateway_pid, self.gateway_port = spawn(
-            ["gateway", "--config", str(path)], self.log_dir / "gateway.log", 60.0
+        self.gateway_pid, self.gateway_port = spawn_gateway(
+            gateway, self.log_dir / "gateway.json", self.log_dir / "gateway.log"
         )
 
     def kill(self, kind: Kind) -> str:

@@ -21,11 +21,9 @@ estimated capacity of the instances for the configured mix.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
@@ -53,6 +51,7 @@ from sage.benchmark.control_plane.workload import (
     warmup_requests,
 )
 from sage.common.components.sage_llm.config import SchedulingPolicyType
+from sage.common.concurrency import run_loop
 from sage.common.errors import ConfigError, GatewayError
 
 __all__ = [
@@ -167,14 +166,6 @@ class BenchmarkResult:
         stamp = self.started_at.replace(":", "").replace("-", "")[:15]
         policies = "-".join(run.policy for run in self.runs) or "none"
         return f"{self.command}-{self.config.mode}-{policies}-{stamp}"
-
-
-def _run_async(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is installed on Linux
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def _shares(config: BenchmarkConfig) -> dict[Kind, float]:
@@ -367,12 +358,12 @@ class _Benchmark:
         """A policy's run: on a fresh cluster of its own, or on the running gateway."""
         config = self.config
         if config.control_plane_url is not None:
-            return _run_async(self.run_policy(policy, config.control_plane_url, None))
+            return run_loop(self.run_policy(policy, config.control_plane_url, None))
         log_dir = config.output_dir / "logs" / f"{self.stamp}-{policy}"
         self.observer.status(f"{policy}: starting the gateway and {config.engine} instances")
         canonical = SchedulingPolicyType.parse(policy).value
         with LocalCluster(config, canonical, log_dir) as cluster:
-            return _run_async(self.run_policy(policy, cluster.url, cluster))
+            return run_loop(self.run_policy(policy, cluster.url, cluster))
 
 
 def run_benchmark(

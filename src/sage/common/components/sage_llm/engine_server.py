@@ -44,6 +44,7 @@ from sage.common.components.sage_llm.protocol import (
     new_id,
 )
 from sage.common.components.sage_llm.server import openai_error
+from sage.common.concurrency import run_loop
 from sage.common.http import (
     HttpError,
     HttpServer,
@@ -352,9 +353,4 @@ def serve_forever(server: EngineServer) -> None:
         await server.start()
         await asyncio.Event().wait()
 
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:  # pragma: no cover
-        asyncio.run(main())
+    run_loop(main())

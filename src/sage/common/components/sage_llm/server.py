@@ -56,6 +56,7 @@ from sage.common.components.sage_llm.control_plane.dispatcher import (
 from sage.common.components.sage_llm.control_plane.instances import Instance, InstanceRegistry
 from sage.common.components.sage_llm.control_plane.queues import PendingRequest
 from sage.common.components.sage_llm.protocol import ModelCard, ModelList
+from sage.common.concurrency import run_loop
 from sage.common.errors import ConfigError
 from sage.common.http import (
     BackendUnavailable,
@@ -95,6 +96,7 @@ def _error(
 
 
 _SCHEDULING = ("priority", "slo_ms")
+_PROBE_TIMEOUT_S = 2.0
 
 
 def _as_int(value: Any) -> int:
@@ -117,16 +119,17 @@ def _as_slo(value: Any) -> float:
 
 
 def _tokens(kind: str, body: dict[str, Any]) -> int:
-    """Tokens a request is expected to cost (about 4 characters a token), for predictions."""
+    """Tokens whose cost predicts the request's service time.
+
+    For generation, the tokens to decode (``max_tokens``; the engine's 256 when absent):
+    decoding dominates, and a prompt token costs a small fraction of a generated one, so
+    counting prompt tokens too would make long prompts look many times slower than they
+    are. For embeddings, the input tokens (about 4 characters a token).
+    """
     if kind == "embedding":
         return sum(len(text) for text in texts_of(body) or ()) // 4 + 1
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        chars = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
-    else:
-        chars = len(str(body.get("prompt", "")))
     limit = body.get("max_tokens", body.get("max_completion_tokens"))
-    return chars // 4 + (limit if isinstance(limit, int) and limit > 0 else 256)
+    return limit if isinstance(limit, int) and limit > 0 else 256
 
 
 def _split(status: int, answer: bytes, counts: list[int]) -> list[bytes] | None:
@@ -185,12 +188,7 @@ class UnifiedAPIServer:
         Inside an event loop use :meth:`run_async` or :meth:`start_async` instead. To serve in
         the background, run ``start`` on a thread and :meth:`wait_ready` for the port.
         """
-        try:
-            import uvloop
-
-            uvloop.run(self.run_async())
-        except ImportError:  # pragma: no cover - uvloop is installed on Linux
-            asyncio.run(self.run_async())
+        run_loop(self.run_async())
 
     async def run_async(self, ready: asyncio.Event | None = None) -> None:
         """Start, signal ``ready``, and serve until :meth:`stop_async`."""
@@ -303,7 +301,7 @@ class UnifiedAPIServer:
             self._http = None
         if self.registry is not None:
             for instance in self.registry.all():
-                await instance.pool.close()
+                await instance.close()
 
     # -- auth -------------------------------------------------------------------------------------
 
@@ -677,16 +675,30 @@ class UnifiedAPIServer:
     # -- health ---------------------------------------------------------------------------------
 
     async def _check(self, instance: Instance) -> None:
-        """Health = answering ``GET <base>/models``, which every OpenAI-compatible server has."""
+        """Health = answering ``GET <base>/models``, which every OpenAI-compatible server has.
+
+        The probe has its own connection, so it never queues behind the instance's requests.
+        A probe that times out while the instance is still finishing requests (a busy CPU
+        engine answers slowly) leaves it in rotation; a refused connection, an error status,
+        or a timeout without recent progress takes it out.
+        """
         assert self.registry is not None
         try:
             result = await asyncio.wait_for(
-                instance.pool.request("GET", instance.path("/v1/models"), b"", instance.headers),
-                2.0,
+                instance.probe.request("GET", instance.path("/v1/models"), b"", instance.headers),
+                _PROBE_TIMEOUT_S,
             )
             ok = result.status == 200
             self.registry.mark(instance, ok, "" if ok else f"health check answered {result.status}")
-        except (BackendUnavailable, TimeoutError) as exc:
+        except TimeoutError:
+            progress_window = max(3 * self.config.health_check_interval_s, 10.0)
+            if instance.in_flight and perf_counter() - instance.last_success < progress_window:
+                instance.last_error = "health check slow while busy (still finishing requests)"
+                return
+            self.registry.mark(
+                instance, False, f"health check timed out after {_PROBE_TIMEOUT_S} s"
+            )
+        except BackendUnavailable as exc:
             self.registry.mark(instance, False, str(exc))
 
     async def _check_all(self) -> None:

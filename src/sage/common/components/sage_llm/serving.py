@@ -24,6 +24,7 @@ from sage.common.components.sage_llm.engine_server import EngineServer
 from sage.common.components.sage_llm.engines.base import EmbeddingEngine, LLMEngine
 from sage.common.components.sage_llm.models import resolve_model
 from sage.common.components.sage_llm.server import UnifiedAPIServer
+from sage.common.concurrency import run_loop
 
 __all__ = ["ENGINES", "build_engine", "main"]
 
@@ -147,12 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             raw[key] = [BackendInstanceConfig(**b) for b in raw.get(key, [])]
         api = UnifiedAPIServer(UnifiedServerConfig(**raw))
         run = _serve(api.start_async, api.stop_async, args.ready_fd)
-    try:
-        import uvloop
-
-        uvloop.run(run)
-    except ImportError:  # pragma: no cover
-        asyncio.run(run)
+    run_loop(run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,13 +20,14 @@ class Instance:
     def __init__(self, config: BackendInstanceConfig) -> None:
         self.config = config
         self.id = config.id
+        context = ssl.create_default_context() if config.tls else None
         self.pool = HttpPool(
-            config.host,
-            config.port,
-            limit=config.max_concurrent_requests,
-            ssl=ssl.create_default_context() if config.tls else None,
+            config.host, config.port, limit=config.max_concurrent_requests, ssl=context
         )
+        # health checks get their own connection: never queued behind requests
+        self.probe = HttpPool(config.host, config.port, limit=1, ssl=context)
         self.in_flight = 0
+        self.last_success = 0.0  # perf_counter of the last request it answered well
         self.healthy = True
         self.requests = 0
         self.errors = 0
@@ -36,6 +37,11 @@ class Instance:
         self.headers = {"content-type": "application/json"}
         if config.api_key:
             self.headers["authorization"] = f"Bearer {config.api_key}"
+
+    async def close(self) -> None:
+        """Close its idle connections."""
+        await self.pool.close()
+        await self.probe.close()
 
     @property
     def capacity_left(self) -> int:
@@ -112,7 +118,7 @@ class InstanceRegistry:
         else:
             self._by_model.pop(key, None)
         self._changed()
-        await instance.pool.close()
+        await instance.close()
         return instance
 
     def get(self, instance_id: str) -> Instance | None:
@@ -177,6 +183,8 @@ class InstanceRegistry:
         instance.ttft.add((first_byte or now) - started)
         if failed:
             instance.errors += 1
+        else:
+            instance.last_success = now
 
     def mark(self, instance: Instance, healthy: bool, error: str = "") -> None:
         """Record a health observation (the dispatcher re-plans when it changes)."""

@@ -13,9 +13,11 @@ on ``now`` is the same for every request and drops out of the comparison.
 * **SLO_AWARE**: least slack first, slack = deadline - now - predicted service time, where
   the deadline is ``arrival + slo_ms`` and the prediction comes from the caller (the
   instances' measured P95 latency per token times the request's tokens). Requests without an
-  SLO get ``default_slo_s``. A request whose slack is already negative when it reaches the
-  head can no longer meet its SLO: it is moved to a "late" queue (kept, in the order found
-  late) that is served only when no request that can still make its deadline is waiting.
+  SLO get ``default_slo_s``. A request whose slack is negative can no longer meet its SLO:
+  it moves to a "late" queue (kept, in the order found late), served only when the least
+  slack among the on-time requests could absorb the late one's predicted service time, so
+  that late requests finish as early as possible without costing an on-time one its
+  deadline.
 """
 
 from __future__ import annotations
@@ -136,7 +138,8 @@ class PriorityQueue:
 
 
 class SloAwareQueue:
-    """Least slack first; requests that can no longer meet their SLO go after the rest.
+    """Least slack first; requests that can no longer meet their SLO go when the others can
+    spare the time.
 
     Args:
         predict_s: Predicted service time of a request, in seconds (called once, at push).
@@ -168,14 +171,13 @@ class SloAwareQueue:
         heapq.heappush(self._heap, (latest_start, next(self._seq), request))
 
     def pop(self, now: float) -> PendingRequest | None:
-        while self._heap:
-            latest_start, _, request = self._heap[0]
-            heapq.heappop(self._heap)
-            if latest_start - now >= 0:  # slack >= 0: it can still make its deadline
-                return request
-            self._late.append(request)
+        heap = self._heap
+        while heap and heap[0][0] < now:  # slack < 0: it can no longer make its deadline
+            self._late.append(heapq.heappop(heap)[2])
             self.demoted += 1
-        return self._late.popleft() if self._late else None
+        if self._late and (not heap or heap[0][0] - now >= self.predict_s(self._late[0])):
+            return self._late.popleft()  # every on-time request can spare its service time
+        return heapq.heappop(heap)[2] if heap else None
 
     def requeue(self, request: PendingRequest) -> None:
         self.push(request)
