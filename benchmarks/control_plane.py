@@ -6,17 +6,36 @@ One process run, in parts:
    holding 1,000 waiting requests, plus the dispatch that grants one when a slot frees), per
    policy, against the 200 µs target. No sockets: the dispatcher is driven directly, so this
    is the policy code and nothing else.
+2. **Policies on simulated GPU instances** (``sage-cp-bench compare``): a two-class workload
+   (interactive: priority 0, SLO 2 s, 30%; batch: priority 5, SLO 30 s) at 1.2x the capacity
+   of two simulated instances, the same trace for every policy. Targets: SLO_AWARE meets the
+   interactive SLO >= 25 points more often than FIFO with throughput within 5%; PRIORITY's
+   high-priority p95 <= 0.5x FIFO's.
+3. **HYBRID batching**: mixed LLM and embedding traffic, embeddings offered above what
+   one-request-per-call dispatch can serve; HYBRID vs FIFO (unbatched) embedding texts/s at
+   the same offered load. Target >= 3x.
+4. **Failover**: three simulated LLM instances, non-streamed chats and embeddings; one LLM
+   instance SIGKILLed mid-run. Target: no failed idempotent request.
+5. **The same policies on the real CPU engines** (SmolLM2 on this CPU): smaller numbers,
+   same direction expected.
+
+Parts 2-5 run the ``sage-cp-bench`` command as a user would (its own gateway and instances,
+each a process) and read its JSON report.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -106,21 +125,187 @@ def decisions(rounds: int) -> list[str]:
     return lines
 
 
+CP_BENCH = Path(sys.executable).with_name("sage-cp-bench")
+SLOW_EMBEDDINGS = '{"embed_call_ms": 40, "embed_ms_per_text": 1.0, "embed_max_batch": 64}'
+
+
+def cp_bench(*args: str) -> dict[str, Any]:
+    """Run ``sage-cp-bench`` (its table goes to stderr here); its JSON report."""
+    with tempfile.TemporaryDirectory(prefix="cp-bench-") as out:
+        subprocess.run([str(CP_BENCH), *args, "--output", out], check=True, stdout=sys.stderr)
+        (report_path,) = Path(out).glob("*.json")
+        return dict(json.loads(report_path.read_text()))
+
+
+def _runs(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {run["policy"]: run["metrics"] for run in report["runs"]}
+
+
+def _s(ms: float) -> str:
+    return f"{ms / 1000:.2f} s"
+
+
+def policies(duration_s: float, engine_args: list[str], title: str) -> list[str]:
+    report = cp_bench(
+        "compare",
+        "--mode",
+        "llm",
+        "--policies",
+        "fifo,priority,slo_aware",
+        *engine_args,
+    )
+    runs = _runs(report)
+    fifo, priority, slo = runs["fifo"], runs["priority"], runs["slo_aware"]
+    lines = [
+        f"### {title}",
+        "",
+        f"{report['trace_requests']} requests; {report['summary'][0]}; the same trace for "
+        "every policy, each on a fresh gateway and fresh instances.",
+        "",
+        "| policy | req/s | interactive SLO met | interactive p95 | batch SLO met | batch p95 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, metrics in runs.items():
+        inter, batch = metrics["by_class"]["interactive"], metrics["by_class"]["batch"]
+        lines.append(
+            f"| {name} | {metrics['overall']['throughput_rps']:.2f} | "
+            f"{inter['slo_attainment']:.1%} | {_s(inter['latency']['p95_ms'])} | "
+            f"{batch['slo_attainment']:.1%} | {_s(batch['latency']['p95_ms'])} |"
+        )
+    gain = (
+        slo["by_class"]["interactive"]["slo_attainment"]
+        - fifo["by_class"]["interactive"]["slo_attainment"]
+    ) * 100
+    throughput = slo["overall"]["throughput_rps"] / fifo["overall"]["throughput_rps"]
+    p95 = (
+        priority["by_class"]["interactive"]["latency"]["p95_ms"]
+        / fifo["by_class"]["interactive"]["latency"]["p95_ms"]
+    )
+    lines += [
+        "",
+        f"- SLO_AWARE vs FIFO, interactive SLO met: **{gain:+.1f} points** (target >= +25), "
+        f"throughput **{throughput:.3f}x** (target within 5%).",
+        f"- PRIORITY vs FIFO, high-priority p95: **{p95:.2f}x** (target <= 0.5x).",
+    ]
+    return lines
+
+
+def hybrid(duration_s: float) -> list[str]:
+    report = cp_bench(
+        "compare",
+        "--mode",
+        "hybrid",
+        "--policies",
+        "fifo,hybrid",
+        "--llm-ratio",
+        "0.1",
+        "--duration",
+        str(duration_s),
+        "--sim-profile",
+        SLOW_EMBEDDINGS,
+    )
+    runs = _runs(report)
+    emb = {name: m["by_kind"]["embedding"] for name, m in runs.items()}
+    llm = {name: m["by_kind"]["llm"] for name, m in runs.items()}
+    ratio = emb["hybrid"]["texts_per_s"] / emb["fifo"]["texts_per_s"]
+    lines = [
+        "### HYBRID: embeddings batched per model vs unbatched dispatch",
+        "",
+        f"10% LLM, 90% embedding requests ({report['trace_requests']} in all, "
+        f"{report['rate_rps']:.1f} req/s; {report['summary'][0]}) on simulated LLM and "
+        "embedding instances (an embedding call costs 40 ms + 1 ms per text, one at a time); "
+        "the same trace for both. FIFO sends one request per call; HYBRID merges the "
+        "waiting ones.",
+        "",
+        "| policy | embedding texts/s | embedding p95 | LLM req/s | LLM p95 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in runs:
+        lines.append(
+            f"| {name} | {emb[name]['texts_per_s']:.0f} | {_s(emb[name]['latency']['p95_ms'])}"
+            f" | {llm[name]['throughput_rps']:.2f} | {_s(llm[name]['latency']['p95_ms'])} |"
+        )
+    lines += ["", f"- HYBRID / FIFO embedding throughput: **{ratio:.2f}x** (target >= 3x)."]
+    return lines
+
+
+def failover(duration_s: float) -> list[str]:
+    kill_at = duration_s / 3
+    report = cp_bench(
+        "run",
+        "--mode",
+        "hybrid",
+        "--policy",
+        "slo_aware",
+        "--instances",
+        "3",
+        "--no-stream",
+        "--duration",
+        str(duration_s),
+        "--load",
+        "0.8",
+        "--kill-instance-at",
+        str(kill_at),
+    )
+    (run,) = report["runs"]
+    metrics = run["metrics"]
+    overall = metrics["overall"]
+    return [
+        "### Failover: one of three LLM instances killed mid-run",
+        "",
+        f"{overall['requests']} requests (non-streamed chats and embeddings, all idempotent) "
+        f"at 0.8x capacity; SIGKILL to one LLM instance at {kill_at:.0f} s.",
+        "",
+        f"- completed {overall['completed']}, failed {overall['failed']}; failed idempotent: "
+        f"**{metrics['failed_idempotent']}** (target 0); p99 {_s(overall['latency']['p99_ms'])}.",
+        f"- events: {'; '.join(str(e) for e in run.get('events', []))}",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--parts", default="decisions", help="comma-separated subset to run")
+    parser.add_argument(
+        "--parts",
+        default="decisions,policies,hybrid,failover,cpu",
+        help="comma-separated subset to run",
+    )
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per policy run")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     parts: dict[str, Callable[[], list[str]]] = {
         "decisions": lambda: decisions(args.rounds),
+        "policies": lambda: policies(
+            args.duration,
+            ["--duration", str(args.duration)],
+            "Policies on two simulated GPU instances at 1.2x capacity",
+        ),
+        "hybrid": lambda: hybrid(args.duration / 3),
+        "failover": lambda: failover(args.duration / 3),
+        "cpu": lambda: policies(
+            args.duration,
+            [
+                "--engine",
+                "cpu",
+                "--requests",
+                "48",
+                "--prompt-tokens",
+                "32",
+                "--output-tokens",
+                "16",
+                "--classes",
+                "interactive:0:8000:0.3,batch:5:60000:0.7",
+            ],
+            "The same policies on the real CPU engines (two SmolLM2 instances, SLOs 8 s / 60 s)",
+        ),
     }
     lines: list[str] = []
     for name in args.parts.split(","):
         started = time.perf_counter()
         lines += [*parts[name](), ""]
         print(f"[{name}: {time.perf_counter() - started:.0f} s]", file=sys.stderr)
-    report("control_plane", "Control plane", lines, args.write_readme)
+    write = args.write_readme and len(args.parts.split(",")) == len(parts)
+    report("control_plane", "Control plane", lines, write)
 
 
 if __name__ == "__main__":

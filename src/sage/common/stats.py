@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-__all__ = ["LatencyRing", "percentile", "quantiles_ms"]
+__all__ = ["LatencyRing", "latency_figures", "percentile", "quantiles_ms"]
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -76,3 +76,14 @@ def quantiles_ms(samples: Iterable[float]) -> tuple[float, float, float]:
         percentile(ordered, 0.95) * 1e3,
         percentile(ordered, 0.99) * 1e3,
     )
+
+
+def latency_figures(latency: LatencyRing, ttft: LatencyRing) -> dict[str, float]:
+    """``p50_ms``, ``p95_ms``, ``p99_ms`` of ``latency`` and ``ttft_p95_ms`` of ``ttft``."""
+    p50, p95, p99 = quantiles_ms(latency.values())
+    return {
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "ttft_p95_ms": quantiles_ms(ttft.values())[1],
+    }

@@ -40,7 +40,7 @@ from sage.common.components.sage_llm.control_plane.queues import (
     RequestQueue,
     make_queue,
 )
-from sage.common.stats import LatencyRing, percentile, quantiles_ms
+from sage.common.stats import LatencyRing, latency_figures, percentile
 
 __all__ = [
     "ClassStats",
@@ -132,14 +132,10 @@ class ClassStats:
 
     def describe(self) -> dict[str, float | int | None]:
         """JSON-ready figures (latencies in ms, attainment as a fraction or ``None``)."""
-        p50, p95, p99 = quantiles_ms(self.latency.values())
         return {
             "requests": self.requests,
             "errors": self.errors,
-            "p50_ms": p50,
-            "p95_ms": p95,
-            "p99_ms": p99,
-            "ttft_p95_ms": quantiles_ms(self.ttft.values())[1],
+            **latency_figures(self.latency, self.ttft),
             "slo_requests": self.slo_total,
             "slo_attainment": self.slo_met / self.slo_total if self.slo_total else None,
         }

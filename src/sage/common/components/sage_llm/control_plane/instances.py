@@ -9,7 +9,7 @@ from time import perf_counter
 from sage.common.components.sage_llm.config import BackendInstanceConfig
 from sage.common.errors import ConfigError
 from sage.common.http import HttpPool
-from sage.common.stats import LatencyRing, quantiles_ms
+from sage.common.stats import LatencyRing, latency_figures
 
 __all__ = ["Instance", "InstanceRegistry"]
 
@@ -54,7 +54,6 @@ class Instance:
 
     def describe(self) -> dict[str, object]:
         """JSON-ready state (for management routes and ``sage llm status``)."""
-        p50, p95, p99 = quantiles_ms(self.latency.values())
         return {
             "instance_id": self.id,
             "host": self.config.host,
@@ -66,10 +65,7 @@ class Instance:
             "in_flight": self.in_flight,
             "requests": self.requests,
             "errors": self.errors,
-            "p50_ms": p50,
-            "p95_ms": p95,
-            "p99_ms": p99,
-            "ttft_p95_ms": quantiles_ms(self.ttft.values())[1],
+            **latency_figures(self.latency, self.ttft),
             "last_error": self.last_error,
         }
 

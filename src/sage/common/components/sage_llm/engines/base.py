@@ -9,7 +9,14 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Delta", "EmbeddingEngine", "LLMEngine", "SamplingParams", "join_thread"]
+__all__ = [
+    "Delta",
+    "EmbeddingEngine",
+    "LLMEngine",
+    "SamplingParams",
+    "join_thread",
+    "prompt_text",
+]
 
 
 async def join_thread(thread: threading.Thread) -> None:
@@ -27,6 +34,14 @@ async def join_thread(thread: threading.Thread) -> None:
 
     threading.Thread(target=wait, name=f"{thread.name}-join", daemon=True).start()
     await ended
+
+
+def prompt_text(messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> str:
+    """The prompt's text: ``prompt``, or the chat messages' contents one per line (for
+    engines that estimate tokens from text rather than tokenize)."""
+    if prompt is not None:
+        return prompt
+    return "\n".join(str(m.get("content", "")) for m in messages or ())
 
 
 @dataclass

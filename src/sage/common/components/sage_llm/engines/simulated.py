@@ -42,6 +42,7 @@ from sage.common.components.sage_llm.engines.base import (
     EmbeddingEngine,
     LLMEngine,
     SamplingParams,
+    prompt_text,
 )
 from sage.common.components.sage_llm.engines.stub import StubEmbeddingEngine
 from sage.common.errors import ConfigError
@@ -294,9 +295,7 @@ class SimulatedLLMEngine(LLMEngine):
 
     def prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> int:
         """Estimated tokens of the prompt (see :attr:`SimulatorProfile.chars_per_token`)."""
-        if prompt is not None:
-            return self.profile.tokens(prompt)
-        return self.profile.tokens("\n".join(str(m.get("content", "")) for m in messages or ()))
+        return self.profile.tokens(prompt_text(messages, prompt))
 
     async def generate(
         self,

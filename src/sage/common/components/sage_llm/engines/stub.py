@@ -15,6 +15,7 @@ from sage.common.components.sage_llm.engines.base import (
     EmbeddingEngine,
     LLMEngine,
     SamplingParams,
+    prompt_text,
 )
 
 __all__ = ["StubEmbeddingEngine", "StubLLMEngine"]
@@ -30,8 +31,7 @@ class StubLLMEngine(LLMEngine):
         self.context_length = context_length
 
     def prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> int:
-        text = prompt or " ".join(str(m.get("content", "")) for m in messages or ())
-        return len(text.split())
+        return len(prompt_text(messages, prompt).split())
 
     async def generate(
         self,
