@@ -17,7 +17,8 @@ One process run, in parts:
 4. **Failover**: three simulated LLM instances, non-streamed chats and embeddings; one LLM
    instance SIGKILLed mid-run. Target: no failed idempotent request.
 5. **The same policies on the real CPU engines** (SmolLM2 on this CPU): smaller numbers,
-   same direction expected.
+   same direction expected. Offered at 2x the capacity a short calibration measures (one
+   full batch per instance), since that measurement is rough on a shared 2-core machine.
 
 Parts 2-5 run the ``sage-cp-bench`` command as a user would (its own gateway and instances,
 each a process) and read its JSON report.
@@ -126,15 +127,21 @@ def decisions(rounds: int) -> list[str]:
 
 
 CP_BENCH = Path(sys.executable).with_name("sage-cp-bench")
+RESULTS = Path(__file__).resolve().parents[1] / "cp_bench_results" / "benchmarks"
 SLOW_EMBEDDINGS = '{"embed_call_ms": 40, "embed_ms_per_text": 1.0, "embed_max_batch": 64}'
 
 
 def cp_bench(*args: str) -> dict[str, Any]:
-    """Run ``sage-cp-bench`` (its table goes to stderr here); its JSON report."""
-    with tempfile.TemporaryDirectory(prefix="cp-bench-") as out:
-        subprocess.run([str(CP_BENCH), *args, "--output", out], check=True, stdout=sys.stderr)
-        (report_path,) = Path(out).glob("*.json")
-        return dict(json.loads(report_path.read_text()))
+    """Run ``sage-cp-bench`` (its table goes to stderr here); its JSON report.
+
+    Each run's reports (JSON, PNG, HTML) stay in their own folder under
+    ``cp_bench_results/benchmarks/`` to look at.
+    """
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f"{args[0]}-", dir=RESULTS))
+    subprocess.run([str(CP_BENCH), *args, "--output", str(out)], check=True, stdout=sys.stderr)
+    (report_path,) = out.glob("*.json")
+    return dict(json.loads(report_path.read_text()))
 
 
 def _runs(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -289,6 +296,8 @@ def main() -> None:
                 "cpu",
                 "--requests",
                 "48",
+                "--load",
+                "2.0",
                 "--prompt-tokens",
                 "32",
                 "--output-tokens",
@@ -296,7 +305,8 @@ def main() -> None:
                 "--classes",
                 "interactive:0:8000:0.3,batch:5:60000:0.7",
             ],
-            "The same policies on the real CPU engines (two SmolLM2 instances, SLOs 8 s / 60 s)",
+            "The same policies on the real CPU engines (two SmolLM2 instances, SLOs 8 s / 60 s, "
+            "2x the calibrated capacity)",
         ),
     }
     lines: list[str] = []

@@ -678,9 +678,10 @@ class UnifiedAPIServer:
         """Health = answering ``GET <base>/models``, which every OpenAI-compatible server has.
 
         The probe has its own connection, so it never queues behind the instance's requests.
-        A probe that times out while the instance is still finishing requests (a busy CPU
-        engine answers slowly) leaves it in rotation; a refused connection, an error status,
-        or a timeout without recent progress takes it out.
+        A probe that times out while the instance has requests in flight (a busy CPU engine
+        answers slowly) leaves it in rotation: a hung instance is taken out when those
+        requests reach ``request_timeout_s``. A refused connection, an error status, or a
+        timeout while idle takes it out at once.
         """
         assert self.registry is not None
         try:
@@ -691,9 +692,8 @@ class UnifiedAPIServer:
             ok = result.status == 200
             self.registry.mark(instance, ok, "" if ok else f"health check answered {result.status}")
         except TimeoutError:
-            progress_window = max(3 * self.config.health_check_interval_s, 10.0)
-            if instance.in_flight and perf_counter() - instance.last_success < progress_window:
-                instance.last_error = "health check slow while busy (still finishing requests)"
+            if instance.in_flight:  # busy, not dead: a hung one is caught by request timeouts
+                instance.last_error = "health check slow while busy (requests in flight)"
                 return
             self.registry.mark(
                 instance, False, f"health check timed out after {_PROBE_TIMEOUT_S} s"

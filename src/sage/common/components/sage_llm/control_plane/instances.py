@@ -27,7 +27,6 @@ class Instance:
         # health checks get their own connection: never queued behind requests
         self.probe = HttpPool(config.host, config.port, limit=1, ssl=context)
         self.in_flight = 0
-        self.last_success = 0.0  # perf_counter of the last request it answered well
         self.healthy = True
         self.requests = 0
         self.errors = 0
@@ -179,8 +178,6 @@ class InstanceRegistry:
         instance.ttft.add((first_byte or now) - started)
         if failed:
             instance.errors += 1
-        else:
-            instance.last_success = now
 
     def mark(self, instance: Instance, healthy: bool, error: str = "") -> None:
         """Record a health observation (the dispatcher re-plans when it changes)."""
