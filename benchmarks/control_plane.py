@@ -295,7 +295,7 @@ def main() -> None:
                 "--engine",
                 "cpu",
                 "--requests",
-                "48",
+                "120",
                 "--load",
                 "2.0",
                 "--prompt-tokens",

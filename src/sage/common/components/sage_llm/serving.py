@@ -75,6 +75,7 @@ def build_engine(
             spec,
             max_batch=int(options.get("max_batch", 8)),
             dtype=str(options.get("dtype") or "float32"),
+            threads=options.get("threads"),
         )
     from sage.common.components.sage_llm.engines.sentence_embedding import SentenceTransformerEngine
 
@@ -109,6 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     engine.add_argument("--host", default="127.0.0.1")
     engine.add_argument("--port", type=int, required=True)
     engine.add_argument("--max-batch", type=int, default=8)
+    engine.add_argument(
+        "--threads",
+        type=int,
+        help="cpu engine: torch threads (default: all cores; give each of N engines sharing "
+        "a machine cores/N, or their threads spin against each other)",
+    )
     engine.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     engine.add_argument(
         "--sim-profile",
@@ -124,7 +131,11 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.what == "engine":
-        options: dict[str, Any] = {"max_batch": args.max_batch, "dtype": args.dtype}
+        options: dict[str, Any] = {
+            "max_batch": args.max_batch,
+            "dtype": args.dtype,
+            "threads": args.threads,
+        }
         if args.sim_profile is not None:
             if args.engine != "simulated":
                 parser.error("--sim-profile is for --engine simulated")
