@@ -9,7 +9,6 @@ live in ``$SAGE_HOME/llm`` (default ``~/.sage/llm``).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from sage.common.components.sage_llm.processes import (
     spawn_gateway,
     terminate,
 )
+from sage.common.config.paths import sage_home
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
 
@@ -34,7 +34,7 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 
 def state_dir() -> Path:
     """``$SAGE_HOME/llm`` (default ``~/.sage/llm``)."""
-    return Path(os.environ.get("SAGE_HOME", Path.home() / ".sage")) / "llm"
+    return sage_home() / "llm"
 
 
 def _state_file() -> Path:

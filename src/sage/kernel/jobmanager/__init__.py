@@ -1,0 +1,1 @@
+"""The JobManager: accepts jobs from clients holding its token and runs them on Ray."""
