@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,16 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # pragma: no cover - uvloop is installed on Linux
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+async def _cancel_other_tasks() -> None:
+    current = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not current]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    for _ in range(3):  # transports those tasks closed finish closing on later iterations
+        await asyncio.sleep(0)
 
 
 class LoopThread:
@@ -56,10 +67,14 @@ class LoopThread:
         """Start ``coro`` on the loop; return its ``concurrent.futures.Future``."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def stop(self) -> None:
-        """Stop the loop, join the thread, close the loop (idempotent)."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel and await the tasks still on the loop (as ``asyncio.run`` does on exit, so
+        none is destroyed pending mid-connect), stop the loop, join the thread, close the
+        loop (idempotent)."""
         if self.loop.is_closed():
             return
+        with contextlib.suppress(Exception):  # stop the thread even if a task will not end
+            self.call(_cancel_other_tasks(), timeout)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()

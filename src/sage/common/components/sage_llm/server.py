@@ -29,7 +29,6 @@ import contextlib
 import hmac
 import logging
 import threading
-import time
 from dataclasses import asdict
 from time import perf_counter
 from typing import Any, ClassVar
@@ -170,7 +169,6 @@ class UnifiedAPIServer:
         self.config = config or UnifiedServerConfig()
         self.registry: InstanceRegistry | None = None
         self.dispatcher: Dispatcher | None = None
-        self._dispatcher_clock = time.monotonic
         self.port: int | None = None
         self._http: HttpServer | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -251,7 +249,6 @@ class UnifiedAPIServer:
             aging_s=config.priority_aging_s,
             batch_max_texts=config.embedding_batch_max_texts,
             batch_wait_s=config.embedding_batch_wait_ms / 1000,
-            clock=self._dispatcher_clock,
         )
         http = HttpServer(
             "sage-gateway", max_body=self.config.max_body_bytes, error_body=_error_body
@@ -330,7 +327,8 @@ class UnifiedAPIServer:
         of the model, of the gateway. The body fields are removed before forwarding (an
         engine such as vLLM may refuse a priority it does not schedule by).
         """
-        config = self.config
+        config, dispatcher = self.config, self.dispatcher
+        assert dispatcher is not None
         priority: Any = body.get("priority", request.headers.get("x-sage-priority"))
         slo_ms: Any = body.get("slo_ms", request.headers.get("x-sage-slo-ms"))
         defaults = []
@@ -359,7 +357,7 @@ class UnifiedAPIServer:
             payload = orjson.dumps({k: v for k, v in body.items() if k not in _SCHEDULING})
         return (
             PendingRequest(
-                arrival=self._dispatcher_clock(),
+                arrival=dispatcher.clock(),
                 kind=kind,
                 model=model,
                 priority=priority,

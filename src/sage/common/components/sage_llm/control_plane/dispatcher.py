@@ -192,13 +192,12 @@ def choose_policy(
 class _Lane:
     """The waiting requests of one (kind, model)."""
 
-    __slots__ = ("key", "kind", "model", "policy", "queue", "texts", "timer")
+    __slots__ = ("key", "kind", "model", "queue", "texts", "timer")
 
-    def __init__(self, kind: str, model: str, policy: SchedulingPolicyType, queue: RequestQueue):
+    def __init__(self, kind: str, model: str, queue: RequestQueue):
         self.kind = kind
         self.model = model
         self.key = (kind, model)
-        self.policy = policy
         self.queue = queue
         self.texts = 0  # embedding inputs waiting (for batching)
         self.timer: asyncio.TimerHandle | None = None
@@ -277,16 +276,14 @@ class Dispatcher:
         return SchedulingPolicyType.FIFO if policy is SchedulingPolicyType.ADAPTIVE else policy
 
     def _switch(self, active: SchedulingPolicyType) -> None:
-        if active is self._active and all(lane.policy is active for lane in self._lanes.values()):
+        if active is self._active:
             return
-        if active is not self._active:
-            logger.info("scheduling policy now %s (configured: %s)", active, self._policy)
+        logger.info("scheduling policy now %s (configured: %s)", active, self._policy)
         self._active = active
         now = self.clock()
         for lane in self._lanes.values():
             old = lane.queue
             lane.queue = self._queue(lane.kind)
-            lane.policy = active
             while (request := old.pop(now)) is not None:
                 lane.queue.push(request)
         self.redispatch()
@@ -330,7 +327,7 @@ class Dispatcher:
     def _lane(self, kind: str, model: str) -> _Lane:
         lane = self._lanes.get((kind, model))
         if lane is None:
-            lane = _Lane(kind, model, self._active, self._queue(kind))
+            lane = _Lane(kind, model, self._queue(kind))
             self._lanes[(kind, model)] = lane
         return lane
 
@@ -431,7 +428,7 @@ class Dispatcher:
 
     def _dispatch(self, lane: _Lane) -> None:
         registry, queue = self.registry, lane.queue
-        batching = lane.kind == "embedding" and lane.policy in _BATCHING
+        batching = lane.kind == "embedding" and self._active in _BATCHING
         while len(queue):
             instance = registry.pick(lane.kind, lane.model)
             if instance is None:
@@ -456,7 +453,7 @@ class Dispatcher:
 
     def _hold_for_batch(self, lane: _Lane, instance: Instance) -> bool:
         """HYBRID: whether to let the batch fill a little longer (sets a timer if so)."""
-        if lane.policy is not SchedulingPolicyType.HYBRID or self.batch_wait_s <= 0:
+        if self._active is not SchedulingPolicyType.HYBRID or self.batch_wait_s <= 0:
             return False
         if lane.texts >= self.batch_max_texts:
             return False

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import difflib
 import logging
 import math
@@ -104,18 +105,7 @@ class ControlPlaneServiceConfig:
 
     def server_config(self) -> UnifiedServerConfig:
         """The gateway's configuration (fresh objects each call, so a restart starts clean)."""
-        copies = [
-            BackendInstanceConfig(
-                host=i.host,
-                port=i.port,
-                model_name=i.model_name,
-                instance_type=i.instance_type,
-                max_concurrent_requests=i.max_concurrent_requests,
-                instance_id=i.instance_id,
-                api_key=i.api_key,
-            )
-            for i in self.instances
-        ]
+        copies = [dataclasses.replace(i) for i in self.instances]
         return UnifiedServerConfig(
             host=_GATEWAY_HOST,
             port=self.gateway_port,
@@ -239,20 +229,8 @@ def parse_service_config(raw: Mapping[str, Any]) -> ControlPlaneServiceConfig:
     )
 
 
-async def _cancel_leftover_tasks() -> None:
-    """Cancel and await every other task on the loop (what ``asyncio.run`` does on exit).
-
-    The gateway cancels its health checks on stop without waiting for them; stopping the
-    loop right after would destroy them mid-connect ("Task was destroyed but it is pending",
-    unclosed transports).
-    """
-    current = asyncio.current_task()
-    leftover = [t for t in asyncio.all_tasks() if t is not current]
-    for task in leftover:
-        task.cancel()
-    await asyncio.gather(*leftover, return_exceptions=True)
-    for _ in range(3):  # transports those tasks closed finish closing on later iterations
-        await asyncio.sleep(0)
+async def _read_snapshot(gateway: UnifiedAPIServer) -> dict[str, Any]:
+    return gateway.metrics_snapshot()
 
 
 @dataclass
@@ -379,8 +357,6 @@ class ControlPlaneVLLMService:
                     running.loop.call(running.client.aclose(), _LIFECYCLE_TIMEOUT_S)
             running.loop.call(running.gateway.stop_async(), _LIFECYCLE_TIMEOUT_S)
         finally:
-            with contextlib.suppress(Exception):  # stop the thread even if draining failed
-                running.loop.call(_cancel_leftover_tasks(), _LIFECYCLE_TIMEOUT_S)
             running.loop.stop()
 
     def __enter__(self) -> ControlPlaneVLLMService:
@@ -461,11 +437,7 @@ class ControlPlaneVLLMService:
 
     def _snapshot(self, running: _Running) -> dict[str, Any]:
         """``metrics_snapshot()`` read on the gateway's own loop (no data race with it)."""
-
-        async def read() -> dict[str, Any]:
-            return running.gateway.metrics_snapshot()
-
-        return running.loop.call(read(), _LIFECYCLE_TIMEOUT_S)
+        return running.loop.call(_read_snapshot(running.gateway), _LIFECYCLE_TIMEOUT_S)
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -620,12 +592,11 @@ class ControlPlaneVLLMService:
     async def _astates(self, running: _Running, exc: GatewayError) -> list[dict[str, Any]]:
         if not self._wants_states(exc):
             return []
-
-        async def read() -> list[dict[str, Any]]:
-            return list(running.gateway.metrics_snapshot()["instances"])
-
         try:
-            return await asyncio.wrap_future(running.loop.submit(read()))
+            snapshot = await asyncio.wrap_future(
+                running.loop.submit(_read_snapshot(running.gateway))
+            )
+            return list(snapshot["instances"])
         except Exception:  # the gateway is stopping: the original error says enough
             return []
 
