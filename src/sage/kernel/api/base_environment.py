@@ -174,6 +174,8 @@ class BaseEnvironment:
         fallback: Any = None,
         timeout: float | None = None,
         max_waiting: int | None = None,
+        num_cpus: float | None = None,
+        num_gpus: float = 0,
         **kwargs: Any,
     ) -> None:
         """Make a long-lived service callable from every function of this environment's jobs.
@@ -196,6 +198,10 @@ class BaseEnvironment:
                 ``ServiceTimeoutError``).
             max_waiting: Callers allowed to wait for a busy service before new calls go to
                 the fallback.
+            num_cpus: On Ray (``RemoteEnvironment``), CPUs each replica reserves.
+            num_gpus: On Ray, GPUs each replica reserves: ``num_gpus=1`` places every
+                replica on a node with a free GPU ("GPU services on GPU nodes"). The local
+                runtime runs services in-process and ignores both.
 
         Note:
             These option names are reserved: pass constructor arguments of the same names
@@ -219,6 +225,8 @@ class BaseEnvironment:
                 fallback=fallback,
                 timeout=timeout,
                 max_waiting=max_waiting,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
             )
         )
 

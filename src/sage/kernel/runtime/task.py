@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from sage.common.core.context import RuntimeContext
 from sage.common.core.state import KeyedStateBackend
-from sage.common.errors import OperatorError
+from sage.common.errors import JobError, OperatorError, SageError
 from sage.kernel.runtime.channel import Cancelled, EndOfStream
 from sage.kernel.runtime.codegen import FusedBody
 from sage.kernel.runtime.functions import FunctionInstance
@@ -30,9 +30,29 @@ from sage.kernel.runtime.heads import BlockingSourceHead, Head, SourceHead
 from sage.kernel.runtime.metrics import OperatorStats, TaskStats
 from sage.kernel.runtime.routing import Router
 
-__all__ = ["InputChannel", "JobControl", "OperatorInstance", "PartialBatchFlusher", "TaskLoop"]
+__all__ = [
+    "InputChannel",
+    "JobControl",
+    "OperatorInstance",
+    "PartialBatchFlusher",
+    "TaskLoop",
+    "job_error",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def job_error(exc: BaseException, task_id: str) -> BaseException:
+    """The error a job reports when task ``task_id`` failed with ``exc``.
+
+    SAGE's own errors (an ``OperatorError`` naming the operator and record...) are reported
+    as they are; anything else is wrapped in a ``JobError`` naming the task.
+    """
+    if isinstance(exc, SageError | KeyboardInterrupt | SystemExit):
+        return exc
+    error = JobError(f"task {task_id} failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 class JobControl(Protocol):

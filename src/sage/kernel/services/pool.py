@@ -27,7 +27,7 @@ from sage.kernel.services.deadlines import DeadlineWatcher
 from sage.kernel.services.metrics import ServiceMetrics, ServiceStats
 from sage.kernel.services.spec import ServiceSpec
 
-__all__ = ["ServicePool"]
+__all__ = ["ServicePool", "build_replica", "public_methods"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ class _Replica:
         self.in_flight = 0
 
 
-def _public_methods(instance: Any) -> frozenset[str]:
+def public_methods(instance: Any) -> frozenset[str]:
+    """The methods callers may reach: public ones, and ``__call__`` if defined."""
     names = set()
     for name in dir(type(instance)):
         if name.startswith("_") or name in ("setup", "cleanup"):
@@ -52,6 +53,34 @@ def _public_methods(instance: Any) -> frozenset[str]:
     if callable(instance) and type(instance).__call__ is not object.__call__:
         names.add("__call__")
     return frozenset(names)
+
+
+def build_replica(spec: ServiceSpec, index: int, job_name: str) -> tuple[Any, int]:
+    """Construct replica ``index`` of ``spec``, give it its context, call ``setup()``.
+
+    Returns:
+        The instance and the calls it serves at once.
+
+    Raises:
+        ServiceError: the constructor or ``setup()`` raised (the message says which).
+    """
+    what = "constructing"
+    try:
+        instance = spec.factory()
+        if isinstance(instance, BaseService) or not hasattr(instance, "ctx"):
+            with contextlib.suppress(AttributeError):  # objects without a __dict__
+                instance.ctx = ServiceContext(spec.name, index, spec.replicas, job_name)
+        what = "setup() of"
+        setup = getattr(instance, "setup", None)
+        if callable(setup):
+            setup()
+    except Exception as exc:
+        raise ServiceError(
+            f"service {spec.name!r}: {what} {spec.label} (replica {index + 1}"
+            f"/{spec.replicas}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    capacity = spec.concurrency or int(getattr(instance, "max_concurrency", 1) or 1)
+    return instance, max(1, capacity)
 
 
 def _forward(source: Future[Any], target: Future[Any]) -> None:
@@ -126,29 +155,14 @@ class ServicePool:
             ServiceError: a constructor or ``setup()`` raised (instances already set up are
                 cleaned up first).
         """
-        spec = self.spec
         try:
-            for index in range(spec.replicas):
-                what = "constructing"
-                instance = spec.factory()
-                if isinstance(instance, BaseService) or not hasattr(instance, "ctx"):
-                    with contextlib.suppress(AttributeError):  # objects without a __dict__
-                        instance.ctx = ServiceContext(
-                            spec.name, index, spec.replicas, self._job_name
-                        )
-                what = "setup() of"
-                setup = getattr(instance, "setup", None)
-                if callable(setup):
-                    setup()
-                capacity = spec.concurrency or int(getattr(instance, "max_concurrency", 1) or 1)
-                self._replicas.append(_Replica(index, instance, max(1, capacity)))
-        except Exception as exc:
+            for index in range(self.spec.replicas):
+                instance, capacity = build_replica(self.spec, index, self._job_name)
+                self._replicas.append(_Replica(index, instance, capacity))
+        except ServiceError:
             self._cleanup_replicas()
-            raise ServiceError(
-                f"service {spec.name!r}: {what} {spec.label} (replica {len(self._replicas) + 1}"
-                f"/{spec.replicas}) failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        self._methods = _public_methods(self._replicas[0].instance)
+            raise
+        self._methods = public_methods(self._replicas[0].instance)
         self._slots = sum(r.capacity for r in self._replicas)
         self._started = True
 

@@ -35,6 +35,10 @@ class ServiceSpec:
         timeout_s: Seconds a call may take before it goes to the fallback (or fails).
         max_waiting: Callers that may wait for a free instance before new calls go to the
             fallback (saturation).
+        num_cpus: CPUs each replica reserves on a Ray cluster (``None``: a small share, so
+            services never starve tasks of scheduling slots). Ignored by the local runtime.
+        num_gpus: GPUs each replica reserves on a Ray cluster: a replica with ``num_gpus=1``
+            is placed only on a node that declares a GPU. Ignored by the local runtime.
     """
 
     name: str
@@ -45,6 +49,8 @@ class ServiceSpec:
     fallback: str | ServiceSpec | None = None
     timeout_s: float | None = None
     max_waiting: int | None = None
+    num_cpus: float | None = None
+    num_gpus: float = 0.0
 
     @staticmethod
     def of(
@@ -58,6 +64,8 @@ class ServiceSpec:
         fallback: Any = None,
         timeout: float | None = None,
         max_waiting: int | None = None,
+        num_cpus: float | None = None,
+        num_gpus: float = 0,
     ) -> ServiceSpec:
         """Validate a registration.
 
@@ -98,6 +106,14 @@ class ServiceSpec:
             raise ConfigError(
                 f"service {name!r}: max_waiting={max_waiting!r} is invalid; use an integer >= 0"
             )
+        for key, amount in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+            if amount is not None and (
+                isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0
+            ):
+                raise ConfigError(
+                    f"service {name!r}: {key}={amount!r} is invalid; use a number >= 0 "
+                    "(fractions share a device, e.g. num_gpus=0.5)"
+                )
         fallback_spec: str | ServiceSpec | None
         if fallback is None or isinstance(fallback, str):
             fallback_spec = fallback
@@ -121,4 +137,6 @@ class ServiceSpec:
             fallback=fallback_spec,
             timeout_s=None if timeout is None else float(timeout),
             max_waiting=max_waiting,
+            num_cpus=None if num_cpus is None else float(num_cpus),
+            num_gpus=float(num_gpus),
         )

@@ -13,17 +13,17 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from enum import StrEnum
 from time import perf_counter
 
-from sage.common.errors import JobCancelledError, JobError, SageError, ServiceError
+from sage.common.errors import JobCancelledError, JobError, ServiceError
 from sage.kernel.config import ErrorMode, JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.runtime.builder import build_task
 from sage.kernel.runtime.channel import Inbox
 from sage.kernel.runtime.error_policy import DeadLetter, DeadLetterQueue
 from sage.kernel.runtime.metrics import JobMetrics, snapshot
-from sage.kernel.runtime.task import TaskLoop
+from sage.kernel.runtime.status import JobStatus
+from sage.kernel.runtime.task import TaskLoop, job_error
 from sage.kernel.services.registry import ServiceRegistry
 from sage.kernel.services.spec import ServiceSpec
 
@@ -47,17 +47,6 @@ def _pinned(cpus: frozenset[int] | None) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, before)
-
-
-class JobStatus(StrEnum):
-    """Life cycle of a job."""
-
-    CREATED = "created"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    FINISHED = "finished"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 class LocalJobControl:
@@ -93,12 +82,7 @@ class LocalJobControl:
     def fail(self, exc: BaseException, task_id: str) -> None:
         with self._lock:
             if self.error is None:
-                if isinstance(exc, SageError | KeyboardInterrupt | SystemExit):
-                    self.error = exc
-                else:
-                    error = JobError(f"task {task_id} failed: {type(exc).__name__}: {exc}")
-                    error.__cause__ = exc
-                    self.error = error
+                self.error = job_error(exc, task_id)
         self.cancel()
 
     def cancel(self, reason: BaseException | None = None) -> None:

@@ -1,0 +1,388 @@
+"""The Ray runtime: every task of the plan runs in its own actor, spread over the cluster.
+
+:class:`RayJob` is the driver's side of a job, with the same life cycle and API as
+:class:`~sage.kernel.runtime.local.executor.LocalJob`: it starts the services' replica
+actors, one :class:`~.task_actor.TaskActor` per task (placed with Ray's ``SPREAD``
+strategy, so a job uses every node), wires them, and watches them from one thread. The
+first task to fail cancels every other; the job ends when the last task has, and then its
+actors and services are torn down. Nothing polls: the watcher blocks in ``ray.wait``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from time import perf_counter
+from typing import Any
+
+from sage.common.errors import ConfigError, JobCancelledError, JobError, ServiceError
+from sage.kernel.config import JobConfig
+from sage.kernel.graph.plan import PhysicalPlan
+from sage.kernel.runtime.error_policy import DeadLetter
+from sage.kernel.runtime.metrics import JobMetrics, TaskStats, snapshot
+from sage.kernel.runtime.ray.cluster import RayOptions, cluster_info, connect
+from sage.kernel.runtime.ray.services import RemoteServices
+from sage.kernel.runtime.ray.task_actor import CONTROL_THREADS, TaskActor, TaskOutcome
+from sage.kernel.runtime.status import JobStatus
+from sage.kernel.services.metrics import ServiceMetrics
+from sage.kernel.services.spec import ServiceSpec
+
+__all__ = ["RayJob"]
+
+logger = logging.getLogger(__name__)
+
+# Pushes a sender keeps in flight to one receiver before it waits (see channels.py).
+PUSH_WINDOW = 4
+# CPUs a task actor reserves when the job declares none: a share, so Ray places and
+# spreads actors by node without a job ever waiting for whole free CPUs.
+DEFAULT_TASK_CPUS = 0.01
+_GRACE_S = 5.0  # how long close() gives tasks stuck in user code before killing them
+
+
+def _merge_services(rows: Sequence[tuple[ServiceMetrics, ...]]) -> tuple[ServiceMetrics, ...]:
+    """One row per service from every task's view (counts add; percentiles: the highest)."""
+    merged: dict[str, ServiceMetrics] = {}
+    for row in rows:
+        for m in row:
+            seen = merged.get(m.service)
+            if seen is None:
+                merged[m.service] = m
+                continue
+            merged[m.service] = ServiceMetrics(
+                service=m.service,
+                replicas=m.replicas,
+                slots=m.slots,
+                calls=seen.calls + m.calls,
+                errors=seen.errors + m.errors,
+                timeouts=seen.timeouts + m.timeouts,
+                fallbacks=seen.fallbacks + m.fallbacks,
+                in_flight=seen.in_flight + m.in_flight,
+                waiting=seen.waiting + m.waiting,
+                p50_ms=max(seen.p50_ms, m.p50_ms),
+                p95_ms=max(seen.p95_ms, m.p95_ms),
+                p99_ms=max(seen.p99_ms, m.p99_ms),
+            )
+    return tuple(merged.values())
+
+
+class RayJob:
+    """A compiled pipeline running on a Ray cluster (see the module docstring).
+
+    Args:
+        plan: The compiled job.
+        config: Job settings; its ``"ray"`` section is read here.
+        services: The environment's registrations.
+        log: Receives one line per event of the job (placement, failures, end); the
+            JobManager keeps them as the job's log.
+
+    Raises:
+        ConfigError: the ``"ray"`` section is invalid.
+    """
+
+    def __init__(
+        self,
+        plan: PhysicalPlan,
+        config: JobConfig,
+        services: Sequence[ServiceSpec] = (),
+        *,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.config = config
+        self.name = plan.job_name
+        self.options = RayOptions.from_config((config.raw or {}).get("ray"))
+        self._log_sink = log
+        self._services = RemoteServices(services, plan.job_name)
+        self._actors: dict[str, Any] = {}
+        self._sources: list[Any] = []
+        self._outcomes: dict[str, TaskOutcome] = {}
+        self._placement: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._finished = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._status = JobStatus.CREATED
+        self._started_at: float | None = None
+        self._ended_at: float | None = None
+
+    def _log(self, line: str) -> None:
+        logger.info("job %r: %s", self.name, line)
+        if self._log_sink is not None:
+            self._log_sink(line)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> RayJob:
+        """Start the services and task actors, then return; the job runs on the cluster.
+
+        Raises:
+            ConfigError: the job asks for more CPUs or GPUs than the cluster has.
+            ServiceError: a service could not start.
+            PlanError: a function cannot be constructed for one of its instances.
+        """
+        if self._status is not JobStatus.CREATED:
+            raise JobError(f"job {self.name!r} was already started")
+        self._status = JobStatus.RUNNING
+        self._started_at = perf_counter()
+        try:
+            self._launch()
+        except BaseException as exc:
+            self._status = JobStatus.FAILED
+            self._error = exc
+            self._teardown()
+            self._finished.set()
+            raise
+        return self
+
+    def run(self) -> None:
+        """Start, then wait for the end. Raises like :meth:`wait`."""
+        self.start()
+        self.wait()
+
+    def _launch(self) -> None:
+        import ray
+
+        info = connect() if not ray.is_initialized() else cluster_info()
+        self._check_resources(info)
+        if self.options.address is not None:
+            self._log(f"config['ray']['address'] is {self.options.address!r}; running on {info}")
+        self._services.start()
+        for name, nodes in self._services.placement().items():
+            self._log(f"service {name!r}: {len(nodes)} replica(s) on node(s) {', '.join(nodes)}")
+        tasks = self.plan.tasks
+        cpus = self.options.num_cpus
+        per_task = DEFAULT_TASK_CPUS if cpus is None else cpus / len(tasks)
+        actor_class: Any = ray.remote(TaskActor)
+        plan_ref = ray.put(self.plan)
+        services = self._services.services
+        by_chain: dict[int, list[Any]] = {}
+        for task in tasks:
+            actor = actor_class.options(
+                num_cpus=per_task,
+                scheduling_strategy="SPREAD",
+                max_concurrency=CONTROL_THREADS + task.expected_eos * PUSH_WINDOW,
+                name=f"sage:{self.name}:{task.id}:{id(self):x}",
+                namespace="sage",
+            ).remote(plan_ref, task.id, self.config, services, PUSH_WINDOW)
+            self._actors[task.id] = actor
+            by_chain.setdefault(task.chain_id, []).append(actor)
+            if task.expected_eos == 0:
+                self._sources.append(actor)
+        refs = {task_id: a.connect.remote(by_chain) for task_id, a in self._actors.items()}
+        for task_id, ref in refs.items():
+            self._placement[task_id] = self._get(ref, task_id)
+        spread = Counter(self._placement.values())
+        self._log(
+            f"started {len(tasks)} task(s) on {len(spread)} node(s): "
+            + ", ".join(f"{node[:12]}: {n}" for node, n in spread.items())
+        )
+        runs = {a.run.remote(): task_id for task_id, a in self._actors.items()}
+        self._watcher = threading.Thread(
+            target=self._watch, args=(runs,), name=f"sage-{self.name}-ray-watch", daemon=True
+        )
+        self._watcher.start()
+
+    def _check_resources(self, info: Any) -> None:
+        wanted = self.options.num_cpus
+        if wanted is not None and wanted > info.cpus:
+            raise ConfigError(
+                f"job {self.name!r} asks for {wanted:g} CPUs (config['ray']['num_cpus']) but "
+                f"the {info} has {info.cpus:g}; lower num_cpus or add nodes"
+            )
+        gpus = self._services.gpu_demand()
+        limit = self.options.num_gpus
+        if limit is not None and gpus > limit:
+            raise ConfigError(
+                f"job {self.name!r}: its services reserve {gpus:g} GPUs but "
+                f"config['ray']['num_gpus'] is {limit:g}; raise it or lower the services' num_gpus"
+            )
+        if gpus > info.gpus:
+            raise ConfigError(
+                f"job {self.name!r}: its services reserve {gpus:g} GPUs but the {info} has "
+                f"{info.gpus:g}; add GPU nodes or lower the services' num_gpus"
+            )
+
+    @staticmethod
+    def _get(ref: Any, task_id: str) -> Any:
+        """``ray.get`` with the task's own error raised as itself."""
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause
+            raise (cause if isinstance(cause, Exception) else JobError(str(exc))) from None
+        except ray.exceptions.RayActorError as exc:
+            raise JobError(f"the actor of task {task_id} died: {exc}") from exc
+
+    def _watch(self, runs: dict[Any, str]) -> None:
+        import ray
+
+        try:
+            opened = {a.wait_opened.remote(): tid for tid, a in self._actors.items()}
+            for ref, task_id in opened.items():
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    self._fail(JobError(f"the actor of task {task_id} died: {exc}"))
+            for actor in self._sources:
+                actor.release.remote()
+            pending = list(runs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    task_id = runs[ref]
+                    try:
+                        outcome: TaskOutcome = ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        self._fail(JobError(f"the actor of task {task_id} died: {exc}"))
+                        continue
+                    self._outcomes[task_id] = outcome
+                    if outcome.error is not None:
+                        self._log(f"task {task_id} failed: {outcome.error}")
+                        self._fail(outcome.error)
+        except BaseException as exc:  # pragma: no cover - the watcher must always end the job
+            self._fail(JobError(f"job {self.name!r}: lost track of its tasks: {exc!r}"))
+        finally:
+            self._teardown()
+            self._ended_at = perf_counter()
+            self._finished.set()
+            self._log(f"ended: {self.status.value} after {self.elapsed_s:.2f}s")
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            first = self._error is None
+            if first:
+                self._error = error
+        if first:
+            for actor in self._actors.values():
+                actor.cancel.remote()
+
+    def _teardown(self) -> None:
+        """End the task actors, then clean up the services (their error if the job had none)."""
+        import ray
+
+        for actor in self._actors.values():
+            ray.kill(actor, no_restart=True)
+        try:
+            self._services.close()
+        except ServiceError as exc:
+            with self._lock:
+                self._error = self._error or exc
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every task has ended.
+
+        Returns:
+            ``True`` if the job ended, ``False`` if ``timeout`` passed first.
+
+        Raises:
+            OperatorError: user code failed (names operator, instance and record).
+            JobError: the job failed or was cancelled.
+        """
+        if self._status is JobStatus.CREATED:
+            raise JobError(f"job {self.name!r} has not been started")
+        if not self._finished.wait(timeout):
+            return False
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """End the job gracefully (sources stop, records in flight drain). Like :meth:`wait`."""
+        if self._status is JobStatus.RUNNING:
+            self._status = JobStatus.STOPPING
+            for actor in self._sources:
+                actor.request_stop.remote()
+        return self.wait(timeout)
+
+    def cancel(self) -> None:
+        """End the job now, dropping records in flight; ``wait`` then raises JobCancelledError."""
+        if not self._finished.is_set():
+            self._fail(JobCancelledError(f"job {self.name!r} was cancelled"))
+
+    def close(self) -> None:
+        """Cancel the job if it still runs and release its actors; never raises."""
+        if self._status is JobStatus.CREATED:
+            return
+        if not self._finished.is_set():
+            self.cancel()
+            if not self._finished.wait(_GRACE_S):
+                logger.warning("job %r: tasks did not end within %gs; killing", self.name, _GRACE_S)
+                self._teardown()
+        if self._watcher is not None:
+            self._watcher.join(_GRACE_S)
+
+    # -- observation ------------------------------------------------------------------
+
+    @property
+    def status(self) -> JobStatus:
+        """The job's current state."""
+        if self._status in (JobStatus.RUNNING, JobStatus.STOPPING) and self._finished.is_set():
+            error = self._error
+            if error is None:
+                return JobStatus.FINISHED
+            return JobStatus.CANCELLED if isinstance(error, JobCancelledError) else JobStatus.FAILED
+        return self._status
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the job failed, once it has."""
+        return self._error
+
+    @property
+    def placement(self) -> dict[str, str]:
+        """The node id each task runs on, by task id."""
+        return dict(self._placement)
+
+    @property
+    def service_placement(self) -> dict[str, tuple[str, ...]]:
+        """The node id of each replica, by service name (while the job runs)."""
+        return self._services.placement()
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        """Records kept by ``on_error="dead_letter"`` (gathered when the job has ended)."""
+        letters = [d for o in self._outcomes.values() for d in o.dead_letters]
+        return sorted(letters, key=lambda d: d.timestamp)
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the job started (until it ended, once it has)."""
+        if self._started_at is None:
+            return 0.0
+        return (self._ended_at or perf_counter()) - self._started_at
+
+    def metrics(self) -> JobMetrics:
+        """Per-operator and per-task metrics: live while running, final once ended."""
+        import ray
+
+        tasks: list[TaskStats] = []
+        services: list[tuple[ServiceMetrics, ...]] = []
+        live = {
+            task_id: actor.stats.remote()
+            for task_id, actor in self._actors.items()
+            if task_id not in self._outcomes and not self._finished.is_set()
+        }
+        for task_id in self._actors:
+            outcome = self._outcomes.get(task_id)
+            if outcome is not None:
+                tasks.append(outcome.stats)
+                services.append(outcome.services)
+            elif task_id in live:
+                try:
+                    stats, calls = ray.get(live[task_id], timeout=_GRACE_S)
+                except ray.exceptions.RayError:
+                    continue  # the task ended (or its actor died) meanwhile
+                tasks.append(stats)
+                services.append(calls)
+        return snapshot(
+            self.name,
+            self.status.value,
+            self.elapsed_s,
+            tasks,
+            len(self.dead_letters),
+            _merge_services(services),
+        )
