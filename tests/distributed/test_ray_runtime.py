@@ -264,3 +264,24 @@ def test_a_service_that_fails_setup_fails_the_start_with_its_name(ray_cluster: A
         ServiceError, match=r"service 'model': setup\(\) of FailingSetup .*no model file"
     ):
         run_on_ray(env)
+
+
+class Chatty(MapFunction):
+    def execute(self, data: int) -> int:
+        if data == 3:
+            self.ctx.logger.info("saw record %d", data)
+        return data
+
+
+def test_function_logs_reach_the_jobs_log(ray_cluster: Any) -> None:
+    env = LocalEnvironment("chatty")
+    env.from_collection(range(5)).map(Chatty, name="Chatty").sink(lambda x: None)
+    lines: list[str] = []
+    job = RayJob(env.plan(), env.job_config, env.services, log=lines.append)
+    try:
+        job.run()
+    finally:
+        job.close()
+    assert any("INFO sage.job.chatty.map 'Chatty': saw record 3" in line for line in lines)
+    assert any(line.startswith("started 1 task(s) on 1 node(s)") for line in lines)
+    assert lines[-1].startswith("ended: finished after")

@@ -106,6 +106,7 @@ class RayJob:
         self._status = JobStatus.CREATED
         self._started_at: float | None = None
         self._ended_at: float | None = None
+        self._released_at: float | None = None
 
     def _log(self, line: str) -> None:
         logger.info("job %r: %s", self.name, line)
@@ -229,6 +230,8 @@ class RayJob:
                     self._fail(JobError(f"the actor of task {task_id} died: {exc}"))
             for actor in self._sources:
                 actor.release.remote()
+            self._released_at = perf_counter()
+            self._log(f"every task opened after {self.startup_s:.2f}s; sources started")
             pending = list(runs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -240,6 +243,8 @@ class RayJob:
                         self._fail(JobError(f"the actor of task {task_id} died: {exc}"))
                         continue
                     self._outcomes[task_id] = outcome
+                    for line in outcome.log:
+                        self._log(f"{task_id}: {line}")
                     if outcome.error is not None:
                         self._log(f"task {task_id} failed: {outcome.error}")
                         self._fail(outcome.error)
@@ -354,6 +359,14 @@ class RayJob:
         if self._started_at is None:
             return 0.0
         return (self._ended_at or perf_counter()) - self._started_at
+
+    @property
+    def startup_s(self) -> float:
+        """Seconds from start until every task had opened and the sources began (actor
+        placement, process start, function ``open``); ``elapsed_s`` minus this is the run."""
+        if self._started_at is None or self._released_at is None:
+            return 0.0
+        return self._released_at - self._started_at
 
     def metrics(self) -> JobMetrics:
         """Per-operator and per-task metrics: live while running, final once ended."""

@@ -17,8 +17,10 @@ pushes in flight, each holding a thread while it waits for room in the inbox.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,20 @@ __all__ = ["CONTROL_THREADS", "QueueFigures", "TaskActor", "TaskOutcome"]
 
 # Actor threads kept for the driver's calls: run, wait_opened, and a stats/stop/cancel.
 CONTROL_THREADS = 4
+_LOG_LINES = 1000  # lines of a task's log kept for the job's log (the latest)
+
+
+class _LogBuffer(logging.Handler):
+    """Keeps the latest log lines of the job's functions (``ctx.logger``) and warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: deque[str] = deque(maxlen=_LOG_LINES)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING or record.name.startswith("sage.job."):
+            self.lines.append(self.format(record))
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,7 @@ class TaskOutcome:
     stats: TaskStats
     services: tuple[ServiceMetrics, ...]
     dead_letters: list[DeadLetter]
+    log: list[str]
 
 
 def _portable(error: BaseException) -> BaseException:
@@ -147,6 +164,9 @@ class TaskActor:
         self._dead_letters = DeadLetterQueue(config.dead_letter_path)
         self._registry = ServiceRegistry(proxy_specs(services), plan.job_name) if services else None
         self._loop: TaskLoop | None = None
+        self._log = _LogBuffer()  # the actor's process is the task's own: take its root log
+        logging.getLogger().addHandler(self._log)
+        logging.getLogger(f"sage.job.{plan.job_name}").setLevel(logging.INFO)
 
     def connect(self, handles: dict[int, list[Any]]) -> str:
         """Build the loop, sending to the task actors ``handles`` (by chain, by instance).
@@ -212,6 +232,7 @@ class TaskActor:
             stats=self._stats(),
             services=self._service_metrics(),
             dead_letters=self._dead_letters.items(),
+            log=list(self._log.lines),
         )
 
     def wait_opened(self) -> bool:
