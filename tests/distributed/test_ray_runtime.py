@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +19,11 @@ from kernel.test_pipeline_properties import FILTERS, FLATMAPS, KEYS, MAPS, Runni
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.core.functions.source_function import SourceFunction
 from sage.common.errors import ConfigError, OperatorError, ServiceError
+from sage.kernel.api.base_environment import BaseEnvironment
 from sage.kernel.api.local_environment import LocalEnvironment
+from sage.kernel.api.remote_environment import RemoteEnvironment
+from sage.kernel.jobmanager.server import JobManagerServer, RayJobFactory
+from sage.kernel.jobmanager.token import TOKEN_ENV
 from sage.kernel.runtime.ray.executor import RayJob
 
 pytestmark = pytest.mark.slow
@@ -34,7 +39,7 @@ def run_on_ray(env: LocalEnvironment) -> RayJob:
     return job
 
 
-def build(env: LocalEnvironment, data: list[int], steps: list[tuple[str, int, int]]) -> Any:
+def build(env: BaseEnvironment, data: list[int], steps: list[tuple[str, int, int]]) -> Any:
     stream = env.from_collection(data, parallelism=1 + len(data) % 2)
     for op, i, parallelism in steps:
         if op == "map":
@@ -59,6 +64,19 @@ step = st.one_of(
 )
 
 
+@pytest.fixture(scope="module")
+def jobmanager(ray_cluster: Any) -> Iterator[JobManagerServer]:
+    """A JobManager in this process running jobs on the suite's Ray cluster."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TOKEN_ENV, "property-tests")
+        with JobManagerServer(job_factory=RayJobFactory(ray_cluster.address), port=0) as server:
+            # the first job joins the cluster from a thread that lives as long as the server
+            warm_up = RemoteEnvironment("warm_up", port=server.port)
+            warm_up.from_collection([1]).sink(print)
+            warm_up.submit()
+            yield server
+
+
 @settings(
     max_examples=5,
     deadline=None,
@@ -69,8 +87,11 @@ step = st.one_of(
     steps=st.lists(step, min_size=1, max_size=4),
     batch_size=st.sampled_from([1, 7, 1024]),
 )
-def test_random_pipelines_give_the_local_multisets(
-    ray_cluster: Any, data: list[int], steps: list[tuple[str, int, int]], batch_size: int
+def test_random_pipelines_give_the_local_multisets_through_remote_environment(
+    jobmanager: JobManagerServer,
+    data: list[int],
+    steps: list[tuple[str, int, int]],
+    batch_size: int,
 ) -> None:
     config = {"batch_size": batch_size, "channel_capacity": 2}
     local_out: list[Any] = []
@@ -78,9 +99,9 @@ def test_random_pipelines_give_the_local_multisets(
     build(local, data, steps).sink(local_out.append)
     local.submit()
     with tempfile.TemporaryDirectory() as directory:
-        remote = LocalEnvironment("property", config=config)
+        remote = RemoteEnvironment("property", port=jobmanager.port, config=config)
         build(remote, data, steps).sink(FileSink, directory, parallelism=2)
-        run_on_ray(remote)
+        remote.submit()
         assert Counter(read_parts(directory)) == Counter(local_out) == reference(data, steps)
 
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 import sage
+from sage.cli.jobs import job_app, jobmanager_app
 from sage.cli.llm import llm_app
 
 app = typer.Typer(
@@ -22,6 +23,8 @@ app = typer.Typer(
 # Piped output (make, CI logs) gets a width that fits the metrics tables instead of 80.
 console = Console(width=None if sys.stdout.isatty() else 120)
 app.add_typer(llm_app, name="llm")
+app.add_typer(jobmanager_app, name="jobmanager")
+app.add_typer(job_app, name="job")
 
 
 class Demo(StrEnum):

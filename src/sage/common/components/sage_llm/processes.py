@@ -2,22 +2,18 @@
 
 ``sage llm serve``, ``sage-cp-bench`` and the benchmarks start engines and gateways as
 separate processes with :func:`spawn_engine` and :func:`spawn_gateway` (both on
-:func:`spawn`). The child (``python -m sage.common.components.sage_llm.serving``) writes
-``ready <port>`` to a pipe once it listens, so the parent waits on that pipe (no polling) and
-learns at once if the child died instead.
+:func:`spawn`, which runs ``python -m sage.common.components.sage_llm.serving`` through
+:func:`sage.common.processes.spawn_module`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import select
-import signal
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from sage.common.processes import SpawnError, spawn_module, terminate
 
 __all__ = [
     "SERVING_MODULE",
@@ -32,12 +28,8 @@ __all__ = [
 SERVING_MODULE = "sage.common.components.sage_llm.serving"
 
 
-class SpawnError(RuntimeError):
-    """A server process exited, or did not listen in time; the message ends with its log."""
-
-
 def spawn(args: list[str], log_path: Path, timeout_s: float) -> tuple[int, int]:
-    """Start ``python -m serving <args>`` detached; wait for it to listen.
+    """Start ``python -m serving <args>`` detached (offline); wait for it to listen.
 
     Args:
         args: The serving command line (``engine --kind llm ...`` or ``gateway --config ...``).
@@ -50,34 +42,8 @@ def spawn(args: list[str], log_path: Path, timeout_s: float) -> tuple[int, int]:
     Raises:
         SpawnError: it exited or was not ready in time (it is stopped first).
     """
-    read_fd, write_fd = os.pipe()
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", SERVING_MODULE, *args, "--ready-fd", str(write_fd)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-            env=env,
-        )
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        ready, _, _ = select.select([pipe], [], [], timeout_s)
-        line = pipe.readline() if ready else ""
-    if not line.startswith("ready "):
-        terminate(process.pid)
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-        detail = "\n".join(tail) if tail else "(no output)"
-        reason = "exited" if line == "" and ready else f"was not ready within {timeout_s:.0f} s"
-        raise SpawnError(f"{reason}; the end of {log_path}:\n{detail}")
-    return process.pid, int(line.split()[1])
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return spawn_module(SERVING_MODULE, args, log_path, timeout_s, env=offline)
 
 
 def served_name(kind: str, model: str, engine: str) -> str:
@@ -128,19 +94,3 @@ def spawn_gateway(
     """
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     return spawn(["gateway", "--config", str(config_path)], log_path, timeout_s)
-
-
-def terminate(pid: int, grace_s: float = 20.0) -> None:
-    """SIGTERM the process group of ``pid``; SIGKILL it if it outlives ``grace_s``."""
-    import psutil
-
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        psutil.Process(pid).wait(grace_s)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        os.killpg(pid, signal.SIGKILL)

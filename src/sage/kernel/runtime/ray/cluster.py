@@ -113,7 +113,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
         }
         try:
             if address is None:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
+                # "local": a new cluster, never one that happens to run on this machine
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **options)
             else:
                 ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:

@@ -186,11 +186,19 @@ class RayJob:
         self._watcher.start()
 
     def _check_resources(self, info: Any) -> None:
-        wanted = self.options.num_cpus
-        if wanted is not None and wanted > info.cpus:
+        tasks = self.options.num_cpus
+        services = self._services.cpu_demand()
+        wanted = services + (DEFAULT_TASK_CPUS * len(self.plan.tasks) if tasks is None else tasks)
+        if wanted > info.cpus:
+            asked = (
+                f"{tasks:g} CPUs (config['ray']['num_cpus'])"
+                if tasks is not None
+                else f"{wanted - services:g} CPUs for its tasks"
+            )
             raise ConfigError(
-                f"job {self.name!r} asks for {wanted:g} CPUs (config['ray']['num_cpus']) but "
-                f"the {info} has {info.cpus:g}; lower num_cpus or add nodes"
+                f"job {self.name!r} asks for {asked} plus {services:g} for its services, but "
+                f"the {info} has {info.cpus:g}; lower num_cpus (the job's or its services') "
+                "or add nodes"
             )
         gpus = self._services.gpu_demand()
         limit = self.options.num_gpus

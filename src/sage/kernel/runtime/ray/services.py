@@ -154,6 +154,13 @@ class RemoteServices:
         """GPUs all replicas (fallbacks included) reserve together."""
         return sum(spec.num_gpus * spec.replicas for spec in self._all_specs())
 
+    def cpu_demand(self) -> float:
+        """CPUs all replicas (fallbacks included) reserve together."""
+        return sum(
+            (DEFAULT_SERVICE_CPUS if spec.num_cpus is None else spec.num_cpus) * spec.replicas
+            for spec in self._all_specs()
+        )
+
     def _all_specs(self) -> list[ServiceSpec]:
         out: list[ServiceSpec] = []
         for spec in self._specs:

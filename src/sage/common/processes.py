@@ -1,0 +1,95 @@
+"""Server processes: start one detached and wait until it listens; stop one.
+
+The child writes ``ready <port>`` to a pipe (``--ready-fd``) once it listens, so the parent
+waits on that pipe (no polling) and learns at once if the child died instead. Used for the
+inference stack's engines and gateways and for the JobManager.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["SpawnError", "spawn_module", "terminate"]
+
+
+class SpawnError(RuntimeError):
+    """A server process exited, or did not listen in time; the message ends with its log."""
+
+
+def spawn_module(
+    module: str,
+    args: list[str],
+    log_path: Path,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, int]:
+    """Start ``python -m <module> <args> --ready-fd N`` detached; wait for it to listen.
+
+    Args:
+        module: The server's module.
+        args: Its command line.
+        log_path: File the child's output is appended to.
+        timeout_s: How long it may take to listen.
+        env: Variables added to this process's environment for the child.
+
+    Returns:
+        ``(pid, port)`` of the listening child (the leader of its own process group).
+
+    Raises:
+        SpawnError: it exited or was not ready in time (it is stopped first).
+    """
+    read_fd, write_fd = os.pipe()
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", module, *args, "--ready-fd", str(write_fd)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            env=child_env,
+        )
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        ready, _, _ = select.select([pipe], [], [], timeout_s)
+        line = pipe.readline() if ready else ""
+    if not line.startswith("ready "):
+        terminate(process.pid)
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+        detail = "\n".join(tail) if tail else "(no output)"
+        reason = "exited" if line == "" and ready else f"was not ready within {timeout_s:.0f} s"
+        raise SpawnError(f"{reason}; the end of {log_path}:\n{detail}")
+    return process.pid, int(line.split()[1])
+
+
+def terminate(pid: int, grace_s: float = 20.0, *, group: bool = True) -> bool:
+    """SIGTERM the process group of ``pid`` (only ``pid`` itself with ``group=False``, for a
+    server that stops its own children); SIGKILL the group if it outlives ``grace_s``.
+
+    Returns:
+        Whether it exited within ``grace_s`` (or was already gone).
+    """
+    import psutil
+
+    try:
+        if group:
+            os.killpg(pid, signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    try:
+        psutil.Process(pid).wait(grace_s)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        os.killpg(pid, signal.SIGKILL)
+        return False
+    return True
