@@ -306,3 +306,29 @@ def test_function_logs_reach_the_jobs_log(ray_cluster: Any) -> None:
     assert any("INFO sage.job.chatty.map 'Chatty': saw record 3" in line for line in lines)
     assert any(line.startswith("started 1 task(s) on 1 node(s)") for line in lines)
     assert lines[-1].startswith("ended: finished after")
+
+
+def test_jobs_reuse_the_hosts_of_earlier_jobs(ray_cluster: Any, tmp_path: Any) -> None:
+    """Hosts outlive jobs: a second job of the same shape starts no new actor, and a
+    cancelled job's leftovers do not leak into the next job on the same hosts."""
+    from sage.kernel.runtime.ray.hosts import host_pool
+
+    def job(directory: Any) -> LocalEnvironment:
+        env = LocalEnvironment("reuse", config={"parallelism": 2, "batch_size": 4})
+        env.from_collection(range(400)).map(lambda x: x * 3).sink(FileSink, str(directory))
+        return env
+
+    (tmp_path / "a").mkdir()
+    run_on_ray(job(tmp_path / "a"))
+    idle = host_pool().idle_count()
+    (tmp_path / "b").mkdir()
+    cancelled = RayJob(job(tmp_path / "b").plan(), LocalEnvironment("x").job_config)
+    try:
+        cancelled.start()
+        cancelled.cancel()
+    finally:
+        cancelled.close()
+    (tmp_path / "c").mkdir()
+    run_on_ray(job(tmp_path / "c"))
+    assert host_pool().idle_count() <= idle
+    assert sorted(read_parts(str(tmp_path / "c"))) == [3 * x for x in range(400)]

@@ -2,16 +2,18 @@
 
 :class:`RayJob` is the driver's side of a job, with the same life cycle and API as
 :class:`~sage.kernel.runtime.local.executor.LocalJob`: it starts the services' replica
-actors, one :class:`~.task_actor.TaskActor` per task (placed with Ray's ``SPREAD``
-strategy, so a job uses every node), wires them, and watches them from one thread. The
+actors, borrows one :class:`~.task_actor.TaskHost` per task from the :mod:`.hosts` pool
+(spread over the nodes), assigns and wires the tasks, and watches them from one thread. The
 first task to fail cancels every other; the job ends when the last task has, and then its
-actors and services are torn down. Nothing polls: the watcher blocks in ``ray.wait``.
+hosts go back to the pool and its services are torn down. Nothing polls: the watcher
+blocks in ``ray.wait``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from time import perf_counter
@@ -23,8 +25,9 @@ from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.runtime.error_policy import DeadLetter
 from sage.kernel.runtime.metrics import JobMetrics, TaskStats, snapshot
 from sage.kernel.runtime.ray.cluster import RayOptions, cluster_info, connect
+from sage.kernel.runtime.ray.hosts import Host, host_pool
 from sage.kernel.runtime.ray.services import RemoteServices
-from sage.kernel.runtime.ray.task_actor import CONTROL_THREADS, TaskActor, TaskOutcome
+from sage.kernel.runtime.ray.task_actor import TaskOutcome
 from sage.kernel.runtime.status import JobStatus
 from sage.kernel.services.metrics import ServiceMetrics
 from sage.kernel.services.spec import ServiceSpec
@@ -95,7 +98,8 @@ class RayJob:
         self.options = RayOptions.from_config((config.raw or {}).get("ray"))
         self._log_sink = log
         self._services = RemoteServices(services, plan.job_name)
-        self._actors: dict[str, Any] = {}
+        self._key = f"{plan.job_name}:{uuid.uuid4().hex[:12]}"  # names this run in host calls
+        self._hosts: dict[str, Host] = {}
         self._sources: list[Any] = []
         self._outcomes: dict[str, TaskOutcome] = {}
         self._placement: dict[str, str] = {}
@@ -155,31 +159,34 @@ class RayJob:
         tasks = self.plan.tasks
         cpus = self.options.num_cpus
         per_task = DEFAULT_TASK_CPUS if cpus is None else cpus / len(tasks)
-        actor_class: Any = ray.remote(TaskActor)
         plan_ref = ray.put(self.plan)
         services = self._services.services
+        hosts = host_pool().acquire(len(tasks), per_task)
         by_chain: dict[int, list[Any]] = {}
-        for task in tasks:
-            actor = actor_class.options(
-                num_cpus=per_task,
-                scheduling_strategy="SPREAD",
-                max_concurrency=CONTROL_THREADS + task.expected_eos * PUSH_WINDOW,
-                name=f"sage:{self.name}:{task.id}:{id(self):x}",
-                namespace="sage",
-            ).remote(plan_ref, task.id, self.config, services, PUSH_WINDOW)
-            self._actors[task.id] = actor
-            by_chain.setdefault(task.chain_id, []).append(actor)
+        for task, host in zip(tasks, hosts, strict=True):
+            self._hosts[task.id] = host
+            by_chain.setdefault(task.chain_id, []).append(host.handle)
             if task.expected_eos == 0:
-                self._sources.append(actor)
-        refs = {task_id: a.connect.remote(by_chain) for task_id, a in self._actors.items()}
-        for task_id, ref in refs.items():
-            self._placement[task_id] = self._get(ref, task_id)
+                self._sources.append(host.handle)
+        key, config = self._key, self.config
+        assigned = {
+            task.id: self._hosts[task.id].handle.assign.remote(
+                key, plan_ref, task.id, config, services, PUSH_WINDOW
+            )
+            for task in tasks
+        }
+        for task_id, ref in assigned.items():
+            node = self._get(ref, task_id)
+            self._placement[task_id] = self._hosts[task_id].node_id = node
+        connected = {tid: h.handle.connect.remote(key, by_chain) for tid, h in self._hosts.items()}
+        for task_id, ref in connected.items():
+            self._get(ref, task_id)
         spread = Counter(self._placement.values())
         self._log(
             f"started {len(tasks)} task(s) on {len(spread)} node(s): "
             + ", ".join(f"{node[:12]}: {n}" for node, n in spread.items())
         )
-        runs = {a.run.remote(): task_id for task_id, a in self._actors.items()}
+        runs = {h.handle.run.remote(key): task_id for task_id, h in self._hosts.items()}
         self._watcher = threading.Thread(
             target=self._watch, args=(runs,), name=f"sage-{self.name}-ray-watch", daemon=True
         )
@@ -230,14 +237,15 @@ class RayJob:
         import ray
 
         try:
-            opened = {a.wait_opened.remote(): tid for tid, a in self._actors.items()}
+            key = self._key
+            opened = {h.handle.wait_opened.remote(key): t for t, h in self._hosts.items()}
             for ref, task_id in opened.items():
                 try:
                     ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     self._fail(JobError(f"the actor of task {task_id} died: {exc}"))
-            for actor in self._sources:
-                actor.release.remote()
+            for handle in self._sources:
+                handle.release.remote(key)
             self._released_at = perf_counter()
             self._log(f"every task opened after {self.startup_s:.2f}s; sources started")
             pending = list(runs)
@@ -246,9 +254,12 @@ class RayJob:
                 for ref in done:
                     task_id = runs[ref]
                     try:
-                        outcome: TaskOutcome = ray.get(ref)
+                        outcome: TaskOutcome | None = ray.get(ref)
                     except ray.exceptions.RayError as exc:
                         self._fail(JobError(f"the actor of task {task_id} died: {exc}"))
+                        continue
+                    if outcome is None:  # pragma: no cover - the host was taken from us
+                        self._fail(JobError(f"task {task_id} lost its host"))
                         continue
                     self._outcomes[task_id] = outcome
                     for line in outcome.log:
@@ -270,15 +281,18 @@ class RayJob:
             if first:
                 self._error = error
         if first:
-            for actor in self._actors.values():
-                actor.cancel.remote()
+            for host in self._hosts.values():
+                host.handle.cancel.remote(self._key)
 
     def _teardown(self) -> None:
-        """End the task actors, then clean up the services (their error if the job had none)."""
-        import ray
-
-        for actor in self._actors.values():
-            ray.kill(actor, no_restart=True)
+        """Return the hosts whose task ended to the pool (end the others), then clean up the
+        services (their error becomes the job's if it had none)."""
+        pool = host_pool()
+        done = [h for task_id, h in self._hosts.items() if task_id in self._outcomes]
+        stuck = [h for task_id, h in self._hosts.items() if task_id not in self._outcomes]
+        self._hosts = {}
+        pool.give_back(done)
+        pool.kill(stuck)
         try:
             self._services.close()
         except ServiceError as exc:
@@ -307,8 +321,8 @@ class RayJob:
         """End the job gracefully (sources stop, records in flight drain). Like :meth:`wait`."""
         if self._status is JobStatus.RUNNING:
             self._status = JobStatus.STOPPING
-            for actor in self._sources:
-                actor.request_stop.remote()
+            for handle in self._sources:
+                handle.request_stop.remote(self._key)
         return self.wait(timeout)
 
     def cancel(self) -> None:
@@ -383,20 +397,23 @@ class RayJob:
         tasks: list[TaskStats] = []
         services: list[tuple[ServiceMetrics, ...]] = []
         live = {
-            task_id: actor.stats.remote()
-            for task_id, actor in self._actors.items()
+            task_id: host.handle.stats.remote(self._key)
+            for task_id, host in self._hosts.items()
             if task_id not in self._outcomes and not self._finished.is_set()
         }
-        for task_id in self._actors:
+        for task_id in self._placement:
             outcome = self._outcomes.get(task_id)
             if outcome is not None:
                 tasks.append(outcome.stats)
                 services.append(outcome.services)
             elif task_id in live:
                 try:
-                    stats, calls = ray.get(live[task_id], timeout=_GRACE_S)
+                    answer = ray.get(live[task_id], timeout=_GRACE_S)
                 except ray.exceptions.RayError:
-                    continue  # the task ended (or its actor died) meanwhile
+                    continue  # its host died meanwhile
+                if answer is None:
+                    continue  # the task ended meanwhile
+                stats, calls = answer
                 tasks.append(stats)
                 services.append(calls)
         return snapshot(

@@ -1,18 +1,22 @@
-"""A Ray actor that hosts one task: the same :class:`~sage.kernel.runtime.task.TaskLoop` as a
+"""A Ray actor that hosts tasks: the same :class:`~sage.kernel.runtime.task.TaskLoop` as a
 thread of the local runtime, fed through :mod:`.channels`.
 
-Life of an actor, driven by :class:`~sage.kernel.runtime.ray.executor.RayJob`:
+A :class:`TaskHost` is a long-lived worker process, like a Flink TaskManager slot: it runs
+one task at a time, job after job, so a job does not pay for starting a Python process per
+task (seconds on a small machine). Life of one assignment, driven by
+:class:`~sage.kernel.runtime.ray.executor.RayJob`:
 
-1. constructed with the plan (one object shared through Ray's object store), its task id,
-   the job's settings and the started services;
-2. ``connect(handles)`` builds the loop with a :class:`~.channels.RemoteChannel` to every
-   downstream task actor and starts the service callers; it returns the node it runs on;
-3. ``run()`` runs the loop to its end and returns a :class:`TaskOutcome`; meanwhile
-   ``push`` receives batches, ``wait_opened`` / ``release`` hold sources until every task
-   has opened, and ``request_stop`` / ``cancel`` / ``stats`` serve the driver.
+1. ``assign(job, plan, task_id, ...)`` sets up the task (the plan is one object shared
+   through Ray's object store) and returns the node the host runs on;
+2. ``connect(job, handles)`` builds the loop with a :class:`~.channels.RemoteChannel` to
+   every downstream host and starts the service callers;
+3. ``run(job)`` runs the loop to its end, frees the host and returns a :class:`TaskOutcome`;
+   meanwhile ``push`` receives batches, ``wait_opened`` / ``release`` hold sources until
+   every task has opened, and ``request_stop`` / ``cancel`` / ``stats`` serve the driver.
 
-The actor is threaded: ``run`` occupies one thread, and every sender may have ``window``
-pushes in flight, each holding a thread while it waits for room in the inbox.
+Every call names its job: a late call of an earlier job (a push still in flight when that
+job was cancelled) finds the host serving another job and is ignored. Driver calls run in
+their own concurrency group, so pushes blocked on a full inbox never hold them up.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from sage.common.errors import JobError
+import ray
+
 from sage.kernel.config import JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.runtime.builder import build_task
@@ -37,10 +42,13 @@ from sage.kernel.runtime.task import TaskLoop, job_error
 from sage.kernel.services.metrics import ServiceMetrics
 from sage.kernel.services.registry import ServiceRegistry
 
-__all__ = ["CONTROL_THREADS", "QueueFigures", "TaskActor", "TaskOutcome"]
+__all__ = ["CONCURRENCY_GROUPS", "DATA_THREADS", "QueueFigures", "TaskHost", "TaskOutcome"]
 
-# Actor threads kept for the driver's calls: run, wait_opened, and a stats/stop/cancel.
-CONTROL_THREADS = 4
+# Threads of a host: the driver's calls (run and wait_opened block; a stats/stop/cancel
+# besides) in their own group, pushes in the default one (any number works: see
+# OrderedDelivery; more let more senders block on a full inbox at once).
+CONCURRENCY_GROUPS = {"control": 4}
+DATA_THREADS = 16
 _LOG_LINES = 1000  # lines of a task's log kept for the job's log (the latest)
 
 
@@ -81,11 +89,12 @@ class TaskOutcome:
 
 def _portable(error: BaseException) -> BaseException:
     """``error`` if it survives pickling (to the driver), else a ``JobError`` with its text."""
+    from sage.common.errors import JobError
+
     try:
         pickle.loads(pickle.dumps(error))
     except Exception:
-        portable = JobError(f"{type(error).__name__}: {error}")
-        return portable
+        return JobError(f"{type(error).__name__}: {error}")
     return error
 
 
@@ -135,16 +144,8 @@ class _ActorControl:
         self.opened.set()  # a task that failed to open must not hold up the driver
 
 
-class TaskActor:
-    """Hosts one task of a job (see the module docstring).
-
-    Args:
-        plan: The compiled job.
-        task_id: Which of its tasks this actor runs.
-        config: The job's settings.
-        services: The job's started services.
-        window: Pushes each sender keeps in flight per receiver.
-    """
+class _Task:
+    """One task of one job, as a host runs it."""
 
     def __init__(
         self,
@@ -154,32 +155,19 @@ class TaskActor:
         services: list[RemoteService],
         window: int,
     ) -> None:
-        self._plan = plan
-        self._task = next(t for t in plan.tasks if t.id == task_id)
-        self._config = config
-        self._window = window
-        inbox = Inbox(config.channel_capacity) if self._task.expected_eos > 0 else None
-        self._delivery = OrderedDelivery(inbox) if inbox is not None else None
-        self._control = _ActorControl(self._delivery)
-        self._dead_letters = DeadLetterQueue(config.dead_letter_path)
-        self._registry = ServiceRegistry(proxy_specs(services), plan.job_name) if services else None
-        self._loop: TaskLoop | None = None
-        self._log = _LogBuffer()  # the actor's process is the task's own: take its root log
-        logging.getLogger().addHandler(self._log)
-        logging.getLogger(f"sage.job.{plan.job_name}").setLevel(logging.INFO)
+        self.plan = plan
+        self.task = next(t for t in plan.tasks if t.id == task_id)
+        self.config = config
+        self.window = window
+        inbox = Inbox(config.channel_capacity) if self.task.expected_eos > 0 else None
+        self.delivery = OrderedDelivery(inbox) if inbox is not None else None
+        self.control = _ActorControl(self.delivery)
+        self.dead_letters = DeadLetterQueue(config.dead_letter_path)
+        self.registry = ServiceRegistry(proxy_specs(services), plan.job_name) if services else None
+        self.loop: TaskLoop | None = None
+        self.log = _LogBuffer()
 
-    def connect(self, handles: dict[int, list[Any]]) -> str:
-        """Build the loop, sending to the task actors ``handles`` (by chain, by instance).
-
-        Returns:
-            The id of the node this actor runs on.
-
-        Raises:
-            PlanError: a function cannot be constructed for this instance.
-            ServiceError: the service callers could not start.
-        """
-        import ray
-
+    def connect(self, job: str, handles: dict[int, list[Any]]) -> None:
         channels: dict[tuple[int, int], RemoteChannel] = {}
 
         def channels_of(chain_id: int) -> list[RemoteChannel]:
@@ -187,78 +175,48 @@ class TaskActor:
             for index, handle in enumerate(handles[chain_id]):
                 key = (chain_id, index)
                 if key not in channels:  # one numbered stream per receiver, for every edge
-                    channels[key] = RemoteChannel(handle, self._task.id, self._window)
+                    channels[key] = RemoteChannel(handle, job, self.task.id, self.window)
                 out.append(channels[key])
             return out
 
-        if self._registry is not None:
-            self._registry.start()
-        self._loop = build_task(
-            self._plan,
-            self._task,
-            config=self._config,
-            control=self._control,
-            dead_letters=self._dead_letters,
-            inbox=None if self._delivery is None else self._delivery.inbox,
+        if self.registry is not None:
+            self.registry.start()
+        self.loop = build_task(
+            self.plan,
+            self.task,
+            config=self.config,
+            control=self.control,
+            dead_letters=self.dead_letters,
+            inbox=None if self.delivery is None else self.delivery.inbox,
             channels_of=channels_of,
-            services=None if self._registry is None else self._registry.callers,
+            services=None if self.registry is None else self.registry.callers,
         )
-        node_id: str = ray.get_runtime_context().get_node_id()
-        return node_id
-
-    def push(self, sender: str, seq: int, item: Any) -> bool:
-        """Receive the ``seq``-th item from ``sender``; ``False`` if the task was cancelled."""
-        if self._delivery is None:  # pragma: no cover - the plan never sends to a source
-            raise JobError(f"task {self._task.id} has no input")
-        return self._delivery.deliver(sender, seq, item)
 
     def run(self) -> TaskOutcome:
-        """Run the task to its end and report how it ended."""
-        loop = self._loop
+        loop = self.loop
         assert loop is not None, "connect() first"
         loop.run()
-        if self._registry is not None:
+        if self.registry is not None:
             try:
-                self._registry.close()
+                self.registry.close()
             except Exception as exc:
-                self._control.fail(exc, self._task.id)
-        error = self._control.error
+                self.control.fail(exc, self.task.id)
+        error = self.control.error
         if error is not None:
             loop.stats.status = "failed"
         return TaskOutcome(
-            task_id=self._task.id,
+            task_id=self.task.id,
             status=loop.stats.status,
             error=None if error is None else _portable(error),
-            stats=self._stats(),
-            services=self._service_metrics(),
-            dead_letters=self._dead_letters.items(),
-            log=list(self._log.lines),
+            stats=self.stats(),
+            services=self.service_metrics(),
+            dead_letters=self.dead_letters.items(),
+            log=list(self.log.lines),
         )
 
-    def wait_opened(self) -> bool:
-        """Block until the task has opened its functions (or ended trying)."""
-        self._control.opened.wait()
-        return True
-
-    def release(self) -> None:
-        """Every task has opened: a source may start reading."""
-        self._control.released.set()
-
-    def request_stop(self) -> None:
-        """End a source at its next batch boundary (graceful stop)."""
-        self._control.request_stop()
-
-    def cancel(self) -> None:
-        """End the task now, without flushing."""
-        self._control.cancel()
-
-    def stats(self) -> tuple[TaskStats, tuple[ServiceMetrics, ...]]:
-        """A snapshot of the task's counters and of its service calls."""
-        return self._stats(), self._service_metrics()
-
-    def _stats(self) -> TaskStats:
-        assert self._loop is not None
-        live = self._loop.stats
+    def stats(self) -> TaskStats:
+        assert self.loop is not None
+        live = self.loop.stats
         copy = TaskStats(live.task_id, live.instance, live.operators)
         for name in ("records_in", "records_out", "batches", "busy_s", "latency", "status"):
             setattr(copy, name, getattr(live, name))
@@ -267,5 +225,117 @@ class TaskActor:
             copy.queue = QueueFigures(queue.depth, queue.capacity, queue.high_water)
         return copy
 
-    def _service_metrics(self) -> tuple[ServiceMetrics, ...]:
-        return () if self._registry is None else self._registry.metrics()
+    def service_metrics(self) -> tuple[ServiceMetrics, ...]:
+        return () if self.registry is None else self.registry.metrics()
+
+
+class TaskHost:
+    """A long-lived actor that runs the tasks assigned to it (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._job: str | None = None
+        self._task: _Task | None = None
+        self._lock = threading.Lock()
+
+    def _current(self, job: str) -> _Task | None:
+        """The task of ``job``, or ``None`` if this host serves another job (or none)."""
+        return self._task if self._job == job else None
+
+    @ray.method(concurrency_group="control")
+    def assign(
+        self,
+        job: str,
+        plan: PhysicalPlan,
+        task_id: str,
+        config: JobConfig,
+        services: list[RemoteService],
+        window: int,
+    ) -> str:
+        """Take task ``task_id`` of ``job``; returns the id of the node this host is on."""
+        from sage.common.errors import JobError
+
+        with self._lock:
+            if self._task is not None:
+                raise JobError(f"host busy with job {self._job!r}; cannot take {job!r}")
+            task = _Task(plan, task_id, config, services, window)
+            logging.getLogger().addHandler(task.log)
+            logging.getLogger(f"sage.job.{plan.job_name}").setLevel(logging.INFO)
+            self._job, self._task = job, task
+        node_id: str = ray.get_runtime_context().get_node_id()
+        return node_id
+
+    @ray.method(concurrency_group="control")
+    def connect(self, job: str, handles: dict[int, list[Any]]) -> None:
+        """Build the task's loop, sending to the hosts ``handles`` (by chain, by instance).
+
+        Raises:
+            PlanError: a function cannot be constructed for this instance.
+            ServiceError: the service callers could not start.
+        """
+        task = self._current(job)
+        if task is not None:
+            task.connect(job, handles)
+
+    def push(self, job: str, sender: str, seq: int, item: Any) -> bool:
+        """Receive the ``seq``-th item from ``sender``; ``False`` if the task was cancelled."""
+        task = self._current(job)
+        if task is None or task.delivery is None:
+            return False  # a late push of an ended job
+        return task.delivery.deliver(sender, seq, item)
+
+    @ray.method(concurrency_group="control")
+    def run(self, job: str) -> TaskOutcome | None:
+        """Run the task to its end, free this host, and report how the task ended."""
+        task = self._current(job)
+        if task is None:
+            return None
+        try:
+            return task.run()
+        finally:
+            self._free(job)
+
+    def _free(self, job: str) -> None:
+        """Drop ``job``'s task once it ran: the host is idle."""
+        with self._lock:
+            task = self._current(job)
+            if task is None:
+                return
+            logging.getLogger().removeHandler(task.log)
+            self._job, self._task = None, None
+
+    @ray.method(concurrency_group="control")
+    def wait_opened(self, job: str) -> bool:
+        """Block until the task has opened its functions (or ended trying)."""
+        task = self._current(job)
+        if task is not None:
+            task.control.opened.wait()
+        return True
+
+    @ray.method(concurrency_group="control")
+    def release(self, job: str) -> None:
+        """Every task has opened: a source may start reading."""
+        task = self._current(job)
+        if task is not None:
+            task.control.released.set()
+
+    @ray.method(concurrency_group="control")
+    def request_stop(self, job: str) -> None:
+        """End a source at its next batch boundary (graceful stop)."""
+        task = self._current(job)
+        if task is not None:
+            task.control.request_stop()
+
+    @ray.method(concurrency_group="control")
+    def cancel(self, job: str) -> None:
+        """End the task now, without flushing."""
+        task = self._current(job)
+        if task is not None:
+            task.control.cancel()
+
+    @ray.method(concurrency_group="control")
+    def stats(self, job: str) -> tuple[TaskStats, tuple[ServiceMetrics, ...]] | None:
+        """A snapshot of the task's counters and service calls (``None``: it has ended)."""
+        task = self._current(job)
+        if task is None or task.loop is None:
+            return None
+        return task.stats(), task.service_metrics()
