@@ -15,11 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import FileSink, read_parts
-from kernel.test_pipeline_properties import FILTERS, FLATMAPS, KEYS, MAPS, RunningCount, reference
+from kernel.test_pipeline_properties import RunningCount, build_pipeline, reference
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.core.functions.source_function import SourceFunction
 from sage.common.errors import ConfigError, OperatorError, ServiceError
-from sage.kernel.api.base_environment import BaseEnvironment
 from sage.kernel.api.local_environment import LocalEnvironment
 from sage.kernel.api.remote_environment import RemoteEnvironment
 from sage.kernel.jobmanager.server import JobManagerServer, RayJobFactory
@@ -37,24 +36,6 @@ def run_on_ray(env: LocalEnvironment) -> RayJob:
     finally:
         job.close()
     return job
-
-
-def build(env: BaseEnvironment, data: list[int], steps: list[tuple[str, int, int]]) -> Any:
-    stream = env.from_collection(data, parallelism=1 + len(data) % 2)
-    for op, i, parallelism in steps:
-        if op == "map":
-            stream = stream.map(MAPS[i], parallelism=parallelism)
-        elif op == "filter":
-            stream = stream.filter(FILTERS[i], parallelism=parallelism)
-        elif op == "flatmap":
-            stream = stream.flatmap(FLATMAPS[i], parallelism=parallelism)
-        else:
-            stream = (
-                stream.keyby(KEYS[i])
-                .map(RunningCount, KEYS[i], parallelism=parallelism)
-                .map(lambda kn: kn[0] * 1000 + kn[1], parallelism=parallelism)
-            )
-    return stream
 
 
 step = st.one_of(
@@ -96,11 +77,11 @@ def test_random_pipelines_give_the_local_multisets_through_remote_environment(
     config = {"batch_size": batch_size, "channel_capacity": 2}
     local_out: list[Any] = []
     local = LocalEnvironment("property", config=config)
-    build(local, data, steps).sink(local_out.append)
+    build_pipeline(local, data, steps).sink(local_out.append)
     local.submit()
     with tempfile.TemporaryDirectory() as directory:
         remote = RemoteEnvironment("property", port=jobmanager.port, config=config)
-        build(remote, data, steps).sink(FileSink, directory, parallelism=2)
+        build_pipeline(remote, data, steps).sink(FileSink, directory, parallelism=2)
         remote.submit()
         assert Counter(read_parts(directory)) == Counter(local_out) == reference(data, steps)
 

@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sage.common.core.functions.map_function import MapFunction
+from sage.kernel.api.base_environment import BaseEnvironment
+from sage.kernel.api.datastream import DataStream
 from sage.kernel.api.local_environment import LocalEnvironment
 
 # Deterministic building blocks; each is also applied by the plain-Python reference below.
@@ -69,10 +71,10 @@ def reference(data: list[int], steps: list[tuple[str, int, int]]) -> Counter[Any
     return Counter(records)
 
 
-def run_sage(
-    data: list[int], steps: list[tuple[str, int, int]], config: dict[str, Any]
-) -> Counter[Any]:
-    env = LocalEnvironment("property", config=config)
+def build_pipeline(
+    env: BaseEnvironment, data: list[int], steps: list[tuple[str, int, int]]
+) -> DataStream:
+    """The pipeline ``steps`` describe on ``env`` (also run on Ray by the distributed tests)."""
     stream = env.from_collection(data, parallelism=1 + len(data) % 2)
     for op, i, parallelism in steps:
         if op == "map":
@@ -87,8 +89,15 @@ def run_sage(
                 .map(RunningCount, KEYS[i], parallelism=parallelism)
                 .map(lambda kn: kn[0] * 1000 + kn[1], parallelism=parallelism)
             )
+    return stream
+
+
+def run_sage(
+    data: list[int], steps: list[tuple[str, int, int]], config: dict[str, Any]
+) -> Counter[Any]:
+    env = LocalEnvironment("property", config=config)
     out: list[Any] = []
-    stream.sink(out.append)
+    build_pipeline(env, data, steps).sink(out.append)
     env.submit()
     return Counter(out)
 

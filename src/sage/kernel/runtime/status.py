@@ -17,6 +17,15 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    @staticmethod
+    def at_end(error: BaseException | None) -> JobStatus:
+        """How a job that has ended with ``error`` (``None``: none) ended."""
+        from sage.common.errors import JobCancelledError
+
+        if error is None:
+            return JobStatus.FINISHED
+        return JobStatus.CANCELLED if isinstance(error, JobCancelledError) else JobStatus.FAILED
+
     @property
     def ended(self) -> bool:
         """Whether the job has ended (finished, failed or cancelled)."""

@@ -31,6 +31,7 @@ from sage.kernel.runtime.metrics import OperatorStats, TaskStats
 from sage.kernel.runtime.routing import Router
 
 __all__ = [
+    "ControlFlags",
     "InputChannel",
     "JobControl",
     "OperatorInstance",
@@ -53,6 +54,44 @@ def job_error(exc: BaseException, task_id: str) -> BaseException:
     error = JobError(f"task {task_id} failed: {type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
+
+
+class ControlFlags:
+    """The flags every ``JobControl`` keeps: stop, cancel, and the first error.
+
+    Subclasses say in :meth:`cancel` what cancelling wakes (inboxes, waiting sources).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = False
+        self._cancelled = False
+        self.error: BaseException | None = None
+
+    @property
+    def stop_requested(self) -> bool:
+        """Sources should end at the next batch boundary (graceful stop)."""
+        return self._stop
+
+    @property
+    def cancelled(self) -> bool:
+        """The job is being torn down; tasks exit without flushing."""
+        return self._cancelled
+
+    def request_stop(self) -> None:
+        """Ask sources to end at their next batch boundary; in-flight records still drain."""
+        self._stop = True
+
+    def fail(self, exc: BaseException, task_id: str) -> None:
+        """Record the job's failure (the first one wins) and cancel."""
+        with self._lock:
+            if self.error is None:
+                self.error = job_error(exc, task_id)
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Set the cancelled flag; subclasses wake what waits."""
+        self._cancelled = True
 
 
 class JobControl(Protocol):

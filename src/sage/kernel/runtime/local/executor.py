@@ -23,7 +23,7 @@ from sage.kernel.runtime.channel import Inbox
 from sage.kernel.runtime.error_policy import DeadLetter, DeadLetterQueue
 from sage.kernel.runtime.metrics import JobMetrics, snapshot
 from sage.kernel.runtime.status import JobStatus
-from sage.kernel.runtime.task import TaskLoop, job_error
+from sage.kernel.runtime.task import ControlFlags, TaskLoop
 from sage.kernel.services.registry import ServiceRegistry
 from sage.kernel.services.spec import ServiceSpec
 
@@ -49,41 +49,20 @@ def _pinned(cpus: frozenset[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-class LocalJobControl:
+class LocalJobControl(ControlFlags):
     """Shared flags and events of one local job (implements ``task.JobControl``)."""
 
     def __init__(self, n_tasks: int, inboxes: list[Inbox]) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self._inboxes = inboxes
         self._n_tasks = n_tasks
         self._opened = 0
         self._running = n_tasks
-        self._stop = False
-        self._cancelled = False
-        self.error: BaseException | None = None
         self.all_opened = threading.Event()
         self.finished = threading.Event()
         self.finished_at: float | None = None
         if n_tasks == 0:
             self.finished.set()
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def request_stop(self) -> None:
-        """Ask sources to end at their next batch boundary; in-flight records still drain."""
-        self._stop = True
-
-    def fail(self, exc: BaseException, task_id: str) -> None:
-        with self._lock:
-            if self.error is None:
-                self.error = job_error(exc, task_id)
-        self.cancel()
 
     def cancel(self, reason: BaseException | None = None) -> None:
         """Wake and end every task without flushing (``reason`` becomes the error if none yet)."""
@@ -276,12 +255,7 @@ class LocalJob:
             if self._control.error is None:
                 self._control.error = exc
         error = self._control.error
-        if error is None:
-            self._status = JobStatus.FINISHED
-        elif isinstance(error, JobCancelledError):
-            self._status = JobStatus.CANCELLED
-        else:
-            self._status = JobStatus.FAILED
+        self._status = JobStatus.at_end(error)
         if self._reported:
             return
         self._reported = True
@@ -310,10 +284,7 @@ class LocalJob:
             self._status in (JobStatus.RUNNING, JobStatus.STOPPING)
             and self._control.finished.is_set()
         ):
-            error = self._control.error
-            if error is None:
-                return JobStatus.FINISHED
-            return JobStatus.CANCELLED if isinstance(error, JobCancelledError) else JobStatus.FAILED
+            return JobStatus.at_end(self._control.error)
         return self._status
 
     @property

@@ -38,7 +38,7 @@ from sage.kernel.runtime.error_policy import DeadLetter, DeadLetterQueue
 from sage.kernel.runtime.metrics import TaskStats
 from sage.kernel.runtime.ray.channels import OrderedDelivery, RemoteChannel
 from sage.kernel.runtime.ray.services import RemoteService, proxy_specs
-from sage.kernel.runtime.task import TaskLoop, job_error
+from sage.kernel.runtime.task import ControlFlags, TaskLoop
 from sage.kernel.services.metrics import ServiceMetrics
 from sage.kernel.services.registry import ServiceRegistry
 
@@ -98,37 +98,17 @@ def _portable(error: BaseException) -> BaseException:
     return error
 
 
-class _ActorControl:
+class _ActorControl(ControlFlags):
     """The task's view of its job (implements ``task.JobControl``); the driver sets flags."""
 
     def __init__(self, delivery: OrderedDelivery | None) -> None:
+        super().__init__()
         self._delivery = delivery
-        self._lock = threading.Lock()
-        self._stop = False
-        self._cancelled = False
-        self.error: BaseException | None = None
         self.opened = threading.Event()
         self.released = threading.Event()
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def request_stop(self) -> None:
-        self._stop = True
-
-    def fail(self, exc: BaseException, task_id: str) -> None:
-        with self._lock:
-            if self.error is None:
-                self.error = job_error(exc, task_id)
-        self.cancel()
-
     def cancel(self) -> None:
-        self._cancelled = True
+        super().cancel()
         self.released.set()
         if self._delivery is not None:
             self._delivery.cancel()
