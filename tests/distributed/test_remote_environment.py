@@ -221,3 +221,19 @@ def test_it_is_importable_where_local_environment_is() -> None:
     from sage.kernel.api import RemoteEnvironment as Api
 
     assert Core is Api is RemoteEnvironment
+
+
+def _reject_threes(x: int) -> int:
+    if x % 3 == 0:
+        raise ValueError(f"{x} is a multiple of 3")
+    return x
+
+
+def test_dead_letters_come_back_from_the_jobmanager(server: JobManagerServer) -> None:
+    env = RemoteEnvironment("letters", port=server.port, config={"on_error": "dead_letter"})
+    env.from_collection(range(10)).map(_reject_threes, name="NoThrees").sink(lambda x: None)
+    env.submit()
+    letters = env.dead_letters
+    assert sorted(d.record for d in letters) == [0, 3, 6, 9]
+    assert {d.operator for d in letters} == {"map 'NoThrees'"}
+    assert all(d.error.startswith("ValueError: ") and "Traceback" in d.traceback for d in letters)

@@ -12,6 +12,7 @@ that says where the token comes from; a failed job's error is rebuilt with
 
 from __future__ import annotations
 
+import builtins
 import time
 from typing import Any, Self
 
@@ -240,6 +241,14 @@ class JobManagerClient:
     def cancel(self, job_id: str) -> JobInfo:
         """End the job now, dropping records in flight; returns at once."""
         return JobInfo.model_validate(self._request("POST", job_path(job_id, "cancel")))
+
+    def dead_letters(self, job_id: str) -> builtins.list[dict[str, Any]]:
+        """The job's dead letters as JSON objects (operator, instance, record, error,
+        traceback, timestamp), in arrival order."""
+        letters: builtins.list[dict[str, Any]] = self._request(
+            "GET", job_path(job_id, "dead_letters")
+        )["dead_letters"]
+        return letters
 
     def metrics(self, job_id: str) -> dict[str, Any]:
         """The job's metrics as JSON (``JobMetrics.to_dict()``; see

@@ -17,6 +17,8 @@ without the token gets ``401`` and nothing it sent is decoded or run.
                                             drain); :class:`JobInfo`
 ``POST /v1/jobs/{id}/cancel``               cancel now; :class:`JobInfo`
 ``GET  /v1/jobs/{id}/metrics``              ``JobMetrics.to_dict()``
+``GET  /v1/jobs/{id}/dead_letters``         ``{"dead_letters": [DeadLetter.to_json()...]}``
+                                            (records as JSON, or their ``repr``)
 ``GET  /v1/jobs/{id}/logs?since=N&wait=S``  :class:`LogPage`: lines ``N...``; with ``wait``,
                                             blocks until there are new lines or the job ended
 ``GET  /v1/health``                         :class:`Health`
@@ -83,6 +85,7 @@ JOB_ACTIONS: dict[str, str] = {
     "": "GET",
     "wait": "GET",
     "metrics": "GET",
+    "dead_letters": "GET",
     "logs": "GET",
     "stop": "POST",
     "cancel": "POST",

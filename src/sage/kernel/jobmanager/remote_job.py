@@ -182,7 +182,8 @@ class RemoteJob:
 
     @property
     def dead_letters(self) -> list[DeadLetter]:
-        """Always empty: dead letters stay where the job ran. Read them from the job's
-        ``dead_letter_path`` file on that machine (set it in the config), or count them in
-        ``metrics().dead_letters``."""
-        return []
+        """Records kept by ``on_error="dead_letter"``, fetched from the JobManager (each
+        record as JSON, or its ``repr`` where it is not JSON); empty before the start."""
+        if self._info is None:
+            return []
+        return [DeadLetter(**letter) for letter in self.client.dead_letters(self._info.job_id)]

@@ -532,6 +532,12 @@ class JobManager:
             return JobMetrics(entry.name, info.status, info.elapsed_s, (), ()).to_dict()
         return job.metrics().to_dict()
 
+    def dead_letters(self, job_id: str) -> dict[str, Any]:
+        """The job's dead letters as JSON objects (``DeadLetter.to_json``), in order."""
+        job = self.get(job_id).job
+        letters = [] if job is None else job.dead_letters
+        return {"dead_letters": [json.loads(letter.to_json()) for letter in letters]}
+
     def shutdown(self, grace_s: float = _SHUTDOWN_GRACE_S) -> None:
         """Refuse new jobs, cancel the running ones, wait (up to ``grace_s``) for their
         threads to end, then close the factory (leaving the Ray cluster)."""
@@ -756,9 +762,10 @@ class JobManagerServer:
             if wait > 0:
                 await entry.wait_async(wait, new_lines_after=since)
             return json_response(entry.logs(since))
-        elif action == "metrics":
+        elif action in ("metrics", "dead_letters"):
+            read = self.manager.metrics if action == "metrics" else self.manager.dead_letters
             loop = asyncio.get_running_loop()
-            return json_response(await loop.run_in_executor(None, self.manager.metrics, job_id))
+            return json_response(await loop.run_in_executor(None, read, job_id))
         return json_response(entry.info())
 
     async def _job_post(self, request: Request) -> Response:
