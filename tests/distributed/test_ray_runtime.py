@@ -313,3 +313,25 @@ def test_jobs_reuse_the_hosts_of_earlier_jobs(ray_cluster: Any, tmp_path: Any) -
     run_on_ray(job(tmp_path / "c"))
     assert host_pool().idle_count() <= idle
     assert sorted(read_parts(str(tmp_path / "c"))) == [3 * x for x in range(400)]
+
+
+def test_a_pooled_host_that_died_is_replaced(ray_cluster: Any, tmp_path: Any) -> None:
+    import ray
+
+    from sage.kernel.runtime.ray.hosts import host_pool
+
+    env = LocalEnvironment("revive", config={"batch_size": 8})
+    env.from_collection(range(50)).map(lambda x: x + 1).sink(FileSink, str(tmp_path))
+    pool = host_pool()
+    victims = pool.acquire(3, 0.01)  # idle hosts, as a job would borrow them
+    for host in victims:
+        ray.kill(host.handle, no_restart=True)  # they die while idle (a node went away)
+    pool.give_back(victims)
+    lines: list[str] = []
+    job = RayJob(env.plan(), env.job_config, env.services, log=lines.append)
+    try:
+        job.run()
+    finally:
+        job.close()
+    assert sorted(read_parts(str(tmp_path))) == list(range(1, 51))
+    assert any("its pooled host had died; starting a new one" in line for line in lines)

@@ -185,9 +185,9 @@ class RayJob:
             )
             for task in tasks
         }
-        for task_id, ref in assigned.items():
-            node = self._get(ref, task_id)
-            self._placement[task_id] = self._hosts[task_id].node_id = node
+        for task in tasks:
+            node = self._assigned(task.id, assigned[task.id], plan_ref, services, by_chain)
+            self._placement[task.id] = self._hosts[task.id].node_id = node
         connected = {tid: h.handle.connect.remote(key, by_chain) for tid, h in self._hosts.items()}
         for task_id, ref in connected.items():
             self._get(ref, task_id)
@@ -201,6 +201,39 @@ class RayJob:
             target=self._watch, args=(runs,), name=f"sage-{self.name}-ray-watch", daemon=True
         )
         self._watcher.start()
+
+    def _assigned(
+        self,
+        task_id: str,
+        ref: Any,
+        plan_ref: Any,
+        services: list[Any],
+        by_chain: dict[int, list[Any]],
+    ) -> str:
+        """The node of task ``task_id``'s host once it took the task. A pooled host that
+        died since its last job (its node went away) is replaced by a new one, once."""
+        import ray
+
+        try:
+            node: str = ray.get(ref)
+            return node
+        except ray.exceptions.RayActorError:
+            pass
+        dead = self._hosts[task_id]
+        fresh = host_pool().acquire_new(dead.num_cpus)
+        self._log(f"task {task_id}: its pooled host had died; starting a new one")
+        self._hosts[task_id] = fresh
+        for handles in by_chain.values():
+            handles[:] = [fresh.handle if h is dead.handle else h for h in handles]
+        self._sources = [fresh.handle if h is dead.handle else h for h in self._sources]
+        return str(
+            self._get(
+                fresh.handle.assign.remote(
+                    self._key, plan_ref, task_id, self.config, services, PUSH_WINDOW
+                ),
+                task_id,
+            )
+        )
 
     def _check_resources(self, info: Any) -> None:
         tasks = self.options.num_cpus

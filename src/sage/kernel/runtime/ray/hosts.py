@@ -55,6 +55,10 @@ class HostPool:
                 idle.remove(host)
         return taken + [self._create(num_cpus) for _ in range(n - len(taken))]
 
+    def acquire_new(self, num_cpus: float) -> Host:
+        """A newly started host (to replace one that died)."""
+        return self._create(num_cpus)
+
     @staticmethod
     def _create(num_cpus: float) -> Host:
         import ray
