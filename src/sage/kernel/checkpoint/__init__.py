@@ -1,0 +1,1 @@
+"""Fault tolerance: restart strategies (and, next, checkpoints of source offsets and state)."""
