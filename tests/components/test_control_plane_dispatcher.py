@@ -16,6 +16,7 @@ from sage.common.components.sage_llm.control_plane.dispatcher import (
     Dispatcher,
     Grant,
     NoInstance,
+    QueueFull,
     Ticket,
     choose_policy,
 )
@@ -368,5 +369,33 @@ def test_adaptive_switches_by_traffic_and_reports_the_active_policy() -> None:
         state = h.dispatcher.describe()
         assert state["policy"] == "adaptive" and state["active_policy"] == "slo_aware"
         assert state["policy_switches"] == 1
+
+    run(body)
+
+
+def test_a_full_lane_refuses_new_requests_with_a_retry_after_but_keeps_retries() -> None:
+    async def body() -> None:
+        h = Harness("fifo", [1], max_queued=2)
+        h.admit("busy")
+        await h.settle()
+        h.admit("w1")
+        h.admit("w2")
+        refused = h.admit("w3")
+        await h.settle()
+        with pytest.raises(QueueFull) as full:
+            await refused
+        assert full.value.retry_after_s >= 1
+        assert "2 requests for 'm' are already waiting" in str(full.value)
+        assert h.dispatcher.rejected == 1
+        # a retry (its instance failed) is never refused: it was admitted once already
+        retry = PendingRequest(arrival=h.clock.now, kind="llm", model="m")
+        ticket = Ticket(asyncio.get_running_loop().create_future(), None, None, 1)
+        task = asyncio.get_running_loop().create_task(h.dispatcher.admit(retry, ticket, True))
+        await h.settle()
+        assert not task.done()  # queued (at the head), not refused
+        task.cancel()
+        for t in h.tasks:
+            t.cancel()
+        await asyncio.gather(task, *h.tasks, return_exceptions=True)
 
     run(body)

@@ -200,3 +200,35 @@ def test_killing_one_of_three_instances_mid_run_fails_no_idempotent_request(
     assert state["retries"] >= 1
     survivors = [i for i in state["instances"] if i["port"] != instances[0][1]]
     assert sum(i["requests"] - i["errors"] for i in survivors) >= 70
+
+
+def test_a_full_queue_gets_429_with_retry_after_and_big_max_tokens_a_400() -> None:
+    """Bounded queues: beyond max_queued_requests a request is told when to come back;
+    a max_tokens above the gateway's limit is refused naming the limit; it keeps serving."""
+    with LocalStack(
+        "sim-llm",
+        engine="simulated",
+        max_concurrent_requests=1,
+        gateway_options={"max_queued_requests": 1, "max_tokens_limit": 64},
+        profile={"decode_base_ms": 20.0, "max_batch": 1},
+    ) as stack:
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
+                return await asyncio.gather(
+                    *(client.post("/chat/completions", json=chat(max_tokens=8)) for _ in range(6))
+                )
+
+        answers = asyncio.run(burst())
+        codes = sorted(a.status_code for a in answers)
+        assert codes.count(200) >= 2 and 429 in codes, codes
+        refused = next(a for a in answers if a.status_code == 429)
+        assert int(refused.headers["retry-after"]) >= 1
+        error = refused.json()["error"]
+        assert error["type"] == "rate_limit_error" and error["code"] == "queue_full"
+        too_big = httpx.post(stack.gateway_url + "/chat/completions", json=chat(max_tokens=65))
+        assert too_big.status_code == 400
+        assert too_big.json()["error"]["param"] == "max_tokens"
+        assert "at most 64" in too_big.json()["error"]["message"]
+        fine = httpx.post(stack.gateway_url + "/chat/completions", json=chat(max_tokens=64))
+        assert fine.status_code == 200

@@ -91,10 +91,17 @@ class StreamResponse:
 class HttpError(Exception):
     """Raised by a handler (or the server) to answer with ``status`` and a JSON body."""
 
-    def __init__(self, status: int, message: str, body: bytes | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.headers = headers or {}
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -217,7 +224,9 @@ class _Connection(asyncio.Protocol):
             response = await server._dispatch(request)
         except HttpError as exc:
             response = Response(
-                status=exc.status, body=exc.body or server.error_body(exc.status, str(exc))
+                status=exc.status,
+                body=exc.body or server.error_body(exc.status, str(exc)),
+                headers=exc.headers,
             )
         except Exception as exc:  # a handler bug must not take the server down
             logger.exception("%s %s failed", request.method, request.path)

@@ -158,6 +158,10 @@ class UnifiedServerConfig:
         priority_aging_s: PRIORITY: seconds of waiting worth one level (``None``: strict).
         embedding_batch_max_texts: SLO_AWARE/HYBRID: inputs per batched embedding call.
         embedding_batch_wait_ms: HYBRID: longest a batch waits to fill while its model is busy.
+        max_queued_requests: Requests that may wait per model; beyond it a request gets 429
+            with ``Retry-After`` (``None``: unbounded).
+        max_tokens_limit: Largest ``max_tokens`` a request may ask for (``None``: any); a
+            larger one gets 400 naming the limit.
     """
 
     host: str = "127.0.0.1"
@@ -177,6 +181,8 @@ class UnifiedServerConfig:
     priority_aging_s: float | None = 10.0
     embedding_batch_max_texts: int = 256
     embedding_batch_wait_ms: float = 5.0
+    max_queued_requests: int | None = 4096
+    max_tokens_limit: int | None = None
 
     def __post_init__(self) -> None:
         self.scheduling_policy = SchedulingPolicyType.parse(self.scheduling_policy)
@@ -187,6 +193,12 @@ class UnifiedServerConfig:
             raise ConfigError(
                 f"embedding_batch_max_texts={self.embedding_batch_max_texts} must be at least 1"
             )
+        for name in ("max_queued_requests", "max_tokens_limit"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigError(f"{name}={value!r} is invalid; use an integer >= 1 or None")
         if self.embedding_batch_wait_ms < 0:
             raise ConfigError(
                 f"embedding_batch_wait_ms={self.embedding_batch_wait_ms} must be >= 0"

@@ -49,6 +49,7 @@ from sage.common.components.sage_llm.control_plane.batching import (
 from sage.common.components.sage_llm.control_plane.dispatcher import (
     Dispatcher,
     NoInstance,
+    QueueFull,
     Ticket,
     settle_riders,
 )
@@ -89,9 +90,13 @@ def openai_error(
 
 
 def _error(
-    status: int, message: str, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> HttpError:
-    return HttpError(status, message, openai_error(status, message, param, code))
+    return HttpError(status, message, openai_error(status, message, param, code), headers)
 
 
 _SCHEDULING = ("priority", "slo_ms")
@@ -249,6 +254,7 @@ class UnifiedAPIServer:
             aging_s=config.priority_aging_s,
             batch_max_texts=config.embedding_batch_max_texts,
             batch_wait_s=config.embedding_batch_wait_ms / 1000,
+            max_queued=config.max_queued_requests,
         )
         http = HttpServer(
             "sage-gateway", max_body=self.config.max_body_bytes, error_body=_error_body
@@ -385,6 +391,18 @@ class UnifiedAPIServer:
                 code="model_not_found",
             )
         assert isinstance(body, dict)
+        limit = self.config.max_tokens_limit
+        if limit is not None and kind == "llm":
+            for field_name in ("max_tokens", "max_completion_tokens"):
+                asked = body.get(field_name)
+                if isinstance(asked, int) and not isinstance(asked, bool) and asked > limit:
+                    raise _error(
+                        400,
+                        f"'{field_name}'={asked} is more than this gateway allows ({limit}); "
+                        f"ask for at most {limit}",
+                        param=field_name,
+                        code="max_tokens_too_large",
+                    )
         pending, payload = self._schedule(request, kind, model, body)
         class_name = request.headers.get("x-sage-class") or None
         stream = kind == "llm" and body.get("stream") is True
@@ -404,6 +422,14 @@ class UnifiedAPIServer:
                     503,
                     f"no healthy instance serves {model!r} now; retry later",
                     code="unavailable",
+                ) from None
+            except QueueFull as full:
+                raise _error(
+                    429,
+                    f"the gateway's queue for {model!r} is full ({full}); retry after "
+                    f"{full.retry_after_s} s",
+                    code="queue_full",
+                    headers={"retry-after": str(full.retry_after_s)},
                 ) from None
             if grant.instance is None:  # riding on another request's batched call
                 assert grant.outcome is not None

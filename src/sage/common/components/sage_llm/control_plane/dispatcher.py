@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
     "Dispatcher",
     "Grant",
     "NoInstance",
+    "QueueFull",
     "Ticket",
     "choose_policy",
     "settle_riders",
@@ -59,6 +61,19 @@ _BATCHING = (SchedulingPolicyType.SLO_AWARE, SchedulingPolicyType.HYBRID)
 
 class NoInstance(LookupError):
     """No healthy instance serves the request's model."""
+
+
+class QueueFull(RuntimeError):
+    """The request's lane already holds ``max_queued`` waiting requests.
+
+    Attributes:
+        retry_after_s: When the queue should have room again (whole seconds, at least 1),
+            from its length, the model's measured latency and the instances' slots.
+    """
+
+    def __init__(self, model: str, queued: int, retry_after_s: int) -> None:
+        super().__init__(f"{queued} requests for {model!r} are already waiting")
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(eq=False)
@@ -227,9 +242,11 @@ class Dispatcher:
         batch_max_texts: int = 256,
         batch_wait_s: float = 0.005,
         adaptive_interval_s: float = 1.0,
+        max_queued: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
+        self.max_queued = max_queued
         self._policy = SchedulingPolicyType.parse(policy)
         self.aging_s = aging_s
         self.default_slo_s = default_slo_s
@@ -247,6 +264,7 @@ class Dispatcher:
         self.batches = 0  # batched embedding calls sent
         self.batched_requests = 0  # requests that rode in them
         self.retries = 0
+        self.rejected = 0  # requests refused because their lane was full
         registry.on_change = self.redispatch
 
     # -- policy ------------------------------------------------------------------------------
@@ -360,6 +378,10 @@ class Dispatcher:
                 return Grant(instance)
             if not self.registry.has_healthy(request.kind, request.model):
                 raise NoInstance(request.model)
+        queued = len(lane.queue)
+        if not retry and self.max_queued is not None and queued >= self.max_queued:
+            self.rejected += 1
+            raise QueueFull(request.model, queued, self._drain_s(request, queued))
         request.payload = ticket
         if retry:
             self.retries += 1
@@ -375,6 +397,11 @@ class Dispatcher:
                 self._give_back(ticket.granted.result())  # granted as it was cancelled
             ticket.granted.cancel()  # still queued: skipped when it reaches the head
             raise
+
+    def _drain_s(self, request: PendingRequest, queued: int) -> int:
+        """Whole seconds (>= 1) until ``queued`` requests like ``request`` have been served."""
+        slots = max(self.registry.capacity(request.kind, request.model), 1)
+        return max(1, math.ceil(queued * self.predict_s(request) / slots))
 
     def _give_back(self, grant: Grant) -> None:
         """Undo a grant whose request went away before using it (riders are re-admitted)."""
