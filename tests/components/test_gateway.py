@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -239,3 +241,39 @@ def _died_and_retried(stack: Stack) -> None:
         }
     died = states[f"127.0.0.1:{stack.engine_ports[0]}"]
     assert died["healthy"] is False and died["errors"] >= 1
+
+
+def test_keys_come_from_a_key_file_and_sage_api_key_and_are_never_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# team keys\nalpha-key-123\n\nbeta-key-456  # batch jobs\n")
+    monkeypatch.setenv("SAGE_API_KEY", "env-key-789")
+    caplog.set_level(logging.DEBUG)
+    with LocalStack(
+        "stub-llm", engine="stub", gateway_options={"api_key_file": str(keys)}
+    ) as stack:
+        url = stack.gateway_url + "/chat/completions"
+        body = {"model": "stub-llm", "messages": [{"role": "user", "content": "x"}]}
+        for key in ("alpha-key-123", "beta-key-456", "env-key-789"):
+            ok = httpx.post(url, json=body, headers={"authorization": f"Bearer {key}"})
+            assert ok.status_code == 200, key
+        for headers in ({}, {"authorization": "Bearer alpha-key-12"}, {"authorization": "x"}):
+            refused = httpx.post(url, json=body, headers=headers)
+            assert refused.status_code == 401
+            assert refused.json()["error"]["type"] == "authentication_error"
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    for secret in ("alpha-key-123", "beta-key-456", "env-key-789"):
+        assert secret not in logged
+
+
+def test_an_unreadable_or_empty_key_file_is_refused_at_start(tmp_path: Path) -> None:
+    from sage.common.components.sage_llm.config import UnifiedServerConfig
+    from sage.common.components.sage_llm.server import UnifiedAPIServer
+    from sage.common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot be read"):
+        UnifiedAPIServer(UnifiedServerConfig(api_key_file=str(tmp_path / "missing")))
+    (tmp_path / "empty").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="holds no key; put one key per line"):
+        UnifiedAPIServer(UnifiedServerConfig(api_key_file=str(tmp_path / "empty")))

@@ -146,7 +146,10 @@ class UnifiedServerConfig:
             (off: forward at once to the least-loaded instance).
         llm_backends: Chat/completion instances.
         embedding_backends: Embedding instances.
-        api_key: Require ``Authorization: Bearer <key>`` on the API (``None``: no key).
+        api_key: Require ``Authorization: Bearer <key>`` on the API. The gateway accepts this
+            key, every key in ``api_key_file`` and ``SAGE_API_KEY`` from the environment (or
+            ``.env``); with none of them the API is open. Keys are never logged.
+        api_key_file: A file of accepted keys, one per line (``#`` starts a comment).
         max_body_bytes: Largest request body accepted.
         request_timeout_s: Longest a backend may take to answer.
         health_check_interval_s: Seconds between health checks of each instance.
@@ -171,6 +174,7 @@ class UnifiedServerConfig:
     llm_backends: list[BackendInstanceConfig] = field(default_factory=list)
     embedding_backends: list[BackendInstanceConfig] = field(default_factory=list)
     api_key: str | None = None
+    api_key_file: str | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     request_timeout_s: float = 600.0
     health_check_interval_s: float = 5.0

@@ -30,6 +30,7 @@ import hmac
 import logging
 import threading
 from dataclasses import asdict
+from pathlib import Path
 from time import perf_counter
 from typing import Any, ClassVar
 
@@ -172,6 +173,7 @@ class UnifiedAPIServer:
 
     def __init__(self, config: UnifiedServerConfig | None = None) -> None:
         self.config = config or UnifiedServerConfig()
+        self._keys = accepted_keys(self.config)
         self.registry: InstanceRegistry | None = None
         self.dispatcher: Dispatcher | None = None
         self.port: int | None = None
@@ -309,12 +311,12 @@ class UnifiedAPIServer:
     # -- auth -------------------------------------------------------------------------------------
 
     def _check_key(self, request: Request) -> None:
-        key = self.config.api_key
-        if key is None:
+        keys = self._keys
+        if not keys:
             return
         given = request.headers.get("authorization", "")
-        token = given[7:] if given.startswith("Bearer ") else ""
-        if not hmac.compare_digest(token.encode(), key.encode()):
+        token = (given[7:] if given.startswith("Bearer ") else "").encode()
+        if not any([hmac.compare_digest(token, key) for key in keys]):  # every key compared
             raise _error(
                 401,
                 "missing or invalid API key: send 'Authorization: Bearer <key>'",
@@ -735,6 +737,37 @@ class UnifiedAPIServer:
             with contextlib.suppress(TimeoutError):  # the interval passed: check again
                 await asyncio.wait_for(self._stopping.wait(), self.config.health_check_interval_s)
             await self._check_all()
+
+
+def accepted_keys(config: UnifiedServerConfig) -> tuple[bytes, ...]:
+    """The API keys the gateway accepts: ``config.api_key``, the lines of
+    ``config.api_key_file`` and ``SAGE_API_KEY`` (environment or ``.env``).
+
+    Raises:
+        ConfigError: the key file cannot be read, or holds no key.
+    """
+    from sage.common.config.settings import load_settings
+
+    keys = [config.api_key] if config.api_key else []
+    if config.api_key_file is not None:
+        try:
+            text = Path(config.api_key_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"api_key_file {config.api_key_file!r} cannot be read ({exc.strerror}); "
+                "give a file with one API key per line"
+            ) from None
+        found = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        found = [key for key in found if key]
+        if not found:
+            raise ConfigError(
+                f"api_key_file {config.api_key_file!r} holds no key; put one key per line"
+            )
+        keys += found
+    env_key = load_settings().SAGE_API_KEY
+    if env_key:
+        keys.append(env_key)
+    return tuple(dict.fromkeys(key.encode() for key in keys))
 
 
 def _error_body(status: int, message: str) -> bytes:
