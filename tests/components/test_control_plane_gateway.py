@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +233,36 @@ def test_a_full_queue_gets_429_with_retry_after_and_big_max_tokens_a_400() -> No
         assert "at most 64" in too_big.json()["error"]["message"]
         fine = httpx.post(stack.gateway_url + "/chat/completions", json=chat(max_tokens=64))
         assert fine.status_code == 200
+
+
+def test_stop_drains_requests_in_progress_and_refuses_new_ones_with_503() -> None:
+    stack = LocalStack(
+        "sim-llm",
+        engine="simulated",
+        max_concurrent_requests=4,
+        profile={"decode_base_ms": 50.0, "max_batch": 4},
+    ).start()
+    gateway = stack.gateway
+    assert gateway is not None and gateway.registry is not None
+    url = stack.gateway_url + "/chat/completions"
+    answers: dict[str, httpx.Response] = {}
+    with httpx.Client(timeout=30) as early, httpx.Client(timeout=30) as late:
+        assert late.get(stack.gateway_url + "/models").status_code == 200  # opens a connection
+
+        def slow() -> None:  # about 1 s of decoding
+            answers["slow"] = early.post(url, json=chat(max_tokens=20))
+
+        sender = threading.Thread(target=slow)
+        sender.start()
+        while not any(i.in_flight for i in gateway.registry.all()):  # wait until it is in
+            assert sender.is_alive()
+        stopper = threading.Thread(target=stack.stop)
+        stopper.start()
+        while gateway._http is not None and not gateway._http.draining:
+            assert stopper.is_alive()
+        refused = late.post(url, json=chat(max_tokens=2))  # on the connection opened before
+        sender.join()
+        stopper.join()
+    assert answers["slow"].status_code == 200  # finished, not cut off
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "shutting down" in refused.json()["error"]["message"]

@@ -11,7 +11,8 @@ This module does only what SAGE's servers need:
 * streamed responses (server-sent events) with chunked encoding and write backpressure;
 * a body limit: a larger body is read and discarded, then answered with 413, so the client
   gets the error instead of a reset connection; malformed HTTP gets 400 and a closed
-  connection. Handlers' exceptions become 500s; the server keeps serving.
+  connection. Handlers' exceptions become 500s; the server keeps serving;
+* a draining close: requests in progress finish, later ones get 503 and ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -221,6 +222,13 @@ class _Connection(asyncio.Protocol):
         try:
             if request.path == "\0too-large":
                 raise HttpError(413, f"request body is larger than {server.max_body} bytes")
+            if server.draining:  # arrived after close() began: refuse, close the connection
+                request.keep_alive = False
+                raise HttpError(
+                    503,
+                    "the server is shutting down; retry the request on another instance",
+                    headers={"retry-after": "1"},
+                )
             response = await server._dispatch(request)
         except HttpError as exc:
             response = Response(
@@ -231,6 +239,8 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:  # a handler bug must not take the server down
             logger.exception("%s %s failed", request.method, request.path)
             response = Response(status=500, body=server.error_body(500, f"internal error: {exc}"))
+        if server.draining:
+            request.keep_alive = False  # the answer is the connection's last
         try:
             if isinstance(response, StreamResponse):
                 await self._stream(response, request.keep_alive)
@@ -319,6 +329,7 @@ class HttpServer:
         self._prefixes: list[tuple[str, str, Handler]] = []
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
+        self.draining = False  # close() began: requests in progress finish, new ones get 503
         self._loop: asyncio.AbstractEventLoop  # the loop ``start`` runs on (set there)
 
     def route(self, method: str, path: str, handler: Handler, *, prefix: bool = False) -> None:
@@ -366,9 +377,15 @@ class HttpServer:
         return len(self._connections)
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Stop accepting; wait up to ``grace_s`` for requests in progress, then close."""
+        """Stop accepting; wait up to ``grace_s`` for requests in progress, then close.
+
+        While it waits, a request that arrives on an open connection gets 503 with
+        ``Retry-After`` and the connection closes: a client retries elsewhere instead of
+        losing the request with a reset connection.
+        """
         if self._server is None:
             return
+        self.draining = True
         self._server.close()
         busy = [c.idle.wait() for c in self._connections if c.busy]
         if busy:

@@ -165,6 +165,8 @@ class UnifiedServerConfig:
             with ``Retry-After`` (``None``: unbounded).
         max_tokens_limit: Largest ``max_tokens`` a request may ask for (``None``: any); a
             larger one gets 400 naming the limit.
+        shutdown_grace_s: On stop, how long requests in progress may take to finish (new
+            ones get 503 with ``Retry-After`` meanwhile) before connections are closed.
     """
 
     host: str = "127.0.0.1"
@@ -187,6 +189,7 @@ class UnifiedServerConfig:
     embedding_batch_wait_ms: float = 5.0
     max_queued_requests: int | None = 4096
     max_tokens_limit: int | None = None
+    shutdown_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.scheduling_policy = SchedulingPolicyType.parse(self.scheduling_policy)

@@ -302,7 +302,7 @@ class UnifiedAPIServer:
                 await self._health_task
             self._health_task = None
         if self._http is not None:
-            await self._http.close()
+            await self._http.close(self.config.shutdown_grace_s)
             self._http = None
         if self.registry is not None:
             for instance in self.registry.all():
