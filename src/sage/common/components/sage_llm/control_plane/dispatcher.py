@@ -59,6 +59,12 @@ logger = logging.getLogger(__name__)
 _BATCHING = (SchedulingPolicyType.SLO_AWARE, SchedulingPolicyType.HYBRID)
 
 
+# Request classes with metrics of their own (``x-sage-class`` or kind and priority, both
+# chosen by clients); later names are counted together under OTHER_CLASS.
+MAX_CLASSES = 256
+OTHER_CLASS = "other"
+
+
 class NoInstance(LookupError):
     """No healthy instance serves the request's model."""
 
@@ -442,7 +448,11 @@ class Dispatcher:
         name = class_name or f"{request.kind}:p{request.priority}"
         stats = self.classes.get(name)
         if stats is None:
-            stats = self.classes[name] = ClassStats()
+            if len(self.classes) >= MAX_CLASSES - 1:  # clients choose names: bound the table
+                name = OTHER_CLASS
+                stats = self.classes.get(name)
+            if stats is None:
+                stats = self.classes[name] = ClassStats()
         stats.record(latency_s, ttft_s, request.slo_ms, failed)
 
     # -- dispatch ---------------------------------------------------------------------------
