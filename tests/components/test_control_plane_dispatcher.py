@@ -404,9 +404,12 @@ def test_a_full_lane_refuses_new_requests_with_a_retry_after_but_keeps_retries()
 def test_the_per_class_table_stays_bounded_whatever_names_clients_send() -> None:
     from sage.common.components.sage_llm.control_plane.dispatcher import MAX_CLASSES, OTHER_CLASS
 
-    h = Harness("fifo", [1])
-    request = PendingRequest(arrival=0.0, kind="llm", model="m")
-    for i in range(MAX_CLASSES + 50):
-        h.dispatcher.record(request, 0.01, 0.01, False, class_name=f"tenant-{i}")
-    assert len(h.dispatcher.classes) == MAX_CLASSES
-    assert h.dispatcher.classes[OTHER_CLASS].requests == 51
+    async def body() -> None:
+        h = Harness("fifo", [1])
+        request = PendingRequest(arrival=0.0, kind="llm", model="m")
+        for i in range(MAX_CLASSES + 50):
+            h.dispatcher.record(request, 0.01, 0.01, False, class_name=f"tenant-{i}")
+        assert len(h.dispatcher.classes) == MAX_CLASSES
+        assert h.dispatcher.classes[OTHER_CLASS].requests == 51
+
+    run(body)
