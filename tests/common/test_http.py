@@ -73,6 +73,13 @@ def build(server: HttpServer) -> None:
 
         return StreamResponse(chunks())
 
+    async def broken(request: Request) -> StreamResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"data: first\n\n"
+            raise ConnectionError("upstream died mid-answer")
+
+        return StreamResponse(chunks())
+
     async def item(request: Request) -> Response:
         return json_response({"id": request.path.rsplit("/", 1)[-1]})
 
@@ -80,6 +87,7 @@ def build(server: HttpServer) -> None:
     server.route("GET", "/crash", crash)
     server.route("GET", "/teapot", teapot)
     server.route("GET", "/events", events)
+    server.route("GET", "/broken", broken)
     server.route("DELETE", "/items/", item, prefix=True)
 
 
@@ -162,3 +170,13 @@ def test_pool_reuses_connections_streams_and_reports_unreachable_servers(running
     assert reused == 1  # both requests went over one kept-alive connection
     assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
     assert "127.0.0.1:1: cannot connect" in error
+
+
+def test_a_stream_whose_producer_fails_is_cut_off_not_left_hanging(running: Running) -> None:
+    """The client sees the answer end (an incomplete chunked body) instead of waiting."""
+    with httpx.Client(base_url=running.url, timeout=10) as client:
+        with pytest.raises(httpx.RemoteProtocolError), client.stream("GET", "/broken") as answer:
+            assert answer.status_code == 200
+            for _ in answer.iter_lines():
+                pass
+        assert client.post("/echo", json=2).json()["got"] == 2  # still serving

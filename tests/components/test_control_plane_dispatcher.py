@@ -413,3 +413,15 @@ def test_the_per_class_table_stays_bounded_whatever_names_clients_send() -> None
         assert h.dispatcher.classes[OTHER_CLASS].requests == 51
 
     run(body)
+
+
+def test_a_retry_is_counted_even_when_it_goes_straight_to_a_free_instance() -> None:
+    async def body() -> None:
+        h = Harness("fifo", [1, 1])
+        retry = PendingRequest(arrival=h.clock.now, kind="llm", model="m")
+        ticket = Ticket(asyncio.get_running_loop().create_future(), None, None, 1)
+        grant = await h.dispatcher.admit(retry, ticket, True)
+        assert grant.instance is not None  # no queue: granted at once
+        assert h.dispatcher.retries == 1
+
+    run(body)

@@ -243,7 +243,17 @@ class _Connection(asyncio.Protocol):
             request.keep_alive = False  # the answer is the connection's last
         try:
             if isinstance(response, StreamResponse):
-                await self._stream(response, request.keep_alive)
+                try:
+                    await self._stream(response, request.keep_alive)
+                except Exception as exc:  # the producer failed after the head was sent
+                    logger.warning(
+                        "%s %s: stream broken mid-answer (%s: %s); closing the connection",
+                        request.method,
+                        request.path,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    request.keep_alive = False  # the client sees the answer cut, not a hang
             else:
                 self._write(response, request.keep_alive)
         finally:

@@ -377,6 +377,8 @@ class Dispatcher:
             if now >= self._next_look:
                 self._look(now)
         lane = self._lane(request.kind, request.model)
+        if retry:
+            self.retries += 1
         if not len(lane.queue):  # nobody waits: straight to a free instance if there is one
             instance = self.registry.pick(request.kind, request.model)
             if instance is not None:
@@ -390,7 +392,6 @@ class Dispatcher:
             raise QueueFull(request.model, queued, self._drain_s(request, queued))
         request.payload = ticket
         if retry:
-            self.retries += 1
             lane.queue.requeue(request)
         else:
             lane.queue.push(request)
