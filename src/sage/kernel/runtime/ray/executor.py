@@ -170,24 +170,17 @@ class RayJob:
         cpus = self.options.num_cpus
         per_task = DEFAULT_TASK_CPUS if cpus is None else cpus / len(tasks)
         plan_ref = ray.put(self.plan)
-        services = self._services.services
         hosts = host_pool().acquire(len(tasks), per_task)
+        self._hosts = {task.id: host for task, host in zip(tasks, hosts, strict=True)}
+        refs = {task.id: self._assign(self._hosts[task.id], task.id, plan_ref) for task in tasks}
         by_chain: dict[int, list[Any]] = {}
-        for task, host in zip(tasks, hosts, strict=True):
-            self._hosts[task.id] = host
+        for task in tasks:
+            host = self._taken(task.id, refs[task.id], plan_ref)
+            self._placement[task.id] = host.node_id or ""
             by_chain.setdefault(task.chain_id, []).append(host.handle)
             if task.expected_eos == 0:
                 self._sources.append(host.handle)
-        key, config = self._key, self.config
-        assigned = {
-            task.id: self._hosts[task.id].handle.assign.remote(
-                key, plan_ref, task.id, config, services, PUSH_WINDOW
-            )
-            for task in tasks
-        }
-        for task in tasks:
-            node = self._assigned(task.id, assigned[task.id], plan_ref, services, by_chain)
-            self._placement[task.id] = self._hosts[task.id].node_id = node
+        key = self._key
         connected = {tid: h.handle.connect.remote(key, by_chain) for tid, h in self._hosts.items()}
         for task_id, ref in connected.items():
             self._get(ref, task_id)
@@ -202,38 +195,30 @@ class RayJob:
         )
         self._watcher.start()
 
-    def _assigned(
-        self,
-        task_id: str,
-        ref: Any,
-        plan_ref: Any,
-        services: list[Any],
-        by_chain: dict[int, list[Any]],
-    ) -> str:
-        """The node of task ``task_id``'s host once it took the task. A pooled host that
-        died since its last job (its node went away) is replaced by a new one, once."""
+    def _assign(self, host: Host, task_id: str, plan_ref: Any) -> Any:
+        """Give task ``task_id`` to ``host``; the reference answers with the host's node."""
+        services = self._services.services
+        return host.handle.assign.remote(
+            self._key, plan_ref, task_id, self.config, services, PUSH_WINDOW
+        )
+
+    def _taken(self, task_id: str, ref: Any, plan_ref: Any) -> Host:
+        """The host running task ``task_id``, its node recorded, once it took the task. A
+        pooled host that died since its last job (its node went away) is replaced, once."""
         import ray
 
+        host = self._hosts[task_id]
         try:
-            node: str = ray.get(ref)
-            return node
+            host.node_id = str(ray.get(ref))
+            return host
         except ray.exceptions.RayActorError:
             pass
-        dead = self._hosts[task_id]
-        fresh = host_pool().acquire_new(dead.num_cpus)
+        except ray.exceptions.RayTaskError:
+            self._get(ref, task_id)  # raises the task's own error
+        fresh = self._hosts[task_id] = host_pool().acquire_new(host.num_cpus)
         self._log(f"task {task_id}: its pooled host had died; starting a new one")
-        self._hosts[task_id] = fresh
-        for handles in by_chain.values():
-            handles[:] = [fresh.handle if h is dead.handle else h for h in handles]
-        self._sources = [fresh.handle if h is dead.handle else h for h in self._sources]
-        return str(
-            self._get(
-                fresh.handle.assign.remote(
-                    self._key, plan_ref, task_id, self.config, services, PUSH_WINDOW
-                ),
-                task_id,
-            )
-        )
+        fresh.node_id = str(self._get(self._assign(fresh, task_id, plan_ref), task_id))
+        return fresh
 
     def _check_resources(self, info: Any) -> None:
         tasks = self.options.num_cpus
