@@ -7,15 +7,16 @@ inference stack's engines and gateways and for the JobManager.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-__all__ = ["SpawnError", "spawn_module", "terminate"]
+__all__ = ["SpawnError", "serve_until_signalled", "spawn_module", "terminate"]
 
 
 class SpawnError(RuntimeError):
@@ -67,6 +68,27 @@ def spawn_module(
         reason = "exited" if line == "" and ready else f"was not ready within {timeout_s:.0f} s"
         raise SpawnError(f"{reason}; the end of {log_path}:\n{detail}")
     return process.pid, int(line.split()[1])
+
+
+async def serve_until_signalled(
+    start: Callable[[], Awaitable[int]],
+    stop: Callable[[], Awaitable[None]],
+    ready_fd: int | None,
+) -> None:
+    """The child's side of :func:`spawn_module`: start, write ``ready <port>`` to
+    ``ready_fd`` (if given), serve until SIGTERM or SIGINT, then ``stop()``."""
+    port = await start()
+    if ready_fd is not None:
+        with os.fdopen(ready_fd, "w") as pipe:
+            pipe.write(f"ready {port}\n")
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await stop()  # finish requests in progress, release what the server holds
 
 
 def terminate(pid: int, grace_s: float = 20.0, *, group: bool = True) -> bool:

@@ -31,14 +31,13 @@ import logging
 import os
 import re
 import secrets
-import signal
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import parse_qs
 
 from sage.common.concurrency import LoopThread, run_loop
@@ -46,6 +45,7 @@ from sage.common.config.paths import sage_home
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError, JobCancelledError
 from sage.common.http.server import HttpError, HttpServer, Request, Response, json_response
+from sage.common.processes import serve_until_signalled
 from sage.kernel.config import JobConfig
 from sage.kernel.jobmanager import protocol
 from sage.kernel.jobmanager.pickling import loads_submission
@@ -63,6 +63,7 @@ from sage.kernel.jobmanager.protocol import (
 )
 from sage.kernel.jobmanager.token import server_token, token_matches
 from sage.kernel.runtime.metrics import JobMetrics
+from sage.kernel.runtime.status import JobStatus
 
 if TYPE_CHECKING:
     from sage.kernel.api.base_environment import Job
@@ -286,12 +287,7 @@ class ManagedJob:
             self.error = error
             self.ended_at = time.time()
             self._ended_mono = time.monotonic()
-            if error is None:
-                self._status = "finished"
-            elif isinstance(error, JobCancelledError):
-                self._status = "cancelled"
-            else:
-                self._status = "failed"
+            self._status = cast("Status", JobStatus.at_end(error).value)
             self.ended.set()
             self._wake()
 
@@ -507,20 +503,18 @@ class JobManager:
     def stop(self, job_id: str) -> ManagedJob:
         """Ask the job to stop gracefully: sources end, records in flight reach the sinks.
         Returns at once; the job ends later (may block briefly on a remote runtime)."""
-        entry = self.get(job_id)
-        job = entry._request("stop")
-        if job is not None:
-            _apply(job, "stop")
-        entry.log("stop requested")
-        return entry
+        return self._control(job_id, "stop")
 
     def cancel(self, job_id: str) -> ManagedJob:
         """End the job now, dropping records in flight; it ends as ``cancelled``."""
+        return self._control(job_id, "cancel")
+
+    def _control(self, job_id: str, action: str) -> ManagedJob:
         entry = self.get(job_id)
-        job = entry._request("cancel")
+        job = entry._request(action)
         if job is not None:
-            _apply(job, "cancel")
-        entry.log("cancel requested")
+            _apply(job, action)
+        entry.log(f"{action} requested")
         return entry
 
     def metrics(self, job_id: str) -> dict[str, Any]:
@@ -825,20 +819,14 @@ def _state(host: str, port: int, runtime: str) -> Iterator[None]:
 
 
 async def _serve(server: JobManagerServer, ready_fd: int | None) -> None:
-    port = await server.start_async()
-    with _state(server.host, port, server.manager.runtime):
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        if ready_fd is not None:
-            with os.fdopen(ready_fd, "w") as pipe:
-                pipe.write(f"ready {port}\n")
-        try:
-            await stopping.wait()
-        finally:
-            logger.info("JobManager stopping: cancelling running jobs")
-            await server.stop_async()
+    with contextlib.ExitStack() as state:
+
+        async def start() -> int:
+            port = await server.start_async()
+            state.enter_context(_state(server.host, port, server.manager.runtime))
+            return port
+
+        await serve_until_signalled(start, server.stop_async, ready_fd)
 
 
 def serve(

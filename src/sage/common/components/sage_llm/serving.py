@@ -12,11 +12,8 @@ so the parent waits on that pipe (no polling) and learns at once if the child di
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import os
-import signal
 from typing import Any
 
 from sage.common.components.sage_llm.config import BackendInstanceConfig, UnifiedServerConfig
@@ -25,6 +22,7 @@ from sage.common.components.sage_llm.engines.base import EmbeddingEngine, LLMEng
 from sage.common.components.sage_llm.models import resolve_model
 from sage.common.components.sage_llm.server import UnifiedAPIServer
 from sage.common.concurrency import run_loop
+from sage.common.processes import serve_until_signalled
 
 __all__ = ["ENGINES", "build_engine", "main"]
 
@@ -82,24 +80,6 @@ def build_engine(
     return SentenceTransformerEngine(spec)
 
 
-def _signal_ready(fd: int | None, port: int) -> None:
-    if fd is None:
-        return
-    with os.fdopen(fd, "w") as pipe:
-        pipe.write(f"ready {port}\n")
-
-
-async def _serve(start: Any, stop: Any, ready_fd: int | None) -> None:
-    port = await start()
-    _signal_ready(ready_fd, port)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    await stop()  # finish requests in progress, release the model
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sage-llm-process")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -151,14 +131,14 @@ def main(argv: list[str] | None = None) -> None:
             args.host,
             args.port,
         )
-        run = _serve(server.start, server.stop, args.ready_fd)
+        run = serve_until_signalled(server.start, server.stop, args.ready_fd)
     else:
         with open(args.config, encoding="utf-8") as fh:
             raw = json.load(fh)
         for key in ("llm_backends", "embedding_backends"):
             raw[key] = [BackendInstanceConfig(**b) for b in raw.get(key, [])]
         api = UnifiedAPIServer(UnifiedServerConfig(**raw))
-        run = _serve(api.start_async, api.stop_async, args.ready_fd)
+        run = serve_until_signalled(api.start_async, api.stop_async, args.ready_fd)
     run_loop(run)
 
 
