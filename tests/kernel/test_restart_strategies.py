@@ -17,7 +17,9 @@ from sage.kernel.checkpoint.restart import (
 
 def test_no_section_or_another_strategy_means_no_restarts() -> None:
     assert restart_strategy(None) is None
-    assert restart_strategy({"strategy": "checkpoint", "checkpoint_dir": "/tmp/x"}) is None
+    assert restart_strategy({"strategy": "none"}) is None
+    checkpointing = restart_strategy({"strategy": "checkpoint", "checkpoint_dir": "/tmp/x"})
+    assert isinstance(checkpointing, FixedDelay)  # checkpoints are for restarting from
 
 
 def test_fixed_restarts_a_bounded_number_of_times_with_its_delay() -> None:

@@ -175,11 +175,14 @@ def _value(name: str, key: str, kind: str, value: Any) -> Any:
 def restart_strategy(section: Mapping[str, Any] | None) -> RestartStrategy | None:
     """The restart strategy ``config["fault_tolerance"]`` asks for (``None``: no restarts).
 
+    ``"strategy": "checkpoint"`` restarts too (from the last checkpoint), with ``fixed`` unless
+    ``restart_strategy`` says otherwise.
+
     Raises:
         ConfigError: an unknown strategy or option, or an invalid value (the message names
             the key and the fix).
     """
-    if not section or section.get("strategy") != "restart":
+    if not section or section.get("strategy") not in ("restart", "checkpoint"):
         return None
     name = section.get("restart_strategy", "fixed")
     if name not in _STRATEGIES:

@@ -29,7 +29,13 @@ from sage.kernel.runtime.heads import (
 )
 from sage.kernel.runtime.metrics import OperatorStats, TaskStats
 from sage.kernel.runtime.routing import Channel, make_router
-from sage.kernel.runtime.task import InputChannel, JobControl, OperatorInstance, TaskLoop
+from sage.kernel.runtime.task import (
+    CheckpointChannel,
+    InputChannel,
+    JobControl,
+    OperatorInstance,
+    TaskLoop,
+)
 
 __all__ = ["build_task"]
 
@@ -67,6 +73,8 @@ def build_task(
     inbox: InputChannel | None,
     channels_of: Callable[[int], Sequence[Channel]],
     services: tuple[ServiceCaller, AsyncServiceCaller] | None = None,
+    checkpoints: CheckpointChannel | None = None,
+    restore: bytes | None = None,
 ) -> TaskLoop:
     """Build the loop of ``task``.
 
@@ -79,6 +87,8 @@ def build_task(
         inbox: The task's input channel (``None`` for source tasks).
         channels_of: Channels of a chain's tasks, by instance index.
         services: The job's service callers (sync, async), given to every function.
+        checkpoints: Where the task sends its snapshots (``None``: no checkpoints).
+        restore: The task's snapshot to resume from (``None``: start afresh).
 
     Raises:
         PlanError: a function cannot be constructed or copied for this instance.
@@ -117,6 +127,7 @@ def build_task(
     match head_node.kind:
         case OpKind.SOURCE:
             head = _source_head(head_node, head_op.function, task, config, head_op.stats)
+
         case OpKind.BATCH:
             opts = head_node.options
             head = BatchHead(opts["size"], opts["timeout_s"], head_op.stats, keyed_input)
@@ -173,4 +184,6 @@ def build_task(
         stats=task_stats,
         sample_interval_s=config.metrics_sample_interval_s,
         max_delay_s=config.max_batch_delay_s,
+        checkpoints=checkpoints,
+        restore=restore,
     )

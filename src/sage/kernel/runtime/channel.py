@@ -1,7 +1,7 @@
 """Bounded channels between tasks, and the markers that travel in them.
 
 Each task reads one :class:`Inbox` fed by all its upstream tasks. Items are either a data
-batch, ``(input_index, records)``, or a marker such as :class:`EndOfStream`. The inbox is
+batch, ``(input_index, records)``, or a marker: :class:`EndOfStream`, :class:`Barrier`. The inbox is
 bounded, so a fast producer blocks when its consumer falls behind (backpressure); blocking
 waits on a condition, never a timed poll. :meth:`Inbox.cancel` wakes every waiter with
 :class:`Cancelled` so a failing job shuts down promptly.
@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Cancelled", "EndOfStream", "Inbox"]
+__all__ = ["Barrier", "Cancelled", "EndOfStream", "Inbox"]
 
 
 class Cancelled(Exception):
@@ -26,6 +26,18 @@ class Cancelled(Exception):
 class EndOfStream:
     """Sent once by each upstream task over each of its edges when it has finished."""
 
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Checkpoint ``checkpoint_id``: everything ``sender`` sent before it belongs to it.
+
+    Sent over every edge, like :class:`EndOfStream`; see
+    :mod:`sage.kernel.checkpoint.coordinator` for how tasks align on barriers.
+    """
+
+    checkpoint_id: int
     sender: str
 
 

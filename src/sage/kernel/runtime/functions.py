@@ -16,6 +16,7 @@ from typing import Any
 from sage.common.core.context import RuntimeContext
 from sage.common.core.state import KeyedState, KeyedStateBackend
 from sage.common.errors import PlanError
+from sage.kernel.checkpoint.state import NO_STATE, restore_function_state
 from sage.kernel.graph.function_spec import FunctionForm, FunctionSpec
 from sage.kernel.graph.logical import LogicalNode, OpKind
 
@@ -35,14 +36,18 @@ class FunctionInstance:
     obj: Any
     call: Any
 
-    def open(self, ctx: RuntimeContext, state: KeyedStateBackend | None) -> None:
-        """Attach the context (and keyed state) and call the function's ``open``."""
+    def open(
+        self, ctx: RuntimeContext, state: KeyedStateBackend | None, restored: Any = NO_STATE
+    ) -> None:
+        """Attach the context (and keyed state), give back the function's checkpointed
+        state (``restored``) and call the function's ``open``."""
         obj = self.obj
         if obj is None:
             return
         obj.ctx = ctx
         if state is not None:
             obj._sage_state = KeyedState(state)
+        restore_function_state(obj, restored)
         opener = getattr(obj, "open", None)
         if callable(opener):
             if _accepts_argument(opener):

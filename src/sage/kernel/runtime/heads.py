@@ -55,6 +55,13 @@ class Head:
         """Records released because time passed."""
         return []
 
+    def snapshot_state(self) -> Any:
+        """What a checkpoint saves of this head (a source's position, buffered records)."""
+        return None
+
+    def restore_state(self, state: Any) -> None:
+        """Take back what :meth:`snapshot_state` gave (before the task runs)."""
+
 
 def _unwrap(records: Sequence[Any]) -> list[Any]:
     return [value for _, value in records]
@@ -122,6 +129,14 @@ class BatchHead(Head):
         out, self._buffer = [self._buffer], []
         self.stats.records_out += 1
         return out
+
+    def snapshot_state(self) -> Any:
+        return list(self._buffer)
+
+    def restore_state(self, state: Any) -> None:
+        self._buffer = list(state)
+        if self._buffer and self.timeout_s is not None:
+            self._deadline = perf_counter() + self.timeout_s
 
 
 class CoMapHead(Head):
@@ -250,7 +265,7 @@ class CollectionSource(SourceHead):
         super().__init__(stats)
         self._batch_size = batch_size
         self._seq: Sequence[Any] | None = None
-        self._pos = 0
+        self._pos = 0  # records handed out: the position a checkpoint saves
         if type(data) in (list, tuple, range):
             seq: Sequence[Any] = data  # type: ignore[assignment]
             self._seq = seq if parallelism == 1 else seq[index::parallelism]
@@ -266,7 +281,18 @@ class CollectionSource(SourceHead):
             self._pos = start + size
             return self._seq[start : start + size], self._pos >= len(self._seq)
         records = list(islice(self._it, size))
+        self._pos += len(records)
         return records, len(records) < size
+
+    def snapshot_state(self) -> Any:
+        return self._pos
+
+    def restore_state(self, state: Any) -> None:
+        """Resume after the first ``state`` records (the collection is read again)."""
+        self._pos = int(state)
+        if self._seq is None:
+            for _ in islice(self._it, self._pos):
+                pass
 
 
 class BlockingSourceHead(SourceHead):

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from sage.common.errors import OperatorError
 from sage.kernel.graph.partition import Partitioning, stable_hash
-from sage.kernel.runtime.channel import EndOfStream
+from sage.kernel.runtime.channel import Barrier, EndOfStream
 
 __all__ = ["Channel", "Router", "make_router"]
 
@@ -37,7 +37,10 @@ class Router:
 
     def end(self, sender: str) -> None:
         """Tell every target that ``sender`` has finished."""
-        marker = EndOfStream(sender)
+        self.broadcast(EndOfStream(sender))
+
+    def broadcast(self, marker: EndOfStream | Barrier) -> None:
+        """Put ``marker`` in every target's channel."""
         for channel in self.channels:
             channel.put(marker)
 

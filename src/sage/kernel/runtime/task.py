@@ -14,6 +14,7 @@ downstream tasks it has ended, and closes its functions.
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,13 @@ from typing import Any, Protocol
 from sage.common.core.context import RuntimeContext
 from sage.common.core.state import KeyedStateBackend
 from sage.common.errors import JobError, OperatorError, SageError
-from sage.kernel.runtime.channel import Cancelled, EndOfStream
+from sage.kernel.checkpoint.state import (
+    END_OF_INPUT,
+    NO_STATE,
+    function_state,
+    notify_complete,
+)
+from sage.kernel.runtime.channel import Barrier, Cancelled, EndOfStream
 from sage.kernel.runtime.codegen import FusedBody
 from sage.kernel.runtime.functions import FunctionInstance
 from sage.kernel.runtime.heads import BlockingSourceHead, Head, SourceHead
@@ -31,6 +38,7 @@ from sage.kernel.runtime.metrics import OperatorStats, TaskStats
 from sage.kernel.runtime.routing import Router
 
 __all__ = [
+    "CheckpointChannel",
     "ControlFlags",
     "InputChannel",
     "JobControl",
@@ -118,6 +126,19 @@ class JobControl(Protocol):
         """The task has ended (in any way)."""
 
 
+class CheckpointChannel(Protocol):
+    """Where a task sends its snapshots (the job's checkpoint coordinator, or a proxy)."""
+
+    def ack(self, task_id: str, checkpoint_id: int, snapshot: bytes) -> None:
+        """The task took its snapshot for ``checkpoint_id``."""
+
+    def final(self, task_id: str, snapshot: bytes) -> None:
+        """The task ended cleanly; ``snapshot`` is its state after its last record."""
+
+    def wait_complete(self, checkpoint_id: int) -> bool:
+        """Block until the checkpoint is complete; ``False`` if it was aborted."""
+
+
 class InputChannel(Protocol):
     """A task's inbox."""
 
@@ -159,6 +180,8 @@ class TaskLoop:
         stats: TaskStats,
         sample_interval_s: float,
         max_delay_s: float,
+        checkpoints: CheckpointChannel | None = None,
+        restore: bytes | None = None,
     ) -> None:
         self.task_id = task_id
         self.head = head
@@ -175,6 +198,62 @@ class TaskLoop:
         self._per_record = 0.0  # smoothed seconds per record through head and body
         self._chunk = 1  # learn the cost on one record before committing to a whole batch
         self._processed_at_s = 0.0  # head + body time of the last delivery
+        self.checkpoints = checkpoints
+        self._restore = restore
+        self._due_checkpoint: int | None = None  # a source's next checkpoint, once triggered
+        self._aligning: int | None = None  # the checkpoint whose barriers are arriving
+        self._barriers = 0
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def request_checkpoint(self, checkpoint_id: int) -> None:
+        """(Source tasks) Take checkpoint ``checkpoint_id`` at the next batch boundary."""
+        self._due_checkpoint = checkpoint_id
+
+    def snapshot(self, checkpoint_id: int) -> bytes:
+        """The task's state now: its head's (a source's position) and its functions'."""
+        state = {
+            "head": self.head.snapshot_state(),
+            "functions": [function_state(op.function.obj, checkpoint_id) for op in self.operators],
+            "keyed": [None if op.state is None else op.state.snapshot() for op in self.operators],
+        }
+        try:
+            return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise JobError(
+                f"task {self.task_id}: checkpoint {checkpoint_id} failed: its state cannot be "
+                f"pickled ({type(exc).__name__}: {exc}); keep picklable values in state"
+            ) from exc
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Tell the task's functions that ``checkpoint_id`` is complete (they may commit)."""
+        for op in self.operators:
+            notify_complete(op.function.obj, checkpoint_id)
+
+    def _checkpoint(self, checkpoint_id: int) -> None:
+        """Snapshot, acknowledge, pass the barrier on, and hold output until it completes."""
+        checkpoints = self.checkpoints
+        assert checkpoints is not None, f"task {self.task_id}: a barrier without checkpoints"
+        checkpoints.ack(self.task_id, checkpoint_id, self.snapshot(checkpoint_id))
+        barrier = Barrier(checkpoint_id, self.task_id)
+        for router in self.routers:
+            router.broadcast(barrier)
+        if not checkpoints.wait_complete(checkpoint_id):
+            raise Cancelled
+
+    def _restored(self) -> list[Any]:
+        """Apply the head's and the keyed state of the snapshot to restore from; return the
+        functions' states, which each function gets as it opens."""
+        if self._restore is None:
+            return [NO_STATE] * len(self.operators)
+        state = pickle.loads(self._restore)
+        self.head.restore_state(state["head"])
+        for op, keyed in zip(self.operators, state["keyed"], strict=True):
+            if op.state is not None and keyed is not None:
+                op.state.restore(keyed)
+        return list(state["functions"])
+
+    # -- running --------------------------------------------------------------------------
 
     def run(self) -> None:
         """Open, process until the end of input, flush, signal end of stream, close."""
@@ -183,9 +262,10 @@ class TaskLoop:
         stats.started_at = perf_counter()
         opened: list[OperatorInstance] = []
         try:
-            for op in self.operators:
+            function_states = self._restored()
+            for op, restored in zip(self.operators, function_states, strict=True):
                 try:
-                    op.function.open(op.context, op.state)
+                    op.function.open(op.context, op.state, restored)
                 except Exception as exc:
                     raise OperatorError(
                         op.stats.name, op.stats.instance, op.stats.parallelism, None, exc, "open"
@@ -199,6 +279,12 @@ class TaskLoop:
             else:
                 self._run_input()
             self._deliver(self.head.finish(), 0)
+            if self.checkpoints is not None:
+                self.checkpoints.final(self.task_id, self.snapshot(END_OF_INPUT))
+            else:  # no restarts: nothing can replay this task's input, commit it now
+                for op in self.operators:
+                    function_state(op.function.obj, END_OF_INPUT)
+                self.notify_checkpoint_complete(END_OF_INPUT)
             for router in self.routers:
                 router.end(self.task_id)
             stats.status = "finished"
@@ -249,6 +335,10 @@ class TaskLoop:
                 raise Cancelled
             if control.stop_requested:
                 return
+            due = self._due_checkpoint
+            if due is not None:
+                self._due_checkpoint = None
+                self._checkpoint(due)
             records, exhausted = head.next_batch()
             if records:
                 self._ingest(None, records)
@@ -273,10 +363,25 @@ class TaskLoop:
                 self._ingest(input_index, records)
             elif isinstance(item, EndOfStream):
                 ended += 1
+                if self._aligning is not None:
+                    self._align(ended)
+            elif isinstance(item, Barrier):
+                if item.checkpoint_id != self._aligning:
+                    self._aligning, self._barriers = item.checkpoint_id, 0
+                self._barriers += 1
+                self._align(ended)
             else:  # pragma: no cover - only the runtime puts items in inboxes
                 raise AssertionError(f"task {self.task_id}: unexpected item {item!r}")
             if control.cancelled:
                 raise Cancelled
+
+    def _align(self, ended: int) -> None:
+        """Take the checkpoint being aligned once every upstream task sent its barrier or
+        ended (a sender waits after its barrier, so nothing of its arrives meanwhile)."""
+        if self._barriers + ended >= self.expected_eos:
+            checkpoint_id, self._aligning, self._barriers = self._aligning, None, 0
+            assert checkpoint_id is not None
+            self._checkpoint(checkpoint_id)
 
     def _ingest(self, input_index: int | None, records: Sequence[Any]) -> None:
         """Process input records (``input_index`` None: a source's own) chunk by chunk."""

@@ -2,7 +2,11 @@
 
 Tasks exchange batches through bounded :class:`~sage.kernel.runtime.channel.Inbox` objects.
 Nothing here polls or sleeps: tasks block on their inbox, sources block on the event that all
-tasks have opened, and :meth:`LocalJob.wait` blocks on the event that the last task ended.
+tasks have opened, and :meth:`LocalJob.wait` blocks on the event that the job ended.
+
+With ``config["fault_tolerance"]`` a supervisor thread watches each attempt: when a task
+fails, every task of the attempt is cancelled and, if the restart strategy allows, a new
+attempt starts from the latest complete checkpoint (or from the start without checkpoints).
 """
 
 from __future__ import annotations
@@ -13,14 +17,19 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from time import perf_counter
+from time import monotonic, perf_counter
 
 from sage.common.errors import JobCancelledError, JobError, ServiceError
+from sage.kernel.checkpoint.coordinator import CheckpointCoordinator
+from sage.kernel.checkpoint.policy import FaultTolerance
+from sage.kernel.checkpoint.restart import RestartsExhaustedError
+from sage.kernel.checkpoint.store import Checkpoint, CheckpointStore
 from sage.kernel.config import ErrorMode, JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.runtime.builder import build_task
 from sage.kernel.runtime.channel import Inbox
 from sage.kernel.runtime.error_policy import DeadLetter, DeadLetterQueue
+from sage.kernel.runtime.heads import SourceHead
 from sage.kernel.runtime.metrics import JobMetrics, snapshot
 from sage.kernel.runtime.status import JobStatus
 from sage.kernel.runtime.task import ControlFlags, TaskLoop
@@ -52,9 +61,15 @@ def _pinned(cpus: frozenset[int] | None) -> Iterator[None]:
 class LocalJobControl(ControlFlags):
     """Shared flags and events of one local job (implements ``task.JobControl``)."""
 
-    def __init__(self, n_tasks: int, inboxes: list[Inbox]) -> None:
+    def __init__(
+        self,
+        n_tasks: int,
+        inboxes: list[Inbox],
+        coordinator: CheckpointCoordinator | None = None,
+    ) -> None:
         super().__init__()
         self._inboxes = inboxes
+        self._coordinator = coordinator
         self._n_tasks = n_tasks
         self._opened = 0
         self._running = n_tasks
@@ -73,6 +88,8 @@ class LocalJobControl(ControlFlags):
         self.all_opened.set()
         for inbox in self._inboxes:
             inbox.cancel()
+        if self._coordinator is not None:
+            self._coordinator.abort()  # wakes tasks waiting for a checkpoint to complete
 
     def task_opened(self, task_id: str) -> None:
         with self._lock:
@@ -101,6 +118,8 @@ class LocalJob:
     Raises:
         PlanError: a function cannot be constructed for one of its instances (raised by
             the constructor, before any thread starts).
+        ConfigError: ``config["fault_tolerance"]`` is invalid, or asks for restarts of a
+            job that could not be replayed.
     """
 
     def __init__(
@@ -109,10 +128,38 @@ class LocalJob:
         self.plan = plan
         self.config = config
         self.name = plan.job_name
+        self.fault_tolerance = FaultTolerance.from_config(config.raw)
+        self.fault_tolerance.check(plan)
         self._services = ServiceRegistry(services, plan.job_name)
         self._dead_letters = DeadLetterQueue(config.dead_letter_path)
+        self._coordinator: CheckpointCoordinator | None = None
+        if self.fault_tolerance.restart is not None or self.fault_tolerance.checkpointing:
+            self._coordinator = CheckpointCoordinator(
+                [t.id for t in plan.tasks],
+                CheckpointStore(self.fault_tolerance.checkpoint_dir, plan.job_name),
+                self.fault_tolerance.checkpoint_interval_s,
+                trigger=self._trigger_checkpoint,
+                notify=self._notify_checkpoint,
+            )
+        self._threads: list[threading.Thread] = []
+        self._build_attempt(None)
+        # Without restarts the job ends when its one attempt does; else the supervisor says.
+        self._supervised = self.fault_tolerance.restart is not None
+        self._done = threading.Event() if self._supervised else self._control.finished
+        self._final_error: BaseException | None = None
+        self._finished_at: float | None = None
+        self._cancel_requested = threading.Event()
+        self._stop_requested = False
+        self.restarts = 0
+        self._started_at: float | None = None
+        self._status = JobStatus.CREATED
+        self._reported = False
+
+    def _build_attempt(self, restore: Checkpoint | None) -> None:
+        """Build the inboxes, control and task loops of a (new) attempt."""
+        plan, config = self.plan, self.config
         inboxes = {t.id: Inbox(config.channel_capacity) for t in plan.tasks if t.expected_eos > 0}
-        self._control = LocalJobControl(len(plan.tasks), list(inboxes.values()))
+        control = LocalJobControl(len(plan.tasks), list(inboxes.values()), self._coordinator)
         tasks_by_chain: dict[int, list[Inbox]] = {}
         for task in plan.tasks:
             if task.id in inboxes:
@@ -122,18 +169,27 @@ class LocalJob:
                 plan,
                 task,
                 config=config,
-                control=self._control,
+                control=control,
                 dead_letters=self._dead_letters,
                 inbox=inboxes.get(task.id),
                 channels_of=tasks_by_chain.__getitem__,
                 services=self._services.callers,
+                checkpoints=self._coordinator,
+                restore=None if restore is None else restore.snapshots.get(task.id),
             )
             for task in plan.tasks
         ]
-        self._threads: list[threading.Thread] = []
-        self._started_at: float | None = None
-        self._status = JobStatus.CREATED
-        self._reported = False
+        self._control = control
+        self._threads = []
+
+    def _trigger_checkpoint(self, checkpoint_id: int) -> None:
+        for loop in self._loops:
+            if isinstance(loop.head, SourceHead):
+                loop.request_checkpoint(checkpoint_id)
+
+    def _notify_checkpoint(self, checkpoint_id: int) -> None:
+        for loop in self._loops:
+            loop.notify_checkpoint_complete(checkpoint_id)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -151,7 +207,7 @@ class LocalJob:
         Raises:
             Like :meth:`wait`.
         """
-        hosted = self._loops[0] if self._loops else None
+        hosted = self._loops[0] if self._loops and not self._supervised else None
         self._launch(hosted=hosted)
         if hosted is not None:
             with _pinned(self.config.cpu_affinity):
@@ -168,6 +224,18 @@ class LocalJob:
             raise
         self._status = JobStatus.RUNNING
         self._started_at = perf_counter()
+        self._start_attempt(hosted)
+        if self._supervised:
+            threading.Thread(
+                target=self._supervise, name=f"sage-{self.name}-supervisor", daemon=True
+            ).start()
+
+    def _start_attempt(self, hosted: TaskLoop | None) -> None:
+        """Start a thread per task of the current attempt (but ``hosted``'s)."""
+        if self._coordinator is not None:
+            self._coordinator.start(self.name)
+        if self._stop_requested:
+            self._control.request_stop()
         # Threads wait at a gate until all exist: a new thread that ran straight away would
         # hold the GIL and make this thread wait a whole switch interval per start.
         gate = threading.Event()
@@ -190,6 +258,61 @@ class LocalJob:
             thread.start()
         gate.set()
 
+    def _supervise(self) -> None:
+        """Restart failed attempts as the restart strategy allows; end the job otherwise."""
+        strategy, coordinator = self.fault_tolerance.restart, self._coordinator
+        assert strategy is not None
+        while True:
+            control = self._control
+            control.finished.wait()
+            error = control.error
+            if error is None:
+                if coordinator is not None:
+                    coordinator.finish()  # the final states: commit everything
+                break
+            if coordinator is not None:
+                coordinator.abort()
+            self._join(_JOIN_GRACE_S)
+            if self._cancel_requested.is_set():
+                break
+            delay = strategy.on_failure(monotonic())
+            if delay is None:
+                exhausted = RestartsExhaustedError(
+                    f"job {self.name!r} failed and its restart strategy gave up after "
+                    f"{self.restarts} restart(s) ({strategy.describe()}); last failure: "
+                    f"{type(error).__name__}: {error}"
+                )
+                exhausted.__cause__ = error
+                error = exhausted
+                break
+            latest = None if coordinator is None else coordinator.store.latest()
+            logger.warning(
+                "job %r: %s: %s; restarting in %.3g s from %s (restart %d, %s)",
+                self.name,
+                type(error).__name__,
+                error,
+                delay,
+                "the start" if latest is None else f"checkpoint {latest.id}",
+                self.restarts + 1,
+                strategy.describe(),
+            )
+            if self._cancel_requested.wait(delay):  # the strategy's delay, cut short by cancel
+                break
+            self.restarts += 1
+            try:
+                self._build_attempt(latest)
+            except Exception as exc:
+                error = exc
+                break
+            self._start_attempt(None)
+        self._final_error = error
+        self._finished_at = perf_counter()
+        self._done.set()
+
+    def _failure(self) -> BaseException | None:
+        """Why the job failed (so far: the current attempt's error without restarts)."""
+        return self._final_error if self._supervised else self._control.error
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every task has ended.
 
@@ -205,12 +328,13 @@ class LocalJob:
         """
         if self._status is JobStatus.CREATED:
             raise JobError(f"job {self.name!r} has not been started")
-        if not self._control.finished.wait(timeout):
+        if not self._done.wait(timeout):
             return False
-        self._join(None if self._control.error is None else _JOIN_GRACE_S)
+        self._join(None if self._failure() is None else _JOIN_GRACE_S)
         self._finalize()
-        if self._control.error is not None:
-            raise self._control.error
+        error = self._failure()
+        if error is not None:
+            raise error
         return True
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -220,20 +344,22 @@ class LocalJob:
         """
         if self._status is JobStatus.RUNNING:
             self._status = JobStatus.STOPPING
+        self._stop_requested = True
         self._control.request_stop()
         return self.wait(timeout)
 
     def cancel(self) -> None:
         """End the job now, dropping records in flight; ``wait`` then raises JobCancelledError."""
         if self._status in (JobStatus.RUNNING, JobStatus.STOPPING):
+            self._cancel_requested.set()
             self._control.cancel(JobCancelledError(f"job {self.name!r} was cancelled"))
 
     def close(self) -> None:
         """Cancel the job if it is still running and release its threads; never raises."""
         if self._status in (JobStatus.RUNNING, JobStatus.STOPPING):
-            if not self._control.finished.is_set():
+            if not self._done.is_set():
                 self.cancel()
-            self._control.finished.wait(_JOIN_GRACE_S)
+            self._done.wait(_JOIN_GRACE_S)
             self._join(_JOIN_GRACE_S)
             self._finalize()
 
@@ -252,9 +378,12 @@ class LocalJob:
         try:
             self._services.close()  # after the last record: finish calls, cleanup()
         except ServiceError as exc:
-            if self._control.error is None:
-                self._control.error = exc
-        error = self._control.error
+            if self._failure() is None:
+                if self._supervised:
+                    self._final_error = exc
+                else:
+                    self._control.error = exc
+        error = self._failure()
         self._status = JobStatus.at_end(error)
         if self._reported:
             return
@@ -280,17 +409,19 @@ class LocalJob:
     @property
     def status(self) -> JobStatus:
         """The job's current state."""
-        if (
-            self._status in (JobStatus.RUNNING, JobStatus.STOPPING)
-            and self._control.finished.is_set()
-        ):
-            return JobStatus.at_end(self._control.error)
+        if self._status in (JobStatus.RUNNING, JobStatus.STOPPING) and self._done.is_set():
+            return JobStatus.at_end(self._failure())
         return self._status
+
+    @property
+    def checkpoints_completed(self) -> int:
+        """Checkpoints this job has completed (across its restarts)."""
+        return 0 if self._coordinator is None else self._coordinator.completed_count
 
     @property
     def error(self) -> BaseException | None:
         """Why the job failed, once it has."""
-        return self._control.error
+        return self._failure()
 
     @property
     def dead_letters(self) -> list[DeadLetter]:
@@ -302,7 +433,9 @@ class LocalJob:
         """Seconds since the job started (until it ended, once it has)."""
         if self._started_at is None:
             return 0.0
-        end = self._control.finished_at or perf_counter()
+        end = (self._finished_at if self._supervised else self._control.finished_at) or (
+            perf_counter()
+        )
         return end - self._started_at
 
     def metrics(self) -> JobMetrics:

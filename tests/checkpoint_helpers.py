@@ -1,0 +1,61 @@
+"""The fault-injection pipeline shared by the local and Ray checkpoint tests.
+
+A keyed running count over ``n`` integers (key ``i % KEYS``) written to a
+:class:`TransactionalFileSink`. :func:`check_exactly_once` reads the committed output and
+checks that every record was written exactly once with exactly the right running count.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from sage.common.core.functions.map_function import MapFunction
+from sage.common.core.functions.source_function import SourceFunction, StopSignal
+from sage.kernel.checkpoint import read_committed
+
+KEYS = 37
+
+
+class Numbers(SourceFunction):
+    """``0, 1, ..., n - 1``; the position is its checkpointed state."""
+
+    state_fields = ("offset",)
+
+    def __init__(self, n: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n = n
+        self.offset = 0
+
+    def execute(self) -> Any:
+        if self.offset >= self.n:
+            return StopSignal
+        self.offset += 1
+        return self.offset - 1
+
+
+class RunningCount(MapFunction):
+    """``(key, value, count of the key so far)``: keyed state."""
+
+    def execute(self, value: int) -> tuple[int, int, int]:
+        count = self.state.get(0) + 1
+        self.state.set(count)
+        return value % KEYS, value, count
+
+
+def check_exactly_once(directory: Path, n: int) -> None:
+    """Every value 0..n-1 committed once, each key's counts exactly 1..N_k."""
+    rows = read_committed(directory)
+    values = Counter(value for _, value, _ in rows)
+    duplicated = [v for v, c in values.items() if c > 1]
+    assert not duplicated, f"{len(duplicated)} values written more than once, e.g. {duplicated[:5]}"
+    assert len(values) == n, f"{n - len(values)} values missing"
+    counts: defaultdict[int, list[int]] = defaultdict(list)
+    for key, _, count in rows:
+        counts[key].append(count)
+    expected = Counter(v % KEYS for v in range(n))
+    for key, seen in counts.items():
+        assert sorted(seen) == list(range(1, expected[key] + 1)), f"key {key}: wrong counts"
+    leftovers = [p.name for p in directory.iterdir() if not p.name.endswith(".jsonl")]
+    assert not leftovers, f"uncommitted files left: {leftovers[:5]}"
