@@ -7,6 +7,10 @@ actors, borrows one :class:`~.task_actor.TaskHost` per task from the :mod:`.host
 first task to fail cancels every other; the job ends when the last task has, and then its
 hosts go back to the pool and its services are torn down. Nothing polls: the watcher
 blocks in ``ray.wait``.
+
+With ``config["fault_tolerance"]`` a failed attempt (a task raised, a host process died) is
+followed, as the restart strategy allows, by a new one on live hosts, resumed from the
+latest checkpoint that the job's coordinator actor (:mod:`.checkpoints`) completed.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any
 
 from sage.common.errors import ConfigError, JobCancelledError, JobError, ServiceError
+from sage.kernel.checkpoint.policy import FaultTolerance
+from sage.kernel.checkpoint.restart import RestartsExhaustedError
+from sage.kernel.checkpoint.store import Checkpoint
 from sage.kernel.config import JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.runtime.error_policy import DeadLetter
@@ -89,7 +96,7 @@ class RayJob:
             JobManager keeps them as the job's log.
 
     Raises:
-        ConfigError: the ``"ray"`` section is invalid.
+        ConfigError: the ``"ray"`` or ``"fault_tolerance"`` section is invalid.
     """
 
     def __init__(
@@ -106,9 +113,17 @@ class RayJob:
         self.config = config
         self.name = plan.job_name
         self.options = RayOptions.from_config((config.raw or {}).get("ray"))
+        self.fault_tolerance = FaultTolerance.from_config(config.raw)
+        self.fault_tolerance.check(plan)
         self._log_sink = log
         self._services = RemoteServices(services, plan.job_name)
-        self._key = f"{plan.job_name}:{uuid.uuid4().hex[:12]}"  # names this run in host calls
+        self._run_id = f"{plan.job_name}:{uuid.uuid4().hex[:12]}"
+        self._key = f"{self._run_id}:0"  # names this attempt in host calls
+        self._coordinator: Any = None  # the checkpoint coordinator's actor
+        self.restarts = 0
+        self._attempt_error: BaseException | None = None
+        self._cancel_requested = threading.Event()
+        self._stop_requested = False
         self._hosts: dict[str, Host] = {}
         self._sources: list[Any] = []
         self._outcomes: dict[str, TaskOutcome] = {}
@@ -166,16 +181,43 @@ class RayJob:
         self._services.start()
         for name, nodes in self._services.placement().items():
             self._log(f"service {name!r}: {len(nodes)} replica(s) on node(s) {', '.join(nodes)}")
+        ft = self.fault_tolerance
+        if ft.restart is not None or ft.checkpointing:
+            from sage.kernel.runtime.ray.checkpoints import start_coordinator
+
+            self._coordinator = start_coordinator(
+                self.name,
+                [t.id for t in self.plan.tasks],
+                ft.checkpoint_dir,
+                ft.checkpoint_interval_s,
+            )
+        runs = self._start_attempt(None)
+        self._watcher = threading.Thread(
+            target=self._supervise, args=(runs,), name=f"sage-{self.name}-ray-watch", daemon=True
+        )
+        self._watcher.start()
+
+    def _start_attempt(self, restore: Checkpoint | None) -> dict[Any, str]:
+        """Place, assign and wire every task (from ``restore``'s snapshots if given), start
+        them, and return their ``run`` references (by task id)."""
+        import ray
+
         tasks = self.plan.tasks
+        self._sources, self._outcomes, self._placement = [], {}, {}
+        self._attempt_error = None
         cpus = self.options.num_cpus
         per_task = DEFAULT_TASK_CPUS if cpus is None else cpus / len(tasks)
         plan_ref = ray.put(self.plan)
         hosts = host_pool().acquire(len(tasks), per_task)
         self._hosts = {task.id: host for task, host in zip(tasks, hosts, strict=True)}
-        refs = {task.id: self._assign(self._hosts[task.id], task.id, plan_ref) for task in tasks}
+        snapshots = {} if restore is None else restore.snapshots
+        refs = {
+            task.id: self._assign(self._hosts[task.id], task.id, plan_ref, snapshots.get(task.id))
+            for task in tasks
+        }
         by_chain: dict[int, list[Any]] = {}
         for task in tasks:
-            host = self._taken(task.id, refs[task.id], plan_ref)
+            host = self._taken(task.id, refs[task.id], plan_ref, snapshots.get(task.id))
             self._placement[task.id] = host.node_id or ""
             by_chain.setdefault(task.chain_id, []).append(host.handle)
             if task.expected_eos == 0:
@@ -189,20 +231,30 @@ class RayJob:
             f"started {len(tasks)} task(s) on {len(spread)} node(s): "
             + ", ".join(f"{node[:12]}: {n}" for node, n in spread.items())
         )
+        if self._coordinator is not None:
+            handles = [h.handle for h in self._hosts.values()]
+            ray.get(self._coordinator.start.remote(key, list(self._sources), handles))
         runs = {h.handle.run.remote(key): task_id for task_id, h in self._hosts.items()}
-        self._watcher = threading.Thread(
-            target=self._watch, args=(runs,), name=f"sage-{self.name}-ray-watch", daemon=True
-        )
-        self._watcher.start()
+        if self._stop_requested:
+            for handle in self._sources:
+                handle.request_stop.remote(key)
+        return runs
 
-    def _assign(self, host: Host, task_id: str, plan_ref: Any) -> Any:
+    def _assign(self, host: Host, task_id: str, plan_ref: Any, restore: bytes | None) -> Any:
         """Give task ``task_id`` to ``host``; the reference answers with the host's node."""
         services = self._services.services
         return host.handle.assign.remote(
-            self._key, plan_ref, task_id, self.config, services, PUSH_WINDOW
+            self._key,
+            plan_ref,
+            task_id,
+            self.config,
+            services,
+            PUSH_WINDOW,
+            self._coordinator,
+            restore,
         )
 
-    def _taken(self, task_id: str, ref: Any, plan_ref: Any) -> Host:
+    def _taken(self, task_id: str, ref: Any, plan_ref: Any, restore: bytes | None) -> Host:
         """The host running task ``task_id``, its node recorded, once it took the task. A
         pooled host that died since its last job (its node went away) is replaced, once."""
         import ray
@@ -217,7 +269,7 @@ class RayJob:
             self._get(ref, task_id)  # raises the task's own error
         fresh = self._hosts[task_id] = host_pool().acquire_new(host.num_cpus)
         self._log(f"task {task_id}: its pooled host had died; starting a new one")
-        fresh.node_id = str(self._get(self._assign(fresh, task_id, plan_ref), task_id))
+        fresh.node_id = str(self._get(self._assign(fresh, task_id, plan_ref, restore), task_id))
         return fresh
 
     def _check_resources(self, info: Any) -> None:
@@ -297,30 +349,92 @@ class RayJob:
                         self._fail(outcome.error)
         except BaseException as exc:  # pragma: no cover - the watcher must always end the job
             self._fail(JobError(f"job {self.name!r}: lost track of its tasks: {exc!r}"))
+
+    def _supervise(self, runs: dict[Any, str]) -> None:
+        """Watch each attempt; restart a failed one as the restart strategy allows."""
+        import ray
+
+        strategy, coordinator = self.fault_tolerance.restart, self._coordinator
+        error: BaseException | None = None
+        try:
+            while True:
+                self._watch(runs)
+                error = self._attempt_error
+                if error is None:
+                    if coordinator is not None:
+                        ray.get(coordinator.finish.remote())  # final states: sinks commit
+                    break
+                if strategy is None or self._cancel_requested.is_set():
+                    break
+                delay = strategy.on_failure(monotonic())
+                if delay is None:
+                    exhausted = RestartsExhaustedError(
+                        f"job {self.name!r} failed and its restart strategy gave up after "
+                        f"{self.restarts} restart(s) ({strategy.describe()}); last failure: "
+                        f"{type(error).__name__}: {error}"
+                    )
+                    exhausted.__cause__ = error
+                    error = exhausted
+                    break
+                self._release_hosts()
+                latest = None if coordinator is None else ray.get(coordinator.latest.remote())
+                self._log(
+                    f"restarting in {delay:.3g}s from "
+                    f"{'the start' if latest is None else f'checkpoint {latest.id}'} "
+                    f"(restart {self.restarts + 1}, {strategy.describe()}) after: {error}"
+                )
+                if self._cancel_requested.wait(delay):  # the strategy's delay; cancel cuts it
+                    error = JobCancelledError(f"job {self.name!r} was cancelled")
+                    break
+                self.restarts += 1
+                self._key = f"{self._run_id}:{self.restarts}"
+                runs = self._start_attempt(latest)
+        except BaseException as exc:
+            error = error or exc
         finally:
+            with self._lock:
+                self._error = error
             self._teardown()
+            if coordinator is not None:
+                ray.kill(coordinator, no_restart=True)
             self._ended_at = perf_counter()
             self._finished.set()
             self._log(f"ended: {self.status.value} after {self.elapsed_s:.2f}s")
 
     def _fail(self, error: BaseException) -> None:
+        """End the current attempt with ``error`` (the first one wins)."""
         with self._lock:
-            first = self._error is None
+            first = self._attempt_error is None
             if first:
-                self._error = error
+                self._attempt_error = error
         if first:
+            if self._coordinator is not None:
+                self._coordinator.abort.remote()  # wakes tasks waiting on a checkpoint
             for host in self._hosts.values():
                 host.handle.cancel.remote(self._key)
 
-    def _teardown(self) -> None:
-        """Return the hosts whose task ended to the pool (end the others), then clean up the
-        services (their error becomes the job's if it had none)."""
+    def _release_hosts(self) -> None:
+        """Free the hosts whose task ended and return them to the pool; end the others."""
+        import ray
+
         pool = host_pool()
         done = [h for task_id, h in self._hosts.items() if task_id in self._outcomes]
         stuck = [h for task_id, h in self._hosts.items() if task_id not in self._outcomes]
         self._hosts = {}
-        pool.give_back(done)
+        freed = []
+        for host, ref in [(h, h.handle.free.remote(self._key)) for h in done]:
+            try:
+                ray.get(ref)
+                freed.append(host)
+            except ray.exceptions.RayError:
+                stuck.append(host)
+        pool.give_back(freed)
         pool.kill(stuck)
+
+    def _teardown(self) -> None:
+        """Release the hosts, then clean up the services (their error becomes the job's if
+        it had none)."""
+        self._release_hosts()
         try:
             self._services.close()
         except ServiceError as exc:
@@ -349,6 +463,7 @@ class RayJob:
         """End the job gracefully (sources stop, records in flight drain). Like :meth:`wait`."""
         if self._status is JobStatus.RUNNING:
             self._status = JobStatus.STOPPING
+            self._stop_requested = True
             for handle in self._sources:
                 handle.request_stop.remote(self._key)
         return self.wait(timeout)
@@ -356,6 +471,7 @@ class RayJob:
     def cancel(self) -> None:
         """End the job now, dropping records in flight; ``wait`` then raises JobCancelledError."""
         if not self._finished.is_set():
+            self._cancel_requested.set()
             self._fail(JobCancelledError(f"job {self.name!r} was cancelled"))
 
     def close(self) -> None:

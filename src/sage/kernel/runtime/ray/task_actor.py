@@ -10,9 +10,11 @@ task (seconds on a small machine). Life of one assignment, driven by
    through Ray's object store) and returns the node the host runs on;
 2. ``connect(job, handles)`` builds the loop with a :class:`~.channels.RemoteChannel` to
    every downstream host and starts the service callers;
-3. ``run(job)`` runs the loop to its end, frees the host and returns a :class:`TaskOutcome`;
-   meanwhile ``push`` receives batches, ``wait_opened`` / ``release`` hold sources until
-   every task has opened, and ``request_stop`` / ``cancel`` / ``stats`` serve the driver.
+3. ``run(job)`` runs the loop to its end and returns a :class:`TaskOutcome`; meanwhile
+   ``push`` receives batches, ``wait_opened`` / ``release`` hold sources until every task
+   has opened, and ``request_stop`` / ``cancel`` / ``stats`` / ``trigger_checkpoint`` /
+   ``notify_checkpoint`` serve the driver and the checkpoint coordinator;
+4. ``free(job)`` once the whole job has ended (its sinks may commit until then).
 
 Every call names its job: a late call of an earlier job (a push still in flight when that
 job was cancelled) finds the host serving another job and is ignored. Driver calls run in
@@ -37,6 +39,7 @@ from sage.kernel.runtime.channel import Inbox
 from sage.kernel.runtime.error_policy import DeadLetter, DeadLetterQueue
 from sage.kernel.runtime.metrics import TaskStats
 from sage.kernel.runtime.ray.channels import OrderedDelivery, RemoteChannel
+from sage.kernel.runtime.ray.checkpoints import RemoteCheckpoints
 from sage.kernel.runtime.ray.services import RemoteService, proxy_specs
 from sage.kernel.runtime.task import ControlFlags, TaskLoop
 from sage.kernel.services.metrics import ServiceMetrics
@@ -134,11 +137,15 @@ class _Task:
         config: JobConfig,
         services: list[RemoteService],
         window: int,
+        checkpoints: Any = None,
+        restore: bytes | None = None,
     ) -> None:
         self.plan = plan
         self.task = next(t for t in plan.tasks if t.id == task_id)
         self.config = config
         self.window = window
+        self.checkpoints = None if checkpoints is None else RemoteCheckpoints(checkpoints)
+        self.restore = restore
         inbox = Inbox(config.channel_capacity) if self.task.expected_eos > 0 else None
         self.delivery = OrderedDelivery(inbox) if inbox is not None else None
         self.control = _ActorControl(self.delivery)
@@ -170,6 +177,8 @@ class _Task:
             inbox=None if self.delivery is None else self.delivery.inbox,
             channels_of=channels_of,
             services=None if self.registry is None else self.registry.callers,
+            checkpoints=self.checkpoints,
+            restore=self.restore,
         )
 
     def run(self) -> TaskOutcome:
@@ -230,14 +239,17 @@ class TaskHost:
         config: JobConfig,
         services: list[RemoteService],
         window: int,
+        checkpoints: Any = None,
+        restore: bytes | None = None,
     ) -> str:
-        """Take task ``task_id`` of ``job``; returns the id of the node this host is on."""
+        """Take task ``task_id`` of ``job`` (resuming from ``restore``, a snapshot, and
+        reporting to the ``checkpoints`` coordinator); returns the id of this host's node."""
         from sage.common.errors import JobError
 
         with self._lock:
             if self._task is not None:
                 raise JobError(f"host busy with job {self._job!r}; cannot take {job!r}")
-            task = _Task(plan, task_id, config, services, window)
+            task = _Task(plan, task_id, config, services, window, checkpoints, restore)
             logging.getLogger().addHandler(task.log)
             logging.getLogger(f"sage.job.{plan.job_name}").setLevel(logging.INFO)
             self._job, self._task = job, task
@@ -265,17 +277,16 @@ class TaskHost:
 
     @ray.method(concurrency_group="control")
     def run(self, job: str) -> TaskOutcome | None:
-        """Run the task to its end, free this host, and report how the task ended."""
+        """Run the task to its end and report how it ended (the host stays ``job``'s until
+        :meth:`free`: a finished sink commits when the whole job has ended)."""
         task = self._current(job)
         if task is None:
             return None
-        try:
-            return task.run()
-        finally:
-            self._free(job)
+        return task.run()
 
-    def _free(self, job: str) -> None:
-        """Drop ``job``'s task once it ran: the host is idle."""
+    @ray.method(concurrency_group="control")
+    def free(self, job: str) -> None:
+        """Drop ``job``'s task once the job has ended: the host is idle."""
         with self._lock:
             task = self._current(job)
             if task is None:
@@ -304,6 +315,20 @@ class TaskHost:
         task = self._current(job)
         if task is not None:
             task.control.request_stop()
+
+    @ray.method(concurrency_group="control")
+    def trigger_checkpoint(self, job: str, checkpoint_id: int) -> None:
+        """(Source tasks) Take checkpoint ``checkpoint_id`` at the next batch boundary."""
+        task = self._current(job)
+        if task is not None and task.loop is not None:
+            task.loop.request_checkpoint(checkpoint_id)
+
+    @ray.method(concurrency_group="control")
+    def notify_checkpoint(self, job: str, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is complete: the task's functions may commit."""
+        task = self._current(job)
+        if task is not None and task.loop is not None:
+            task.loop.notify_checkpoint_complete(checkpoint_id)
 
     @ray.method(concurrency_group="control")
     def cancel(self, job: str) -> None:
