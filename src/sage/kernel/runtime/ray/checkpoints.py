@@ -9,6 +9,7 @@ the hosts of the current attempt (:meth:`CoordinatorActor.start`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,10 +83,9 @@ class CoordinatorActor:
     def _notify(self, checkpoint_id: int) -> None:
         refs = [h.notify_checkpoint.remote(self._key, checkpoint_id) for h in self._hosts]
         for ref in refs:
-            try:
+            # a host that died is restarted from this checkpoint, which commits for it
+            with contextlib.suppress(ray.exceptions.RayActorError):
                 ray.get(ref)
-            except ray.exceptions.RayActorError:
-                pass  # the host died: the restart commits what this checkpoint saved
 
 
 def start_coordinator(
