@@ -1,4 +1,4 @@
-"""The README's code runs as written and prints what its comments say."""
+"""The README's and the docs' code runs as written and prints what its comments say."""
 
 from __future__ import annotations
 
@@ -7,17 +7,22 @@ import io
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["README.md", *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md")))]
 
 
-def test_readme_tour_runs_and_prints_what_it_claims() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+@pytest.mark.parametrize("doc", DOCS)
+def test_doc_examples_run_and_print_what_they_claim(doc: str) -> None:
+    text = (ROOT / doc).read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks, "the README has no Python example"
+    if doc == "README.md":
+        assert blocks, "the README has no Python example"
     for block in blocks:
         claimed = re.findall(r"print\((.*)\)\s+# (.*)", block)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+            exec(compile(block, doc, "exec"), {"__name__": "doc"})
         printed = out.getvalue().splitlines()
         assert printed == [comment.strip() for _, comment in claimed]

@@ -162,6 +162,10 @@ class RayJob:
             self._status = JobStatus.FAILED
             self._error = exc
             self._teardown()
+            if self._coordinator is not None:
+                import ray
+
+                ray.kill(self._coordinator, no_restart=True)
             self._finished.set()
             raise
         return self
