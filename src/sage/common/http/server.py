@@ -12,6 +12,10 @@ This module does only what SAGE's servers need:
 * a body limit: a larger body is read and discarded, then answered with 413, so the client
   gets the error instead of a reset connection; malformed HTTP gets 400 and a closed
   connection. Handlers' exceptions become 500s; the server keeps serving;
+* an optional ``authorize`` hook that sees each request's head before any of its body is
+  read: a refused request is answered (401...) without reading its body, and when it
+  announced one the connection half-closes after the answer (what the peer still sends is
+  discarded as it arrives, never parsed or kept);
 * a draining close: requests in progress finish, later ones get 503 and ``Retry-After``.
 """
 
@@ -20,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -28,12 +32,20 @@ from typing import Any
 import httptools
 import orjson
 
-__all__ = ["HttpError", "HttpServer", "Request", "Response", "StreamResponse", "json_response"]
+__all__ = [
+    "Authorizer",
+    "HttpError",
+    "HttpServer",
+    "Request",
+    "Response",
+    "StreamResponse",
+    "json_response",
+]
 
 logger = logging.getLogger(__name__)
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_DISCARD_LIMIT = 64 * 1024 * 1024  # beyond this a too-large body is cut off, not drained
+_DISCARD_LIMIT = 64 * 1024 * 1024  # beyond this a too-large or refused body is cut off, not drained
 
 
 class Request:
@@ -114,10 +126,21 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 ErrorBody = Callable[[int, str], bytes]
+Authorizer = Callable[[str, str, Mapping[str, str]], HttpError | None]
+"""Decides from a request's head whether its body may be read: ``(method, path, headers)``
+(header names lower-cased) -> ``None`` to let the request through, or the :class:`HttpError`
+to answer instead (its ``body`` if set, else the server's ``error_body``). Raising the error
+works too; any other exception refuses the request with a 500. It runs on the event loop
+while the request is parsed, for every request (unknown routes too): keep it quick and
+non-blocking."""
 
 
 def _default_error_body(status: int, message: str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": "http_error", "code": str(status)}})
+
+
+class _Refused(Exception):
+    """Stops the parser at the head of a refused request: its body is not to be read."""
 
 
 class _Connection(asyncio.Protocol):
@@ -127,7 +150,9 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.pending: deque[Request] = deque()
+        # requests in arrival order, each with the error to answer instead of running it
+        self.pending: deque[tuple[Request, HttpError | None]] = deque()
+        self.dropping = False  # a refused body follows: nothing more is parsed, only dropped
         self.busy = False
         self.idle = asyncio.Event()  # set while no request is being handled
         self.idle.set()
@@ -138,9 +163,12 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.url = b""
+        self.path = ""
+        self.query = ""
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.size = 0
+        self.refusal: HttpError | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -162,12 +190,16 @@ class _Connection(asyncio.Protocol):
         self.can_write.set()
 
     def data_received(self, data: bytes) -> None:
+        if self.dropping:
+            self._drop(len(data))
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
+            if not self.dropping:  # else on_headers_complete stopped the parser (_Refused)
+                self._fail(400, f"malformed HTTP request: {exc}")
 
     # -- httptools callbacks -----------------------------------------------------------------
 
@@ -180,6 +212,30 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
+    def on_headers_complete(self) -> None:
+        parsed = httptools.parse_url(self.url)
+        self.path = parsed.path.decode("latin-1")
+        self.query = (parsed.query or b"").decode("latin-1")
+        authorize = self.server.authorize
+        if authorize is None:
+            return
+        method = self.parser.get_method().decode()
+        try:
+            self.refusal = authorize(method, self.path, self.headers)
+        except HttpError as exc:
+            self.refusal = exc
+        except Exception as exc:  # fail closed
+            logger.exception("%s: authorizing %s %s failed", self.server.name, method, self.path)
+            self.refusal = HttpError(500, f"internal error: {exc}")
+        if self.refusal is not None and self._body_announced():
+            # Answer without reading the body: parse nothing more, read nothing more until
+            # the answer is out, then half-close (``_end``).
+            self.dropping = True
+            if self.transport is not None and not self.closed:
+                self.transport.pause_reading()
+            self._enqueue(self._request(b"", keep_alive=False), self.refusal)
+            raise _Refused
+
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
         if self.size <= self.server.max_body:
@@ -190,52 +246,58 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.closed:
             return
-        parsed = httptools.parse_url(self.url)
-        request = Request(
-            method=self.parser.get_method().decode(),
-            path=parsed.path.decode("latin-1"),
-            query=(parsed.query or b"").decode("latin-1"),
-            headers=self.headers,
-            body=b"".join(self.body) if self.size <= self.server.max_body else b"",
-            keep_alive=self.parser.should_keep_alive(),
-        )
-        if self.size > self.server.max_body:
-            request.keep_alive = False
-            request.path = "\0too-large"  # answered without reaching a handler
-        self.pending.append(request)
-        if not self.busy:
-            self._next()
+        max_body = self.server.max_body
+        if self.size > max_body:
+            request = self._request(b"", keep_alive=False)
+            self._enqueue(request, HttpError(413, f"request body is larger than {max_body} bytes"))
+        else:
+            request = self._request(b"".join(self.body), self.parser.should_keep_alive())
+            self._enqueue(request, self.refusal)
 
     # -- handling ----------------------------------------------------------------------------
+
+    def _request(self, body: bytes, keep_alive: bool) -> Request:
+        method = self.parser.get_method().decode()
+        return Request(method, self.path, self.query, self.headers, body, keep_alive)
+
+    def _body_announced(self) -> bool:
+        """Whether the request being parsed says a body follows its head."""
+        if "transfer-encoding" in self.headers:
+            return True
+        length = self.headers.get("content-length", "0").strip()
+        return not length.isdigit() or int(length) > 0
+
+    def _enqueue(self, request: Request, refusal: HttpError | None) -> None:
+        self.pending.append((request, refusal))
+        if not self.busy:
+            self._next()
 
     def _next(self) -> None:
         if self.pending and not self.closed:
             self.busy = True
             self.idle.clear()
-            self.server._loop.create_task(self._handle(self.pending.popleft()))
+            self.server._loop.create_task(self._handle(*self.pending.popleft()))
         else:
             self.busy = False
             self.idle.set()
 
-    async def _handle(self, request: Request) -> None:
+    async def _handle(self, request: Request, refusal: HttpError | None) -> None:
         server = self.server
+        response: Response | StreamResponse
         try:
-            if request.path == "\0too-large":
-                raise HttpError(413, f"request body is larger than {server.max_body} bytes")
-            if server.draining:  # arrived after close() began: refuse, close the connection
+            if refusal is not None:  # answered without reaching a handler
+                response = self._error_response(refusal)
+            elif server.draining:  # arrived after close() began: refuse, close the connection
                 request.keep_alive = False
                 raise HttpError(
                     503,
                     "the server is shutting down; retry the request on another instance",
                     headers={"retry-after": "1"},
                 )
-            response = await server._dispatch(request)
+            else:
+                response = await server._dispatch(request)
         except HttpError as exc:
-            response = Response(
-                status=exc.status,
-                body=exc.body or server.error_body(exc.status, str(exc)),
-                headers=exc.headers,
-            )
+            response = self._error_response(exc)
         except Exception as exc:  # a handler bug must not take the server down
             logger.exception("%s %s failed", request.method, request.path)
             response = Response(status=500, body=server.error_body(500, f"internal error: {exc}"))
@@ -258,8 +320,35 @@ class _Connection(asyncio.Protocol):
                 self._write(response, request.keep_alive)
         finally:
             if not request.keep_alive and self.transport is not None:
-                self.transport.close()
+                self._end()
             self._next()
+
+    def _error_response(self, error: HttpError) -> Response:
+        body = error.body or self.server.error_body(error.status, str(error))
+        return Response(status=error.status, body=body, headers=error.headers)
+
+    def _end(self) -> None:
+        """Close the connection once the answer just written is sent.
+
+        While a refused body may still be coming, half-close instead: the peer gets the
+        answer and then the end of the stream, and what it still sends is dropped unread
+        until it closes. Closing with unread data would reset the connection, and a reset
+        can destroy the answer before the peer reads it.
+        """
+        transport = self.transport
+        assert transport is not None
+        if self.dropping and not self.closed and transport.can_write_eof():
+            transport.write_eof()
+            transport.resume_reading()
+            self.closed = True  # nothing more is parsed or answered on it
+        else:
+            transport.close()
+
+    def _drop(self, size: int) -> None:
+        """Drop ``size`` bytes of a refused body; past ``_DISCARD_LIMIT``, cut the peer off."""
+        self.size += size
+        if self.size > _DISCARD_LIMIT and self.transport is not None:
+            self.transport.close()
 
     def _head(
         self, status: int, content_type: str, headers: dict[str, str], keep_alive: bool
@@ -323,6 +412,8 @@ class HttpServer:
         name: For logs.
         max_body: Largest request body accepted, in bytes (larger: 413).
         error_body: Builds the JSON body of an error from (status, message).
+        authorize: Sees each request's head before its body is read, and may refuse it
+            (see :data:`Authorizer`); ``None``: every request goes to its handler.
     """
 
     def __init__(
@@ -331,10 +422,12 @@ class HttpServer:
         *,
         max_body: int = 8 * 1024 * 1024,
         error_body: ErrorBody = _default_error_body,
+        authorize: Authorizer | None = None,
     ) -> None:
         self.name = name
         self.max_body = max_body
         self.error_body = error_body
+        self.authorize = authorize
         self._routes: dict[tuple[str, str], Handler] = {}
         self._prefixes: list[tuple[str, str, Handler]] = []
         self._server: asyncio.AbstractServer | None = None

@@ -10,7 +10,8 @@ Three layers, each usable alone:
 * :class:`JobManagerServer` serves a ``JobManager`` over HTTP (the endpoints of
   :mod:`.protocol`) on SAGE's small asyncio server, in a background thread
   (``start``/``stop``, a context manager) or on the caller's loop (``start_async``).
-  Every request must carry the token; nothing is decoded before it is checked.
+  Every request must carry the token, checked from the request's head: the body of a
+  request without it is not even read.
 * :func:`serve` runs a server until SIGTERM/SIGINT, with a state file in
   ``$SAGE_HOME/jobmanager/`` (``sage jobmanager start`` runs it as a process:
   ``python -m sage.kernel.jobmanager``).
@@ -35,7 +36,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import parse_qs
@@ -576,9 +577,6 @@ def _query(request: Request, name: str, default: float, *, at_least: float = 0) 
     return value
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
 class JobManagerServer:
     """The JobManager's HTTP server (the endpoints of :mod:`.protocol`).
 
@@ -632,13 +630,16 @@ class JobManagerServer:
                 self.host,
             )
         http = HttpServer(
-            "sage-jobmanager", max_body=MAX_SUBMISSION_BYTES, error_body=protocol.error_body
+            "sage-jobmanager",
+            max_body=MAX_SUBMISSION_BYTES,
+            error_body=protocol.error_body,
+            authorize=self._authorize,
         )
-        http.route("GET", HEALTH_PATH, self._authed(self._health))
-        http.route("GET", JOBS_PATH, self._authed(self._list))
-        http.route("POST", JOBS_PATH, self._authed(self._submit))
-        http.route("GET", JOBS_PATH + "/", self._authed(self._job_get), prefix=True)
-        http.route("POST", JOBS_PATH + "/", self._authed(self._job_post), prefix=True)
+        http.route("GET", HEALTH_PATH, self._health)
+        http.route("GET", JOBS_PATH, self._list)
+        http.route("POST", JOBS_PATH, self._submit)
+        http.route("GET", JOBS_PATH + "/", self._job_get, prefix=True)
+        http.route("POST", JOBS_PATH + "/", self._job_post, prefix=True)
         self.port = await http.start(self.host, self.port)
         self._http = http
         logger.info(
@@ -687,24 +688,21 @@ class JobManagerServer:
 
     # -- handlers -------------------------------------------------------------------------
 
-    def _authed(self, handler: Handler) -> Handler:
-        """``handler`` behind the token check: a request without the token is answered 401
-        before anything it carries is looked at."""
-
-        async def checked(request: Request) -> Response:
-            header = request.headers.get("authorization", "")
-            given = header[7:].strip() if header[:7].lower() == "bearer " else None
-            assert self._token is not None
-            if not token_matches(given, self._token):
-                raise HttpError(
-                    401,
-                    "missing or wrong JobManager token: send 'Authorization: Bearer <token>' "
-                    "with the token from the JobManager's token file (or its "
-                    "SAGE_JOBMANAGER_TOKEN)",
-                )
-            return await handler(request)
-
-        return checked
+    def _authorize(self, method: str, path: str, headers: Mapping[str, str]) -> HttpError | None:
+        """The token check, on every request (``/v1/health`` and unknown paths too), made on
+        the request's head: a request without the token is answered 401 and its body is
+        not read, let alone decoded."""
+        header = headers.get("authorization", "")
+        given = header[7:].strip() if header[:7].lower() == "bearer " else None
+        assert self._token is not None
+        if token_matches(given, self._token):
+            return None
+        return HttpError(
+            401,
+            "missing or wrong JobManager token: send 'Authorization: Bearer <token>' "
+            "with the token from the JobManager's token file (or its "
+            "SAGE_JOBMANAGER_TOKEN)",
+        )
 
     def _entry(self, job_id: str) -> ManagedJob:
         try:
