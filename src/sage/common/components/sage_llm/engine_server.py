@@ -9,6 +9,7 @@ OpenAI-style 4xx naming the parameter, and the server keeps serving.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -122,8 +123,8 @@ class EngineServer:
     def _check_key(self, request: Request) -> None:
         if self.api_key is None:
             return
-        given = request.headers.get("authorization", "")
-        if given != f"Bearer {self.api_key}":
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):  # constant time
             raise _bad(401, "missing or invalid API key", code="invalid_api_key")
 
     def _parse(self, request: Request, model: type[BaseModel]) -> Any:
