@@ -6,10 +6,12 @@ that looks like a misspelling of a known one is an error naming the right spelli
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -46,21 +48,41 @@ def _positive_int(key: str, value: Any) -> int:
 
 
 def _positive_float(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"config[{key!r}]={value!r} is invalid; use a number of seconds > 0")
-    return float(value)
+    """A finite number of seconds > 0.
+
+    NaN fails every comparison, and infinity (or an int too large for a float) would make a
+    task wait forever or overflow the thread-wait call, so they are refused here.
+    """
+    seconds = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # stays NaN: refused below
+            seconds = float(value)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(
+            f"config[{key!r}]={value!r} is invalid; use a finite number of seconds > 0"
+        )
+    return seconds
 
 
 def _cpu_set(value: Any) -> frozenset[int]:
+    """The CPU numbers of ``value``, a list of ints.
+
+    Each item must be an int already: ``int()`` would quietly turn ``"01"`` into two CPUs,
+    ``0.7`` into CPU 0 and ``True`` into CPU 1.
+    """
     if not hasattr(os, "sched_setaffinity"):
         raise ConfigError("config['cpu_affinity'] needs Linux (os.sched_setaffinity); remove it")
     available = os.sched_getaffinity(0)
-    try:
-        cpus = frozenset(int(c) for c in value)
-    except (TypeError, ValueError):
+    items = (
+        None
+        if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable)
+        else list(value)
+    )
+    if items is None or any(isinstance(c, bool) or not isinstance(c, int) for c in items):
         raise ConfigError(
             f"config['cpu_affinity']={value!r} is invalid; use a list of CPU numbers, e.g. [0]"
-        ) from None
+        )
+    cpus = frozenset(items)
     if not cpus or not cpus <= available:
         raise ConfigError(
             f"config['cpu_affinity']={sorted(cpus)} is invalid; this process may use CPUs "
@@ -130,6 +152,11 @@ class JobConfig:
             "cpu_affinity",
         }
         for key in config:
+            if not isinstance(key, str):
+                raise ConfigError(
+                    f"config key {key!r} is invalid; config keys are strings such as "
+                    "'parallelism' or 'on_error'"
+                )
             if key in known or key in _OTHER_SECTIONS:
                 continue
             close = difflib.get_close_matches(str(key), sorted(known | _OTHER_SECTIONS), n=1)
@@ -146,7 +173,13 @@ class JobConfig:
                     f"config['on_error']={config['on_error']!r} is invalid; use one of {choices}"
                 ) from None
         if config.get("dead_letter_path") is not None:
-            values["dead_letter_path"] = str(config["dead_letter_path"])
+            path = config["dead_letter_path"]
+            if not isinstance(path, str | os.PathLike) or not str(path):
+                raise ConfigError(
+                    f"config['dead_letter_path']={path!r} is invalid; use a file path "
+                    "(str or pathlib.Path) such as 'dead_letters.jsonl', or None"
+                )
+            values["dead_letter_path"] = str(path)
         for key in ("parallelism", "batch_size", "channel_capacity"):
             if key in config:
                 values[key] = _positive_int(key, config[key])
@@ -161,4 +194,12 @@ class JobConfig:
             values["chaining"] = config["chaining"]
         if config.get("cpu_affinity") is not None:
             values["cpu_affinity"] = _cpu_set(config["cpu_affinity"])
+        # Only the section's type is checked here, so a wrong one fails when the environment
+        # is built; its contents are validated by sage.kernel.checkpoint where they are used.
+        section = config.get("fault_tolerance")
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError(
+                f"config['fault_tolerance']={section!r} is invalid; use a dict such as "
+                '{"strategy": "restart", "max_restarts": 3}'
+            )
         return JobConfig(**values)

@@ -7,16 +7,24 @@ on threads of this process). This module starts no threads and imports no runtim
 
 from __future__ import annotations
 
+import inspect
+import math
 import sys
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sage.common.errors import JobError, PlanError
-from sage.kernel.api.datastream import DataStream
+from sage.common.errors import ConfigError, JobError, PlanError
+from sage.kernel.api.datastream import NO_ARGS, DataStream, check_call_shape, function_spec
 from sage.kernel.config import JobConfig
 from sage.kernel.graph.compiler import compile_plan
 from sage.kernel.graph.function_spec import FunctionSpec, describe_callable
-from sage.kernel.graph.logical import LogicalGraph, OpKind, SourceKind, validate_parallelism
+from sage.kernel.graph.logical import (
+    LogicalGraph,
+    LogicalNode,
+    OpKind,
+    SourceKind,
+    validate_parallelism,
+)
 from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.services.spec import ServiceSpec
 
@@ -40,6 +48,45 @@ class Job(Protocol):
     def status(self) -> Any: ...
     @property
     def dead_letters(self) -> list[DeadLetter]: ...
+
+
+def _check_timeout(op: str, timeout: Any) -> float | None:
+    """``timeout`` as seconds (finite, >= 0) or ``None``; else a :class:`ConfigError`.
+
+    Checked here because the job would otherwise pass it to a thread wait, which fails on a
+    string and overflows on infinity only once the job is still running.
+    """
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or (isinstance(timeout, float) and not math.isfinite(timeout))
+        or timeout < 0
+    ):
+        raise ConfigError(
+            f"{op}: timeout={timeout!r} is invalid; use a finite number of seconds >= 0, "
+            "or None to wait until the job ends"
+        )
+    return float(timeout)
+
+
+def _exhausted_generator(node: LogicalNode) -> bool:
+    """Whether ``node`` reads a generator that has already run to its end.
+
+    A job reading it would silently produce nothing, which happens on the second ``submit``
+    of a pipeline built on ``from_collection(x for x in ...)``.
+    """
+    target = node.function.target
+    return (
+        node.source_kind is SourceKind.ITERATOR
+        and inspect.isgenerator(target)
+        and inspect.getgeneratorstate(target) == inspect.GEN_CLOSED
+    )
+
+
+def _source_op(name: str | None) -> str:
+    return "source" if name is None else f"source {name!r}"
 
 
 def _is_data(obj: Any) -> bool:
@@ -85,7 +132,7 @@ class BaseEnvironment:
     def _source(
         self, kind: SourceKind, spec: FunctionSpec, parallelism: int, name: str | None
     ) -> DataStream:
-        op = "source" if name is None else f"source {name!r}"
+        op = _source_op(name)
         parallelism = validate_parallelism(op, parallelism)
         if kind is SourceKind.ITERATOR and parallelism > 1:
             raise PlanError(
@@ -124,11 +171,14 @@ class BaseEnvironment:
         has nothing yet should block until it has.
 
         Raises:
-            PlanError: ``function`` is neither a source function nor iterable.
+            PlanError: ``function`` is neither a source function nor iterable, cannot be
+                called without arguments, or its class cannot be constructed with
+                ``*args, **kwargs``.
         """
         if _is_data(function) and not args and not kwargs:
             return self._data_source(function, parallelism, name)
-        spec = FunctionSpec.of("from_source", function, args, kwargs)
+        spec = function_spec("from_source", function, args, kwargs)
+        check_call_shape(_source_op(name), "from_source", spec, NO_ARGS)
         return self._source(SourceKind.SOURCE_FUNCTION, spec, parallelism, name)
 
     def from_batch(
@@ -142,7 +192,8 @@ class BaseEnvironment:
         """Start a bounded stream from a ``BatchFunction`` (ends on ``None``) or an iterable."""
         if _is_data(function) and not args and not kwargs:
             return self._data_source(function, parallelism, name)
-        spec = FunctionSpec.of("from_batch", function, args, kwargs)
+        spec = function_spec("from_batch", function, args, kwargs)
+        check_call_shape(_source_op(name), "from_batch", spec, NO_ARGS)
         return self._source(SourceKind.BATCH_FUNCTION, spec, parallelism, name)
 
     def from_collection(
@@ -260,17 +311,33 @@ class BaseEnvironment:
             The job (also reachable through the environment's shortcuts).
 
         Raises:
-            PlanError: the pipeline is invalid.
+            PlanError: the pipeline is invalid, or a source reads a generator that an
+                earlier job already consumed.
+            ConfigError: ``autostop`` is not a bool.
             OperatorError: (``autostop=True``) user code failed, naming operator, instance
                 and record.
             JobError: a job of this environment is still running.
         """
+        if not isinstance(autostop, bool):
+            raise ConfigError(
+                f"submit: autostop={autostop!r} is invalid; use True (block until the job "
+                "ends) or False (return at once)"
+            )
         if self._job is not None and self._job.status.value in ("running", "stopping"):
             raise JobError(
                 f"a job of environment {self.name!r} is still running; call env.wait(), "
                 "env.stop() or env.close() before submitting again"
             )
-        job = self._create_job(self.plan())
+        plan = self.plan()
+        exhausted = [n.name for n in self.graph.nodes() if _exhausted_generator(n)]
+        if exhausted:
+            raise PlanError(
+                f"{', '.join(exhausted)} reads a generator that is already exhausted (an "
+                "earlier job of this environment, or other code, consumed it), so the job "
+                "would produce nothing; to run a pipeline again, give from_collection(...) a "
+                "list or another collection, or build a new environment"
+            )
+        job = self._create_job(plan)
         self._job = job
         if not autostop:
             job.start()
@@ -293,12 +360,20 @@ class BaseEnvironment:
         return self._job
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job ends; ``False`` if ``timeout`` passed first. Raises its error."""
-        return self._current().wait(timeout)
+        """Block until the job ends; ``False`` if ``timeout`` passed first. Raises its error.
+
+        Raises:
+            ConfigError: ``timeout`` is not ``None`` or a finite number of seconds >= 0.
+        """
+        return self._current().wait(_check_timeout("wait", timeout))
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Stop the job gracefully (sources end, records in flight drain) and wait for it."""
-        return self._current().stop(timeout)
+        """Stop the job gracefully (sources end, records in flight drain) and wait for it.
+
+        Raises:
+            ConfigError: ``timeout`` is not ``None`` or a finite number of seconds >= 0.
+        """
+        return self._current().stop(_check_timeout("stop", timeout))
 
     def close(self) -> None:
         """Cancel the job if it still runs and release its resources; never raises."""

@@ -6,8 +6,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sage.common.errors import PlanError
-from sage.kernel.api.datastream import DataStream, check_same_env
-from sage.kernel.graph.function_spec import FunctionSpec
+from sage.kernel.api.datastream import (
+    JOIN,
+    RECORD,
+    DataStream,
+    check_call_shape,
+    check_same_env,
+    function_spec,
+)
+from sage.kernel.graph.function_spec import FunctionForm, FunctionSpec
 from sage.kernel.graph.logical import OpKind, validate_parallelism
 
 if TYPE_CHECKING:
@@ -53,6 +60,14 @@ class ConnectedStreams:
         self, kind: OpKind, spec: FunctionSpec, parallelism: int | None, name: str | None
     ) -> DataStream:
         op = kind.value if name is None else f"{kind.value} {name!r}"
+        # the function must take what the operator passes (checked before the graph changes)
+        if kind is OpKind.JOIN:
+            check_call_shape(op, kind.value, spec, JOIN)
+        elif kind is OpKind.COMAP and spec.form is not FunctionForm.CALLABLES:
+            for i in range(len(self._streams)):
+                check_call_shape(op, kind.value, spec, RECORD, method=f"map{i}")
+        else:
+            check_call_shape(op, kind.value, spec, RECORD)
         p = (
             self._env.job_config.parallelism
             if parallelism is None
@@ -76,7 +91,7 @@ class ConnectedStreams:
         **kwargs: Any,
     ) -> DataStream:
         """Apply one map function to the records of every input (a union)."""
-        spec = FunctionSpec.of("map", function, args, kwargs)
+        spec = function_spec("map", function, args, kwargs)
         return self._add(OpKind.MAP, spec, parallelism, name)
 
     def comap(
@@ -98,7 +113,7 @@ class ConnectedStreams:
                 raise PlanError("comap: constructor arguments need a CoMapFunction class")
             spec = FunctionSpec.of_callables("comap", function, n)
         else:
-            spec = FunctionSpec.of(
+            spec = function_spec(
                 "comap", function, args, kwargs, methods=tuple(f"map{i}" for i in range(n))
             )
         return self._add(OpKind.COMAP, spec, parallelism, name)
@@ -123,5 +138,5 @@ class ConnectedStreams:
                     f"join: {stream.node.name} is not keyed; call .keyby(...) on each stream "
                     "before .connect(...)"
                 )
-        spec = FunctionSpec.of("join", function, args, kwargs)
+        spec = function_spec("join", function, args, kwargs)
         return self._add(OpKind.JOIN, spec, parallelism, name)

@@ -8,12 +8,15 @@ it produces; nothing runs until ``env.submit()``. Each operator takes its functi
 
 from __future__ import annotations
 
+import inspect
+import math
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sage.common.core.functions.sink_function import SinkFunction
 from sage.common.errors import PlanError
-from sage.kernel.graph.function_spec import FunctionSpec
+from sage.kernel.graph.function_spec import FunctionForm, FunctionSpec
 from sage.kernel.graph.logical import LogicalNode, OpKind, validate_parallelism
 from sage.kernel.graph.partition import Partitioning
 
@@ -91,7 +94,8 @@ class DataStream:
         methods: tuple[str, ...] = ("execute",),
     ) -> LogicalNode:
         op = kind.value if name is None else f"{kind.value} {name!r}"
-        spec = FunctionSpec.of(op, function, args, kwargs, methods=methods)
+        spec = function_spec(op, function, args, kwargs, methods=methods)
+        check_call_shape(op, kind.value, spec, RECORD)
         return self._env.graph.add(
             kind,
             spec,
@@ -120,7 +124,9 @@ class DataStream:
             name: Display name in plans, metrics and errors.
 
         Raises:
-            PlanError: ``function`` is not usable or ``parallelism`` is not an int >= 1.
+            PlanError: ``function`` is not usable (not callable, cannot take one record, or
+                its class cannot be constructed with ``*args, **kwargs``), or
+                ``parallelism`` is not an int >= 1. Checked here, not on the first record.
         """
         node = self._add(OpKind.MAP, function, args, kwargs, parallelism=parallelism, name=name)
         return DataStream(self._env, node)
@@ -165,6 +171,13 @@ class DataStream:
         ``parallelism`` defaults to the upstream operator's, so the key function runs fused
         with it.
         """
+        if self._partitioning is Partitioning.BROADCAST:
+            # caught here, at the wrong call, rather than when the plan compiles at submit
+            raise PlanError(
+                "keyby: cannot follow .broadcast(), which sends every record to every "
+                "instance; drop .broadcast() (keyby routes each key to one instance) or "
+                "broadcast after the keyed operator"
+            )
         if parallelism is None:
             parallelism = self._node.parallelism
         node = self._add(OpKind.KEYBY, function, args, kwargs, parallelism=parallelism, name=name)
@@ -205,10 +218,14 @@ class DataStream:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise PlanError(f"batch: size={size!r} is invalid; use an integer >= 1")
         if timeout_s is not None and (
-            isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0
+            isinstance(timeout_s, bool)
+            or not isinstance(timeout_s, int | float)
+            or not math.isfinite(timeout_s)  # NaN never expires; for no timeout, pass None
+            or timeout_s <= 0
         ):
             raise PlanError(
-                f"batch: timeout_s={timeout_s!r} is invalid; use a number of seconds > 0 or None"
+                f"batch: timeout_s={timeout_s!r} is invalid; use a finite number of seconds > 0, "
+                "or None for no timeout"
             )
         label = f"size={size}" + (f", timeout_s={timeout_s}" if timeout_s is not None else "")
         node = self._env.graph.add(
@@ -249,8 +266,133 @@ class KeyedStream(DataStream):
 
 
 def check_same_env(env: BaseEnvironment, other: Any, op: str) -> DataStream:
+    """``other`` if it is a stream of ``env``, else a :class:`PlanError` saying what to pass."""
     if not isinstance(other, DataStream):
-        raise PlanError(f"{op}: expected a DataStream, got {type(other).__name__}")
+        raise PlanError(
+            f"{op}: expected a DataStream, got {type(other).__name__} {other!r:.80}; pass "
+            "another stream of this environment, e.g. a.connect(b) with b = env.from_...(...)"
+        )
     if other.env is not env:
-        raise PlanError(f"{op}: both streams must come from the same environment")
+        raise PlanError(
+            f"{op}: both streams must come from the same environment, but {other.node.name} "
+            f"belongs to {other.env.name!r} and this one to {env.name!r}; build both from one env"
+        )
     return other
+
+
+def function_spec(
+    op: str,
+    function: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    methods: tuple[str, ...] = ("execute",),
+) -> FunctionSpec:
+    """:meth:`FunctionSpec.of`, first refusing a class that lacks ``methods`` but was given
+    constructor arguments, with a message that says so (rather than asking for a class)."""
+    if inspect.isclass(function) and (args or kwargs):
+        missing = [m for m in methods if not callable(getattr(function, m, None))]
+        if missing:
+            raise PlanError(
+                f"{op}: {function.__qualname__} defines no {', '.join(m + '()' for m in missing)}, "
+                "so it is not a function class and cannot take constructor arguments; define "
+                f"{', '.join(m + '()' for m in methods)} in it, or pass a callable without "
+                "arguments"
+            )
+    return FunctionSpec.of(op, function, args, kwargs, methods=methods)
+
+
+@dataclass(frozen=True)
+class CallShape:
+    """How the runtime calls an operator's function: for :func:`check_call_shape`.
+
+    Attributes:
+        n_args: Positional arguments passed per call.
+        method: The shape a function class's method must have (``"execute(self, data)"``).
+        function: The same for a plain callable (``"a function of one argument"``).
+    """
+
+    n_args: int
+    method: str
+    function: str
+
+
+RECORD = CallShape(1, "execute(self, data)", "a function of one argument, the record")
+NO_ARGS = CallShape(0, "execute(self)", "a function of no arguments returning the next record")
+JOIN = CallShape(3, "execute(self, payload, key, tag)", "a function of (payload, key, tag)")
+
+
+def _signature(fn: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and C types without metadata: cannot tell
+        return None
+
+
+def _binds(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> str | None:
+    """Why ``fn(*args, **kwargs)`` would fail to bind its parameters, or ``None``."""
+    signature = _signature(fn)
+    if signature is None:
+        return None
+    try:
+        signature.bind(*args, **(kwargs or {}))
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def check_call_shape(
+    op: str, verb: str, spec: FunctionSpec, shape: CallShape, method: str = "execute"
+) -> None:
+    """Raise a :class:`PlanError` now if the runtime could not construct or call ``spec``.
+
+    A class must accept the constructor arguments given with it, and the function (the
+    ``method`` of a class or object, or the callable itself) must accept the arguments the
+    operator passes. Otherwise the job fails on its first record (or, with
+    ``on_error="skip"``, silently drops every record), far from the call that was wrong,
+    for example a ``SourceFunction`` given to ``map``. Functions whose signature cannot be
+    read (builtins such as ``str``) are not checked.
+    """
+    target = spec.target
+    if spec.form is FunctionForm.CALLABLES:
+        for i, fn in enumerate(target):
+            why = _binds(fn, (None,) * shape.n_args)
+            if why is not None:
+                raise PlanError(
+                    f"{op}: function {i} of {spec.label} cannot be called the way {verb} calls "
+                    f"it ({why}); pass {shape.function} for each input"
+                )
+        return
+    if spec.form is FunctionForm.CALLABLE:
+        why = _binds(target, (None,) * shape.n_args)
+        if why is not None:
+            raise PlanError(
+                f"{op}: {spec.label} cannot be called the way {verb} calls it ({why}); "
+                f"pass {shape.function}, or a function class defining {shape.method}"
+            )
+        return
+    if spec.form is FunctionForm.CLASS:
+        why = _binds(target, spec.args, spec.kwargs)
+        if why is not None:
+            raise PlanError(
+                f"{op}: {spec.label}(...) cannot be constructed with the arguments given "
+                f"({why}); pass its constructor arguments after the class, e.g. "
+                f".{verb}({spec.label}, arg, key=value)"
+            )
+        raw = inspect.getattr_static(target, method, None)
+        if isinstance(raw, staticmethod | classmethod):
+            fn, n_args = getattr(target, method), shape.n_args
+        elif inspect.isfunction(raw):
+            fn, n_args = raw, shape.n_args + 1  # unbound: self comes first
+        else:
+            return
+    elif spec.form is FunctionForm.INSTANCE:
+        fn, n_args = getattr(target, method), shape.n_args
+    else:
+        return
+    why = _binds(fn, (None,) * n_args)
+    if why is not None:
+        raise PlanError(
+            f"{op}: {spec.label}.{method}() cannot be called the way {verb} calls it ({why}); "
+            f"a {verb} function defines {shape.method.replace('execute', method)}"
+        )

@@ -11,12 +11,15 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import json
+import operator
 import os
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Set
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+from sage.common.errors import ConfigError
 from sage.kernel.services.base_service import BaseService
 from sage.middleware.services.vector_index import VectorIndex, import_faiss
 
@@ -25,6 +28,76 @@ __all__ = ["VDBService"]
 Hit = dict[str, Any]
 Filter = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
 _STATE, _INDEX, _PENDING = "state.json", "index.faiss", "pending.faiss"
+_OPTIONS = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "train_size")
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as an ``int`` if it is an integer (NumPy's too) but not a ``bool``."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:  # an array of several integers
+        return None
+
+
+def _json_problem(value: Any, path: tuple[int, ...] = ()) -> str | None:
+    """Why ``value`` would not come back equal from JSON, or ``None``.
+
+    Non-string keys would come back as strings, tuples as lists, other objects not at all.
+    ``path`` holds the ids of the containers being walked, so a cycle is reported, not
+    followed forever.
+    """
+    if value is None or isinstance(value, str | int | float):
+        return None
+    if id(value) in path:
+        return "it contains itself"
+    if isinstance(value, list):
+        for item in value:
+            problem = _json_problem(item, (*path, id(value)))
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"key {key!r:.40} is not a str"
+            problem = _json_problem(item, (*path, id(value)))
+            if problem is not None:
+                return problem
+        return None
+    hint = " (use a list)" if isinstance(value, tuple) else ""
+    return f"{type(value).__name__} {value!r:.40} is not a JSON value{hint}"
+
+
+def _one_id(value: Any, what: str = "ids") -> int | str:
+    """``value`` as an id (``int`` or ``str``), else a ``TypeError`` naming ``what``.
+
+    NumPy integers become ``int`` (they come from ``np.arange`` and would not survive
+    :meth:`VDBService.save`); ``bool`` is refused, as ``True == 1`` would address id 1.
+    """
+    if isinstance(value, str):
+        return value
+    as_int = _as_int(value)
+    if as_int is not None:
+        return as_int
+    raise TypeError(f"{what} must be int or str, got {type(value).__name__} {value!r:.60}")
+
+
+def _id_sequence(ids: Any, what: str = "ids") -> list[int | str]:
+    """One id or an ordered collection of ids, as a list; ``TypeError`` naming ``what``.
+
+    Sets and mappings are refused: their order, which pairs each id with a vector, is not
+    the caller's. ``bytes`` would iterate as small integers.
+    """
+    if isinstance(ids, str) or _as_int(ids) is not None:
+        return [_one_id(ids, what)]
+    if isinstance(ids, bytes | bytearray | Set | Mapping) or not isinstance(ids, Iterable):
+        raise TypeError(
+            f"{what} must be an int or str id, or a list of them, got {type(ids).__name__} "
+            f"{ids!r:.60}"
+        )
+    return [_one_id(i, what) for i in ids]
 
 
 class VDBService(BaseService):
@@ -57,6 +130,15 @@ class VDBService(BaseService):
         **index_options: Any,
     ) -> None:
         super().__init__()
+        for key in index_options:
+            close = difflib.get_close_matches(key, _OPTIONS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"use {', '.join(_OPTIONS)}"
+            if key not in _OPTIONS:
+                raise ConfigError(f"VDBService option {key!r} is unknown; {hint}")
+        if path is not None and not isinstance(path, str | os.PathLike):
+            raise ConfigError(
+                f"path={path!r} is invalid; use a directory path (str or pathlib.Path) or None"
+            )
         self.vectors = VectorIndex(dim, index, metric, device, **index_options)
         self.path = Path(path) if path is not None else None
         self._external: dict[int, Hashable] = {}
@@ -82,14 +164,22 @@ class VDBService(BaseService):
             metadata: One mapping per vector (or one mapping for a single vector).
             ids: One ``int`` or ``str`` id per vector (default: new integers).
 
+        Every argument is checked before anything is stored, and a failure inside FAISS
+        removes what it had added, so a failed call leaves the index unchanged.
+
         Raises:
-            ValueError: wrong dimension, NaN values, or ids duplicated or already present.
-            TypeError: vectors are not numeric.
+            ValueError: wrong dimension, NaN values, ids duplicated or already present, or
+                (with a ``path``) metadata that would not survive saving as JSON.
+            TypeError: vectors are not real numbers; ids or metadata of the wrong type.
         """
         array = self.vectors.prepare(vectors)
         n = int(array.shape[0])
         metas = self._metadata_list(metadata, n)
         wanted = self._id_list(ids, n)
+        if self.path is not None:
+            self._check_json(metas)
+        if n == 0:  # nothing to store; in particular, an unset dim stays unset
+            return []
         with self.vectors.lock.write():
             if wanted is not None:
                 present = [i for i in wanted if i in self._internal]
@@ -99,9 +189,9 @@ class VDBService(BaseService):
                         "leave ids=None for new ones"
                     )
             internal = list(range(self._next, self._next + n))
-            self._next += n
             external = wanted if wanted is not None else self._fresh_ids(internal)
             self.vectors.add(array, self.vectors.np.asarray(internal, dtype="int64"))
+            self._next += n
             for i, ext, meta in zip(internal, external, metas, strict=True):
                 self._external[i] = ext
                 self._internal[ext] = i
@@ -120,6 +210,20 @@ class VDBService(BaseService):
             out.append(candidate)
         return out
 
+    def _check_json(self, metas: list[Any]) -> None:
+        """Refuse metadata that :meth:`save` (run at cleanup) could not write back as it is.
+
+        Found here, the caller can fix the record; found at cleanup, the whole index would
+        fail to save. Non-string keys and tuples would load back changed, so they count.
+        """
+        for i, meta in enumerate(metas):
+            problem = _json_problem(meta)
+            if problem is not None:
+                raise ValueError(
+                    f"metadata[{i}] cannot be saved to {self.path} as it is: {problem}; use "
+                    "JSON values (str keys; str, numbers, bool, None, lists, dicts)"
+                )
+
     @staticmethod
     def _metadata_list(metadata: Any, n: int) -> list[Any]:
         if metadata is None:
@@ -130,6 +234,11 @@ class VDBService(BaseService):
                     f"metadata is one mapping but {n} vectors were given; pass a list of {n}"
                 )
             return [dict(metadata)]
+        if isinstance(metadata, str | bytes) or not isinstance(metadata, Iterable):
+            raise TypeError(
+                f"metadata must be a mapping (one vector) or a list of mappings (one per "
+                f"vector), got {type(metadata).__name__} {metadata!r:.60}"
+            )
         metas = list(metadata)
         if len(metas) != n:
             raise ValueError(f"metadata has {len(metas)} entries for {n} vectors")
@@ -142,12 +251,9 @@ class VDBService(BaseService):
     def _id_list(ids: Any, n: int) -> list[Hashable] | None:
         if ids is None:
             return None
-        wanted = [ids] if isinstance(ids, str | int) else list(ids)
+        wanted: list[Hashable] = list(_id_sequence(ids))
         if len(wanted) != n:
-            raise ValueError(f"{len(wanted)} ids given for {n} vectors")
-        for i in wanted:
-            if isinstance(i, bool) or not isinstance(i, str | int):
-                raise TypeError(f"ids must be int or str, got {i!r:.60}")
+            raise ValueError(f"{len(wanted)} ids given for {n} vectors; pass one id per vector")
         if len(set(wanted)) != n:
             raise ValueError("ids must be unique within one add()")
         return wanted
@@ -157,8 +263,9 @@ class VDBService(BaseService):
 
         Raises:
             KeyError: an id is not in the index (nothing is deleted then).
+            TypeError: ``ids`` is not an id (int or str) or a list of them.
         """
-        wanted = [ids] if isinstance(ids, str | int) else list(cast(Iterable[Hashable], ids))
+        wanted = _id_sequence(ids)
         with self.vectors.lock.write():
             unknown = [i for i in wanted if i not in self._internal]
             if unknown:
@@ -195,19 +302,22 @@ class VDBService(BaseService):
                 which this predicate on the metadata is true.
 
         Raises:
-            ValueError: wrong dimension, NaN values, or ``top_k`` < 1.
+            ValueError: wrong dimension, NaN values, ``top_k`` not an integer >= 1, or the
+                filter predicate raised (chained as the cause).
+            TypeError: ``filter`` is neither a mapping nor callable.
         """
         np = self.vectors.np
+        queries = self.vectors.prepare(query, "query")  # first: it names a bad query
         single = np.ndim(query) == 1
-        queries = self.vectors.prepare(query, "query")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k={top_k!r} is invalid; use an integer >= 1")
+        k = _as_int(top_k)  # NumPy integers too; a huge one is clamped by the index
+        if k is None or k < 1:
+            raise ValueError(f"top_k={top_k!r:.60} is invalid; use an integer >= 1")
         with self.vectors.lock.read():
             allowed = None if filter is None else self._matching(filter)
             if allowed is not None and not len(allowed):
                 empty: list[list[Hit]] = [[] for _ in range(len(queries))]
                 return empty[0] if single else empty
-            scores, ids = self.vectors.search(queries, top_k, allowed)
+            scores, ids = self.vectors.search(queries, k, allowed)
             hits = self._hits(ids.tolist(), scores.tolist())
         return hits[0] if single else hits
 
@@ -248,18 +358,34 @@ class VDBService(BaseService):
                 return all(meta.get(k) == v for k, v in wanted.items())
 
         else:
-            raise TypeError(f"filter must be a mapping or a predicate, got {filter!r:.60}")
-        return np.fromiter(
-            (i for i, meta in self._metadata.items() if meta is not None and test(meta)),
-            dtype=np.int64,
-        )
+            raise TypeError(
+                f"filter={filter!r:.60} is invalid; use a mapping of metadata key/values or "
+                "a predicate taking the metadata dict"
+            )
+        allowed: list[int] = []
+        for i, meta in self._metadata.items():
+            if meta is None:
+                continue
+            try:
+                keep = test(meta)
+            except Exception as exc:  # name the filter, not a bare KeyError from user code
+                raise ValueError(
+                    f"filter raised {type(exc).__name__}: {exc} on the metadata {meta!r:.80} "
+                    f"of id {self._external.get(i, i)!r}; a predicate gets every stored "
+                    "metadata dict and must return True or False (e.g. use m.get(key))"
+                ) from exc
+            if keep:
+                allowed.append(i)
+        return np.asarray(allowed, dtype=np.int64)
 
     def get(self, id: Hashable) -> dict[str, Any]:
         """``{"id", "metadata"}`` of a stored vector.
 
         Raises:
             KeyError: unknown id.
+            TypeError: ``id`` is not an int or str.
         """
+        id = _one_id(id, "id")
         with self.vectors.lock.read():
             if id not in self._internal:
                 raise KeyError(f"unknown id {id!r}")

@@ -75,6 +75,13 @@ def import_numpy() -> Any:
     return numpy
 
 
+def _option(name: str, value: Any) -> int:
+    """An index option as an int >= 1; FAISS hangs or crashes on zero or negative sizes."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}={value!r} is invalid; use an integer >= 1")
+    return value
+
+
 def _choice(kind: type[StrEnum], value: Any, what: str) -> Any:
     try:
         return kind(value)
@@ -97,7 +104,8 @@ class VectorIndex:
         ef_search: HNSW search-time candidate list (recall vs speed).
         nlist: IVF clusters.
         nprobe: IVF clusters searched per query.
-        train_size: Vectors IVF waits for before training (default ``39 * nlist``).
+        train_size: Vectors IVF waits for before training (default ``39 * nlist``); at
+            least ``nlist``, as k-means cannot make more clusters than it has points.
 
     Raises:
         ConfigError: an option is invalid or the device is unavailable.
@@ -134,13 +142,19 @@ class VectorIndex:
             raise ConfigError(f"dim={dim!r} is invalid; use a positive integer or None")
         self.dim = dim
         self.options = {
-            "hnsw_m": hnsw_m,
-            "ef_construction": ef_construction,
-            "ef_search": ef_search,
-            "nlist": nlist,
-            "nprobe": nprobe,
-            "train_size": train_size or 39 * nlist,
+            "hnsw_m": _option("hnsw_m", hnsw_m),
+            "ef_construction": _option("ef_construction", ef_construction),
+            "ef_search": _option("ef_search", ef_search),
+            "nlist": _option("nlist", nlist),
+            "nprobe": _option("nprobe", nprobe),
+            "train_size": 39 * nlist if train_size is None else _option("train_size", train_size),
         }
+        if self.options["train_size"] < nlist:
+            raise ConfigError(
+                f"train_size={train_size!r} is invalid for nlist={nlist}: IVF needs at least "
+                f"one training vector per cluster; use train_size >= {nlist} (default "
+                f"{39 * nlist}) or a smaller nlist"
+            )
         self.lock = RWLock()
         self._threads = max(1, int(self.faiss.omp_get_max_threads()))
         self._index: Any = None  # the main FAISS index (trained, for IVF)
@@ -197,7 +211,22 @@ class VectorIndex:
         """
         np = self.np
         try:
-            array = np.array(vectors, dtype=np.float32, copy=True)
+            given = np.asarray(vectors)
+        except (TypeError, ValueError) as exc:  # ragged nesting, unconvertible objects
+            raise TypeError(
+                f"{what} must be numbers (a list or numpy array of floats): {exc}"
+            ) from None
+        # NumPy would quietly parse strings ("1.5"), map booleans to 0/1 and drop imaginary
+        # parts; none of those is a vector anyone meant to store.
+        if given.dtype.kind in "USbcmMV":
+            hint = "; embed text first" if given.dtype.kind in "US" else ""
+            raise TypeError(
+                f"{what} must be numbers (a list or numpy array of real floats), got an "
+                f"array of {given.dtype} (first values {given.ravel()[:4].tolist()!r:.60}){hint}"
+            )
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+                array = np.array(given, dtype=np.float32, copy=True)
         except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"{what} must be numbers (a list or numpy array of floats): {exc}"
@@ -216,7 +245,10 @@ class VectorIndex:
         # NaN and infinities show in min/max: two passes, no boolean array of the whole input
         if array.size and not (np.isfinite(array.min()) and np.isfinite(array.max())):
             bad = int((~np.isfinite(array)).any(axis=1).nonzero()[0][0])
-            raise ValueError(f"{what}: row {bad} contains NaN or infinite values")
+            raise ValueError(
+                f"{what}: row {bad} contains NaN or infinite values (or values beyond the "
+                "float32 range of +-3.4e38); pass finite numbers"
+            )
         if self.metric is Metric.COSINE and array.size:
             squared = np.einsum("ij,ij->i", array, array)
             if not squared.all():
@@ -234,7 +266,12 @@ class VectorIndex:
         if self.kind is IndexKind.IVF and not self._index.is_trained:
             self._pending.add_with_ids(vectors, ids)
             if self._pending.ntotal >= self.options["train_size"]:
-                self._train()
+                try:
+                    self._train()
+                except Exception:
+                    # leave the index as it was: without these vectors, still untrained
+                    self._pending.remove_ids(self.faiss.IDSelectorBatch(ids))
+                    raise
             return
         self._index.add_with_ids(vectors, ids)
 
@@ -247,7 +284,11 @@ class VectorIndex:
     def _train(self) -> None:
         ids, vectors = self._contents(self._pending)
         self._index.train(vectors)
-        self._index.add_with_ids(vectors, ids)
+        try:
+            self._index.add_with_ids(vectors, ids)
+        except Exception:
+            self._index.reset()  # the buffer still holds every vector: searches stay exact
+            raise
         self._pending = self._flat(int(self.dim or vectors.shape[1]))
 
     def remove(self, ids: Any) -> None:
@@ -284,6 +325,10 @@ class VectorIndex:
     def search(self, queries: Any, k: int, allowed: Any = None) -> tuple[Any, Any]:
         """The ``k`` best (scores, ids) per prepared query; id -1 pads missing hits.
 
+        ``k`` beyond the number of vectors is lowered to it (the result then has that many
+        columns): no query can have more hits, and FAISS would allocate ``nq * k`` results,
+        so a huge ``top_k`` would exhaust memory.
+
         Args:
             queries: Prepared (nq, dim) float32 array.
             k: Hits per query.
@@ -291,6 +336,7 @@ class VectorIndex:
         """
         np = self.np
         nq = queries.shape[0]
+        k = min(k, max(len(self), 0))
         if self._index is None or k <= 0:
             return np.zeros((nq, max(k, 0)), np.float32), np.full((nq, max(k, 0)), -1, np.int64)
         # Few queries run on this thread alone (see the module docstring); the caller's own
