@@ -25,8 +25,8 @@ with its exact count, and no uncommitted files.
 Also measured, through the functions' checkpoint hooks (no timer of their own): a checkpoint's
 duration (from the source's snapshot to the sink's ``notify_checkpoint_complete``, after the
 checkpoint is written and fsynced) and the source's pause (from its snapshot until it reads
-its next record: every task holds its output from its barrier until the checkpoint is
-complete, so this is the time the pipeline takes to drain what was in flight).
+its next record: a task holds its output from its barrier until the tasks it sends to have
+taken their snapshots, so this is the time they take to drain what was queued before it).
 ``--write-readme`` stores the table in README.md.
 """
 
@@ -434,9 +434,9 @@ def main() -> None:
         )
     lines += [
         "",
-        "Every task holds its output from the moment it passes a barrier on until the "
-        "checkpoint is complete, so the source's pause is the time the downstream tasks take "
-        "to work through what was queued before the barrier: short when the sink keeps up "
+        "A task holds its output from the moment it passes a barrier on until the tasks it "
+        "sends to have taken their snapshots, so the source's pause is the time the next "
+        "tasks take to work through what was queued before the barrier: short when the sink keeps up "
         "(the counting sink), long when the inboxes are full (the file sinks, slower per "
         "record). The checkpoint's duration adds writing it (pickle, fsync, rename) and "
         "notifying the functions, which the tasks do not wait for.",

@@ -5,9 +5,10 @@ source task to take checkpoint *n* at its next batch boundary. A source saves it
 and state, acknowledges, and sends a :class:`~sage.kernel.runtime.channel.Barrier` on every
 output channel. A task that has the barrier (or the end of stream) from every upstream task
 has processed exactly the records sent before the barriers: it saves its state, acknowledges
-and forwards the barrier. Each task then waits until the checkpoint is complete before it
-sends anything more, so no record sent after a barrier can reach a task that has not yet
-taken its snapshot (the alignment). A task that ends gives its final state, which stands for
+and forwards the barrier. Each task then waits until every task it sends to has taken its
+snapshot before it sends anything more, so no record sent after a barrier can reach a task
+that has not yet taken its snapshot (the alignment; Flink holds such records back at the
+receiver instead). A task that ends gives its final state, which stands for
 it in every later checkpoint.
 
 When every task has acknowledged, the checkpoint is saved (:class:`.store.CheckpointStore`)
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from functools import partial
 
 from sage.kernel.checkpoint.state import END_OF_INPUT
@@ -112,6 +113,7 @@ class CheckpointCoordinator:
             if checkpoint_id == self._pending:
                 self._acks[task_id] = snapshot
                 self._complete_if_done()
+                self._cond.notify_all()  # senders waiting for this task to align
 
     def final(self, task_id: str, snapshot: bytes) -> None:
         """Task ``task_id`` ended cleanly; ``snapshot`` is its state after its last record."""
@@ -119,13 +121,23 @@ class CheckpointCoordinator:
             self._finals[task_id] = snapshot
             if self._pending is not None:
                 self._complete_if_done()
+            self._cond.notify_all()
 
-    def wait_complete(self, checkpoint_id: int) -> bool:
-        """Block until ``checkpoint_id`` is complete; ``False`` if it was aborted."""
+    def wait_aligned(self, checkpoint_id: int, downstream: Collection[str]) -> bool:
+        """Block until every task in ``downstream`` has its snapshot for ``checkpoint_id``
+        (or has ended, or the checkpoint is complete); ``False`` if it was aborted."""
         with self._cond:
-            while self._completed < checkpoint_id and not self._aborted:
+            while not self._aborted and not self._aligned(checkpoint_id, downstream):
                 self._cond.wait()
             return not self._aborted
+
+    def _aligned(self, checkpoint_id: int, downstream: Collection[str]) -> bool:
+        if self._completed >= checkpoint_id:
+            return True
+        if self._pending != checkpoint_id:
+            return False
+        answered = self._acks.keys() | self._finals.keys()
+        return all(task in answered for task in downstream)
 
     # -- internals ------------------------------------------------------------------
 

@@ -186,4 +186,5 @@ def build_task(
         max_delay_s=config.max_batch_delay_s,
         checkpoints=checkpoints,
         restore=restore,
+        downstream=[t.id for e in out_edges for t in plan.tasks if t.chain_id == e.dst_chain],
     )

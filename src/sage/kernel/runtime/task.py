@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Protocol
@@ -135,8 +135,9 @@ class CheckpointChannel(Protocol):
     def final(self, task_id: str, snapshot: bytes) -> None:
         """The task ended cleanly; ``snapshot`` is its state after its last record."""
 
-    def wait_complete(self, checkpoint_id: int) -> bool:
-        """Block until the checkpoint is complete; ``False`` if it was aborted."""
+    def wait_aligned(self, checkpoint_id: int, downstream: Collection[str]) -> bool:
+        """Block until the ``downstream`` tasks took their snapshots; ``False`` if the
+        checkpoint was aborted."""
 
 
 class InputChannel(Protocol):
@@ -182,6 +183,7 @@ class TaskLoop:
         max_delay_s: float,
         checkpoints: CheckpointChannel | None = None,
         restore: bytes | None = None,
+        downstream: Collection[str] = (),
     ) -> None:
         self.task_id = task_id
         self.head = head
@@ -199,6 +201,7 @@ class TaskLoop:
         self._chunk = 1  # learn the cost on one record before committing to a whole batch
         self._processed_at_s = 0.0  # head + body time of the last delivery
         self.checkpoints = checkpoints
+        self.downstream = tuple(downstream)  # the tasks this one sends to
         self._restore = restore
         self._due_checkpoint: int | None = None  # a source's next checkpoint, once triggered
         self._aligning: int | None = None  # the checkpoint whose barriers are arriving
@@ -231,14 +234,15 @@ class TaskLoop:
             notify_complete(op.function.obj, checkpoint_id)
 
     def _checkpoint(self, checkpoint_id: int) -> None:
-        """Snapshot, acknowledge, pass the barrier on, and hold output until it completes."""
+        """Snapshot, acknowledge, pass the barrier on, and hold output until every task
+        this one sends to has its snapshot (the alignment)."""
         checkpoints = self.checkpoints
         assert checkpoints is not None, f"task {self.task_id}: a barrier without checkpoints"
         checkpoints.ack(self.task_id, checkpoint_id, self.snapshot(checkpoint_id))
         barrier = Barrier(checkpoint_id, self.task_id)
         for router in self.routers:
             router.broadcast(barrier)
-        if not checkpoints.wait_complete(checkpoint_id):
+        if self.downstream and not checkpoints.wait_aligned(checkpoint_id, self.downstream):
             raise Cancelled
 
     def _restored(self) -> list[Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +64,9 @@ class CoordinatorActor:
         """See :meth:`CheckpointCoordinator.final`."""
         self._coordinator.final(task_id, snapshot)
 
-    def wait_complete(self, checkpoint_id: int) -> bool:
-        """See :meth:`CheckpointCoordinator.wait_complete`."""
-        return self._coordinator.wait_complete(checkpoint_id)
+    def wait_aligned(self, checkpoint_id: int, downstream: list[str]) -> bool:
+        """See :meth:`CheckpointCoordinator.wait_aligned`."""
+        return self._coordinator.wait_aligned(checkpoint_id, downstream)
 
     def latest(self) -> Checkpoint | None:
         """The latest complete checkpoint (what a restart resumes from)."""
@@ -113,6 +113,6 @@ class RemoteCheckpoints:
     def final(self, task_id: str, snapshot: bytes) -> None:
         ray.get(self._handle.final.remote(task_id, snapshot))
 
-    def wait_complete(self, checkpoint_id: int) -> bool:
-        answer: bool = ray.get(self._handle.wait_complete.remote(checkpoint_id))
+    def wait_aligned(self, checkpoint_id: int, downstream: Collection[str]) -> bool:
+        answer: bool = ray.get(self._handle.wait_aligned.remote(checkpoint_id, list(downstream)))
         return answer
