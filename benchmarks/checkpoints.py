@@ -436,8 +436,8 @@ def main() -> None:
         "",
         "A task holds its output from the moment it passes a barrier on until the tasks it "
         "sends to have taken their snapshots, so the source's pause is the time the next "
-        "tasks take to work through what was queued before the barrier: short when the sink keeps up "
-        "(the counting sink), long when the inboxes are full (the file sinks, slower per "
+        "tasks take to work through what was queued before the barrier: short when the sink "
+        "keeps up (the counting sink), long when the inboxes are full (the file sinks, slower per "
         "record). The checkpoint's duration adds writing it (pickle, fsync, rename) and "
         "notifying the functions, which the tasks do not wait for.",
     ]
