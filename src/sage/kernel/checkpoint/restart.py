@@ -43,6 +43,18 @@ __all__ = [
 class RestartsExhaustedError(JobError):
     """The job failed again after its restart strategy gave up; ``__cause__`` is why."""
 
+    @staticmethod
+    def of(
+        job: str, restarts: int, strategy: RestartStrategy, cause: BaseException
+    ) -> RestartsExhaustedError:
+        """The error job ``job`` ends with after ``restarts`` restarts, failing with ``cause``."""
+        error = RestartsExhaustedError(
+            f"job {job!r} failed and its restart strategy gave up after {restarts} restart(s) "
+            f"({strategy.describe()}); last failure: {type(cause).__name__}: {cause}"
+        )
+        error.__cause__ = cause
+        return error
+
 
 class RestartStrategy(Protocol):
     """Decides, failure by failure, whether and when to restart."""

@@ -277,13 +277,7 @@ class LocalJob:
                 break
             delay = strategy.on_failure(monotonic())
             if delay is None:
-                exhausted = RestartsExhaustedError(
-                    f"job {self.name!r} failed and its restart strategy gave up after "
-                    f"{self.restarts} restart(s) ({strategy.describe()}); last failure: "
-                    f"{type(error).__name__}: {error}"
-                )
-                exhausted.__cause__ = error
-                error = exhausted
+                error = RestartsExhaustedError.of(self.name, self.restarts, strategy, error)
                 break
             latest = None if coordinator is None else coordinator.store.latest()
             logger.warning(
