@@ -63,8 +63,10 @@ class _Connection(asyncio.Protocol):
         pending = [f for f in (self.head_done, self.done) if not f.done()]
         for future in pending:
             future.set_exception(error)
-        if len(pending) == 2:
-            self.done.exception()  # the head's waiter reports the error; nobody awaits ``done``
+        if self.done in pending:
+            # Marks it retrieved: whoever awaits ``done`` still gets the error, and a reader
+            # that stopped early (or the head's waiter, reporting it) leaves no warning behind.
+            self.done.exception()
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -374,6 +374,11 @@ class _Connection(asyncio.Protocol):
     async def _stream(self, response: StreamResponse, keep_alive: bool) -> None:
         transport = self.transport
         if self.closed or transport is None:
+            # the client left before the answer began: let the producer release what it
+            # holds (a gateway's instance slot) instead of waiting for a reader forever
+            aclose = getattr(response.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
             return
         head = self._head(response.status, response.content_type, response.headers, keep_alive)
         transport.write(head + b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n")

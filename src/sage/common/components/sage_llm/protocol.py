@@ -11,9 +11,19 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from sage.common.config.ports import SagePorts
 
 __all__ = [
     "ChatCompletionChunk",
@@ -31,6 +41,7 @@ __all__ = [
     "EmbeddingResponse",
     "ErrorDetail",
     "ErrorResponse",
+    "InstanceSpec",
     "ModelCard",
     "ModelList",
     "Usage",
@@ -139,7 +150,10 @@ class ChatCompletionRequest(WireModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     user: str | None = None
     priority: int | None = Field(
-        default=None, description="SAGE: scheduling priority (lower first)."
+        default=None,
+        ge=-(2**63),
+        lt=2**63,
+        description="SAGE: scheduling priority (lower first), a 64-bit integer.",
     )
     slo_ms: float | None = Field(default=None, gt=0, description="SAGE: latency objective in ms.")
 
@@ -196,11 +210,30 @@ class ChatCompletionChunk(BaseModel):
 # -- completions --------------------------------------------------------------------------
 
 
+# What the validators below accept, for the JSON schema (OpenAPI) of the requests.
+_ONE_PROMPT_SCHEMA: dict[str, Any] = {
+    "title": "Prompt",
+    "description": "The prompt, or a list holding exactly one prompt.",
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+    ],
+}
+_TEXTS_SCHEMA: dict[str, Any] = {
+    "title": "Input",
+    "description": "A non-empty text, or a non-empty list of non-empty texts.",
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+    ],
+}
+
+
 class CompletionRequest(WireModel):
     """``POST /v1/completions`` (one prompt string per request)."""
 
     model: str
-    prompt: str | list[str]
+    prompt: Annotated[str | list[str], WithJsonSchema(_ONE_PROMPT_SCHEMA)]
     max_tokens: int | None = Field(default=16, ge=1)
     n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
     seed: int | None = None
@@ -210,7 +243,10 @@ class CompletionRequest(WireModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     user: str | None = None
     priority: int | None = Field(
-        default=None, description="SAGE: scheduling priority (lower first)."
+        default=None,
+        ge=-(2**63),
+        lt=2**63,
+        description="SAGE: scheduling priority (lower first), a 64-bit integer.",
     )
     slo_ms: float | None = Field(default=None, gt=0, description="SAGE: latency objective in ms.")
 
@@ -249,23 +285,27 @@ class CompletionResponse(BaseModel):
 class EmbeddingRequest(WireModel):
     """``POST /v1/embeddings``."""
 
-    input: str | list[str]
+    input: Annotated[str | list[str], WithJsonSchema(_TEXTS_SCHEMA)]
     model: str
     dimensions: int | None = Field(default=None, ge=1)
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
     priority: int | None = Field(
-        default=None, description="SAGE: scheduling priority (lower first)."
+        default=None,
+        ge=-(2**63),
+        lt=2**63,
+        description="SAGE: scheduling priority (lower first), a 64-bit integer.",
     )
 
-    @model_validator(mode="after")
-    def _non_empty(self) -> EmbeddingRequest:
-        texts = [self.input] if isinstance(self.input, str) else self.input
+    @field_validator("input")
+    @classmethod
+    def _non_empty(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
         if not texts:
             raise ValueError("input must not be empty")
         if any(not t for t in texts):
             raise ValueError("input must not contain empty strings")
-        return self
+        return value
 
     def texts(self) -> list[str]:
         """The inputs as a list."""
@@ -306,3 +346,57 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- management -----------------------------------------------------------------------------
+
+
+class InstanceSpec(BaseModel):
+    """``POST /v1/management/instances``: an engine server to put behind the gateway.
+
+    The fields of ``BackendInstanceConfig``, checked before anything is registered: a host
+    or key that cannot go into an HTTP request, a port out of range or a non-positive limit
+    gets 400 naming the field. Unknown fields are refused (a typo must not go unnoticed).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9._:%-]+$",
+        description="Host name or IP address of the engine's OpenAI-compatible server.",
+    )
+    port: int = Field(default=SagePorts.LLM_DEFAULT, ge=1, le=65535)
+    model_name: str = Field(default="smollm2", min_length=1, description="The model it serves.")
+    instance_type: Literal["llm", "embedding"] = "llm"
+    max_concurrent_requests: int = Field(default=64, ge=1, le=1_000_000)
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^\x00-\x20/\x7f]+$",
+        description="Unique name, without '/' or whitespace, not '.' or '..' (which no URL "
+        "can name); default host:port.",
+        json_schema_extra={"not": {"enum": [".", ".."]}},
+    )
+    api_key: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^[!-~]+$",
+        description="Bearer token sent to the instance (printable ASCII, no spaces).",
+    )
+    tls: bool = False
+    base_path: str = Field(
+        default="/v1",
+        pattern=r"^(/[!-~]*)?$",
+        description="Path prefix of its API: empty or starting with '/', no spaces.",
+    )
+
+    @field_validator("instance_id")
+    @classmethod
+    def _addressable(cls, value: str | None) -> str | None:
+        if value in (".", ".."):  # a URL path normalises these away: it could not be removed
+            raise ValueError("instance_id must not be '.' or '..'")
+        return value

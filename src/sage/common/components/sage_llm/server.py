@@ -8,7 +8,8 @@ Routes:
   which lets waiting requests go in the order of the scheduling policy
   (:mod:`~sage.common.components.sage_llm.control_plane.dispatcher`). Bodies pass through as
   bytes; streamed answers are relayed event by event.
-* ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text).
+* ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``
+  (the OpenAPI document of these routes, :mod:`~sage.common.components.sage_llm.openapi`).
 * ``GET|POST /v1/management/instances``, ``DELETE /v1/management/instances/<id>``,
   ``GET|PUT /v1/management/policy``, ``GET /v1/management/metrics`` (JSON).
 
@@ -28,13 +29,18 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from time import perf_counter
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
 import orjson
+from pydantic import ValidationError
 
 from sage.common.components.sage_llm.config import (
     BackendInstanceConfig,
@@ -56,7 +62,13 @@ from sage.common.components.sage_llm.control_plane.dispatcher import (
 )
 from sage.common.components.sage_llm.control_plane.instances import Instance, InstanceRegistry
 from sage.common.components.sage_llm.control_plane.queues import PendingRequest
-from sage.common.components.sage_llm.protocol import ModelCard, ModelList
+from sage.common.components.sage_llm.openapi import openapi_json
+from sage.common.components.sage_llm.protocol import (
+    InstanceSpec,
+    ModelCard,
+    ModelList,
+    error_from_validation,
+)
 from sage.common.concurrency import run_loop
 from sage.common.errors import ConfigError
 from sage.common.http import (
@@ -104,13 +116,19 @@ _SCHEDULING = ("priority", "slo_ms")
 _PROBE_TIMEOUT_S = 2.0
 
 
+_PRIORITY_BOUND = 2**63  # priorities are 64-bit integers (a larger one overflows a float)
+
+
 def _as_int(value: Any) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError("priority")
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        priority = int(value)
+    except (TypeError, ValueError, OverflowError):
         raise ValueError("priority") from None
+    if not -_PRIORITY_BOUND <= priority < _PRIORITY_BOUND:
+        raise ValueError("priority")
+    return priority
 
 
 def _as_slo(value: Any) -> float:
@@ -118,9 +136,14 @@ def _as_slo(value: Any) -> float:
         slo = float(value)
     except (TypeError, ValueError):
         raise ValueError("slo_ms") from None
-    if isinstance(value, bool) or not slo > 0:
+    if isinstance(value, bool) or not 0 < slo < math.inf:
         raise ValueError("slo_ms")
     return slo
+
+
+def _label(value: object) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _tokens(kind: str, body: dict[str, Any]) -> int:
@@ -153,6 +176,73 @@ _KIND_OF_PATH = {
     "/v1/completions": "llm",
     "/v1/embeddings": "embedding",
 }
+
+
+class _Relay:
+    """A streamed answer passed on from an instance chunk by chunk (an async iterator).
+
+    It holds the request's slot on the instance until the stream ends or :meth:`aclose`,
+    which also works before the first chunk was asked for (a client that left while its
+    request waited): an async generator's ``finally`` never runs if it never started, so the
+    slot would stay taken and the instance look busy for good.
+
+    Args:
+        chunks: The instance's streamed body.
+        settle: Called once, with whether the stream failed and when its first chunk came.
+        timeout_s: Longest to wait for the instance's first chunk when closing unstarted.
+    """
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        settle: Callable[[bool, float | None], None],
+        timeout_s: float,
+    ) -> None:
+        self._chunks = chunks
+        self._settle = settle
+        self._timeout_s = timeout_s
+        self._started = False
+        self._first: float | None = None
+        self._closed = False
+
+    def __aiter__(self) -> _Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        self._started = True
+        try:
+            chunk = await anext(self._chunks)
+        except StopAsyncIteration:
+            await self._close(failed=False)
+            raise
+        except BaseException:
+            await self._close(failed=True)
+            raise
+        if self._first is None:
+            self._first = perf_counter()
+        return chunk
+
+    async def aclose(self) -> None:
+        """Stop relaying (the client went away): give the slot and the connection back."""
+        await self._close(failed=True)
+
+    async def _close(self, failed: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._started:
+                # The upstream body is a generator too: start it so that closing it releases
+                # its connection (it was answering, so its first chunk is on the way).
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(anext(self._chunks), self._timeout_s)
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            self._settle(failed, self._first)
 
 
 class UnifiedAPIServer:
@@ -272,6 +362,7 @@ class UnifiedAPIServer:
         http.route("GET", "/v1/management/policy", self._get_policy)
         http.route("PUT", "/v1/management/policy", self._set_policy)
         http.route("GET", "/v1/management/metrics", self._management_metrics)
+        http.route("GET", "/openapi.json", self._openapi)
         self._http = http
         self._stopping = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -356,7 +447,8 @@ class UnifiedAPIServer:
             name = str(exc)
             raise _error(
                 400,
-                f"{name!r} must be {'an integer' if name == 'priority' else 'a number > 0'}"
+                f"{name!r} must be "
+                f"{'a 64-bit integer' if name == 'priority' else 'a finite number > 0'}"
                 f" (body field {name!r} or header 'x-sage-{name.replace('_', '-')}')",
                 param=name,
             ) from None
@@ -490,42 +582,35 @@ class UnifiedAPIServer:
                 elapsed = perf_counter() - arrived
                 dispatcher.record(pending, elapsed, elapsed, failed, class_name)
                 return Response(status=result.status, body=answer, content_type=content_type)
-            return StreamResponse(
-                self._relay(result.chunks, pending, instance, dispatched, arrived, class_name),
-                result.status,
-                content_type,
-            )
+            settle = partial(self._settle, pending, instance, dispatched, arrived, class_name)
+            relay = _Relay(result.chunks, settle, self.config.request_timeout_s)
+            return StreamResponse(relay, result.status, content_type)
 
-    async def _relay(
+    def _settle(
         self,
-        chunks: Any,
         pending: PendingRequest,
         instance: Instance,
         dispatched: float,
         arrived: float,
         class_name: str | None,
-    ) -> Any:
+        failed: bool,
+        first: float | None,
+    ) -> None:
+        """A streamed request ended: give back its slot and record it."""
         dispatcher = self.dispatcher
         assert dispatcher is not None
-        failed = True
-        first: float | None = None
-        try:
-            async for chunk in chunks:
-                if first is None:
-                    first = perf_counter()
-                yield chunk
-            failed = False
-        finally:
-            dispatcher.finish(pending, instance, dispatched, failed=failed, first_byte=first)
-            end = perf_counter()
-            dispatcher.record(pending, end - arrived, (first or end) - arrived, failed, class_name)
-            await chunks.aclose()
+        dispatcher.finish(pending, instance, dispatched, failed=failed, first_byte=first)
+        end = perf_counter()
+        dispatcher.record(pending, end - arrived, (first or end) - arrived, failed, class_name)
 
     async def _models(self, request: Request) -> Response:
         self._check_key(request)
         assert self.registry is not None
         cards = [ModelCard(id=name) for name in self.registry.models()]
         return json_response(ModelList(data=cards))
+
+    async def _openapi(self, request: Request) -> Response:
+        return Response(body=openapi_json(max_tokens=self.config.max_tokens_limit))
 
     async def _health(self, request: Request) -> Response:
         assert self.registry is not None
@@ -565,7 +650,7 @@ class UnifiedAPIServer:
             "# HELP sage_gateway_queued Requests waiting, per lane.",
             "# TYPE sage_gateway_queued gauge",
             *(
-                f'sage_gateway_queued{{type="{lane["kind"]}",model="{lane["model"]}"}} '
+                f'sage_gateway_queued{{type="{lane["kind"]}",model="{_label(lane["model"])}"}} '
                 f"{lane['queued']}"
                 for lane in state["lanes"]
             ),
@@ -585,7 +670,7 @@ class UnifiedAPIServer:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
             for class_name, figures in state["classes"].items():
                 if figures[key] is not None:
-                    lines.append(f'{name}{{class="{class_name}"}} {float(figures[key])}')
+                    lines.append(f'{name}{{class="{_label(class_name)}"}} {float(figures[key])}')
         metrics = {
             "sage_instance_requests_total": (
                 "counter",
@@ -603,7 +688,8 @@ class UnifiedAPIServer:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
             for state in states:
                 labels = (
-                    f'instance="{state["instance_id"]}",model="{state["model_name"]}",'
+                    f'instance="{_label(state["instance_id"])}",'
+                    f'model="{_label(state["model_name"])}",'
                     f'type="{state["instance_type"]}"'
                 )
                 lines.append(f"{name}{{{labels}}} {float(state[key])}")  # type: ignore[arg-type]
@@ -650,11 +736,16 @@ class UnifiedAPIServer:
         payload = request.json()
         if not isinstance(payload, dict):
             raise _error(400, "body must be a JSON object with host, port, model_name, ...")
+        try:  # checked in full first: a bad field must not get registered and break later
+            spec = InstanceSpec.model_validate(payload)
+        except ValidationError as exc:
+            error = error_from_validation(exc).error
+            raise _error(400, f"invalid instance: {error.message}", param=error.param) from None
         try:
-            config = BackendInstanceConfig(**payload)
+            config = BackendInstanceConfig(**spec.model_dump())
             instance = self.registry.add(config)
-        except (TypeError, ConfigError) as exc:
-            raise _error(400, f"invalid instance: {exc}") from None
+        except ConfigError as exc:
+            raise _error(400, f"invalid instance: {exc}", param="instance_id") from None
         await self._check(instance)
         return json_response(
             {"instance": instance.describe(), "config": asdict(config)}, status=201
@@ -663,7 +754,8 @@ class UnifiedAPIServer:
     async def _remove_instance(self, request: Request) -> Response:
         self._check_key(request)
         assert self.registry is not None
-        instance_id = request.path.rsplit("/", 1)[-1]
+        # the id as the client wrote it before percent-encoding it into the path
+        instance_id = unquote(request.path[len("/v1/management/instances/") :])
         try:
             await self.registry.remove(instance_id)
         except KeyError:
@@ -726,6 +818,9 @@ class UnifiedAPIServer:
             )
         except BackendUnavailable as exc:
             self.registry.mark(instance, False, str(exc))
+        except Exception as exc:  # one broken instance must not end every instance's checks
+            logger.warning("health check of instance %s failed: %r", instance.id, exc)
+            self.registry.mark(instance, False, f"health check failed: {exc!r}")
 
     async def _check_all(self) -> None:
         assert self.registry is not None
