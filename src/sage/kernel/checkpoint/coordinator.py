@@ -113,7 +113,7 @@ class CheckpointCoordinator:
             if checkpoint_id == self._pending:
                 self._acks[task_id] = snapshot
                 self._complete_if_done()
-                self._cond.notify_all()  # senders waiting for this task to align
+                self._cond.notify_all()  # senders waiting for this task, or for completion
 
     def final(self, task_id: str, snapshot: bytes) -> None:
         """Task ``task_id`` ended cleanly; ``snapshot`` is its state after its last record."""
@@ -142,11 +142,11 @@ class CheckpointCoordinator:
     # -- internals ------------------------------------------------------------------
 
     def _complete_if_done(self) -> None:
-        """Under the lock: finish the pending checkpoint once every task has answered."""
+        """Under the lock: finish the pending checkpoint once every task has answered (the
+        caller wakes the waiters)."""
         if self.task_ids <= self._acks.keys() | self._finals.keys():
             self._completed = self._pending or self._completed
             self._pending = None
-            self._cond.notify_all()
 
     def _answered(self, checkpoint_id: int) -> bool:
         """Under the lock: whether ``checkpoint_id`` completed or the attempt was aborted."""

@@ -73,7 +73,7 @@ class FaultTolerance:
                     f"{node.function.label} keeps no state; give it get_state() and "
                     "restore_state(state) (or state_fields = ('offset',)), or read a list"
                 )
-            if node.source_kind is SourceKind.ITERATOR:
+            if kind is SourceKind.ITERATOR:
                 raise ConfigError(
                     f"{node.name}: a one-shot iterator ({node.function.label}) cannot be read "
                     "again after a restart, and config['fault_tolerance'] asks for restarts; "

@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "END_OF_INPUT",
     "NO_STATE",
+    "commit_at_end",
     "declares_state",
     "function_state",
     "notify_complete",
@@ -75,6 +76,14 @@ def restore_function_state(obj: Any, state: Any) -> None:
         return
     for name, value in state.items():
         setattr(obj, name, value)
+
+
+def commit_at_end(obj: Any) -> None:
+    """The job cannot restart: let ``obj`` pre-commit and commit everything now (only a
+    function that commits on checkpoints, such as a transactional sink, has work to do)."""
+    if obj is not None and callable(getattr(obj, "notify_checkpoint_complete", None)):
+        function_state(obj, END_OF_INPUT)
+        notify_complete(obj, END_OF_INPUT)
 
 
 def notify_complete(obj: Any, checkpoint_id: int) -> None:

@@ -27,6 +27,7 @@ from sage.common.errors import JobError, OperatorError, SageError
 from sage.kernel.checkpoint.state import (
     END_OF_INPUT,
     NO_STATE,
+    commit_at_end,
     function_state,
     notify_complete,
 )
@@ -287,8 +288,7 @@ class TaskLoop:
                 self.checkpoints.final(self.task_id, self.snapshot(END_OF_INPUT))
             else:  # no restarts: nothing can replay this task's input, commit it now
                 for op in self.operators:
-                    function_state(op.function.obj, END_OF_INPUT)
-                self.notify_checkpoint_complete(END_OF_INPUT)
+                    commit_at_end(op.function.obj)
             for router in self.routers:
                 router.end(self.task_id)
             stats.status = "finished"

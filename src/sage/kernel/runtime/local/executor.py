@@ -141,7 +141,6 @@ class LocalJob:
                 trigger=self._trigger_checkpoint,
                 notify=self._notify_checkpoint,
             )
-        self._threads: list[threading.Thread] = []
         self._build_attempt(None)
         # Without restarts the job ends when its one attempt does; else the supervisor says.
         self._supervised = self.fault_tolerance.restart is not None
@@ -180,7 +179,7 @@ class LocalJob:
             for task in plan.tasks
         ]
         self._control = control
-        self._threads = []
+        self._threads: list[threading.Thread] = []
 
     def _trigger_checkpoint(self, checkpoint_id: int) -> None:
         for loop in self._loops:

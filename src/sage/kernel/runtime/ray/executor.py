@@ -35,7 +35,7 @@ from sage.kernel.runtime.metrics import JobMetrics, TaskStats, snapshot
 from sage.kernel.runtime.ray.cluster import RayOptions, cluster_info, connect
 from sage.kernel.runtime.ray.hosts import Host, host_pool
 from sage.kernel.runtime.ray.services import RemoteServices
-from sage.kernel.runtime.ray.task_actor import TaskOutcome
+from sage.kernel.runtime.ray.task_actor import Assignment, TaskOutcome
 from sage.kernel.runtime.status import JobStatus
 from sage.kernel.services.metrics import ServiceMetrics
 from sage.kernel.services.spec import ServiceSpec
@@ -246,17 +246,15 @@ class RayJob:
 
     def _assign(self, host: Host, task_id: str, plan_ref: Any, restore: bytes | None) -> Any:
         """Give task ``task_id`` to ``host``; the reference answers with the host's node."""
-        services = self._services.services
-        return host.handle.assign.remote(
-            self._key,
-            plan_ref,
+        assignment = Assignment(
             task_id,
             self.config,
-            services,
+            self._services.services,
             PUSH_WINDOW,
             self._coordinator,
             restore,
         )
+        return host.handle.assign.remote(self._key, plan_ref, assignment)
 
     def _taken(self, task_id: str, ref: Any, plan_ref: Any, restore: bytes | None) -> Host:
         """The host running task ``task_id``, its node recorded, once it took the task. A

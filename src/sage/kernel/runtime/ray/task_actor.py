@@ -45,7 +45,14 @@ from sage.kernel.runtime.task import ControlFlags, TaskLoop
 from sage.kernel.services.metrics import ServiceMetrics
 from sage.kernel.services.registry import ServiceRegistry
 
-__all__ = ["CONCURRENCY_GROUPS", "DATA_THREADS", "QueueFigures", "TaskHost", "TaskOutcome"]
+__all__ = [
+    "CONCURRENCY_GROUPS",
+    "DATA_THREADS",
+    "Assignment",
+    "QueueFigures",
+    "TaskHost",
+    "TaskOutcome",
+]
 
 # Threads of a host: the driver's calls (run and wait_opened block; a stats/stop/cancel
 # besides) in their own group, pushes in the default one (any number works: see
@@ -75,6 +82,27 @@ class QueueFigures:
     depth: int
     capacity: int
     high_water: int
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What a host needs, besides the plan, to run one task of a job (sent with ``assign``).
+
+    Attributes:
+        task_id: The task to run.
+        config: Job settings.
+        services: The job's service replicas.
+        window: Pushes a channel keeps unanswered (see :mod:`.channels`).
+        checkpoints: The job's checkpoint coordinator actor, if it takes checkpoints.
+        restore: The task's snapshot to resume from, if any.
+    """
+
+    task_id: str
+    config: JobConfig
+    services: list[RemoteService]
+    window: int
+    checkpoints: Any = None
+    restore: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -130,22 +158,15 @@ class _ActorControl(ControlFlags):
 class _Task:
     """One task of one job, as a host runs it."""
 
-    def __init__(
-        self,
-        plan: PhysicalPlan,
-        task_id: str,
-        config: JobConfig,
-        services: list[RemoteService],
-        window: int,
-        checkpoints: Any = None,
-        restore: bytes | None = None,
-    ) -> None:
+    def __init__(self, plan: PhysicalPlan, assignment: Assignment) -> None:
+        config, services = assignment.config, assignment.services
         self.plan = plan
-        self.task = next(t for t in plan.tasks if t.id == task_id)
+        self.task = next(t for t in plan.tasks if t.id == assignment.task_id)
         self.config = config
-        self.window = window
+        self.window = assignment.window
+        checkpoints = assignment.checkpoints
         self.checkpoints = None if checkpoints is None else RemoteCheckpoints(checkpoints)
-        self.restore = restore
+        self.restore = assignment.restore
         inbox = Inbox(config.channel_capacity) if self.task.expected_eos > 0 else None
         self.delivery = OrderedDelivery(inbox) if inbox is not None else None
         self.control = _ActorControl(self.delivery)
@@ -231,25 +252,15 @@ class TaskHost:
         return self._task if self._job == job else None
 
     @ray.method(concurrency_group="control")
-    def assign(
-        self,
-        job: str,
-        plan: PhysicalPlan,
-        task_id: str,
-        config: JobConfig,
-        services: list[RemoteService],
-        window: int,
-        checkpoints: Any = None,
-        restore: bytes | None = None,
-    ) -> str:
-        """Take task ``task_id`` of ``job`` (resuming from ``restore``, a snapshot, and
-        reporting to the ``checkpoints`` coordinator); returns the id of this host's node."""
+    def assign(self, job: str, plan: PhysicalPlan, assignment: Assignment) -> str:
+        """Take ``assignment``'s task of ``job`` (``plan``: one object in Ray's store, shared
+        by every task); returns the id of this host's node."""
         from sage.common.errors import JobError
 
         with self._lock:
             if self._task is not None:
                 raise JobError(f"host busy with job {self._job!r}; cannot take {job!r}")
-            task = _Task(plan, task_id, config, services, window, checkpoints, restore)
+            task = _Task(plan, assignment)
             logging.getLogger().addHandler(task.log)
             logging.getLogger(f"sage.job.{plan.job_name}").setLevel(logging.INFO)
             self._job, self._task = job, task
