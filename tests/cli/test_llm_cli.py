@@ -137,6 +137,9 @@ def test_a_bad_simulator_profile_is_refused_before_starting_anything(stack: Stac
 
 
 @pytest.mark.slow
+# Loading both bundled models from a cold page cache on a slow CI runner took over 100 s
+# once; every step below has its own timeout, so the test as a whole may take longer.
+@pytest.mark.timeout(600)
 def test_serve_status_stop_with_the_bundled_models(stack: Stack) -> None:
     _serve_status_stop(stack, "smollm2")
 
