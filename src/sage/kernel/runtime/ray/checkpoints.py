@@ -95,7 +95,7 @@ def start_coordinator(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
-    actor: Any = ray.remote(num_cpus=0, max_concurrency=len(task_ids) + 8)(CoordinatorActor)  # type: ignore[call-overload]
+    actor: Any = ray.remote(num_cpus=0, max_concurrency=len(task_ids) + 8)(CoordinatorActor)
     return actor.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
     ).remote(job, list(task_ids), directory, interval_s)

@@ -132,7 +132,7 @@ def cluster_info() -> ClusterInfo:
     """Describe the connected cluster (live nodes and their resources)."""
     import ray
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
     resources = [n.get("Resources", {}) for n in nodes]
     context = ray.get_runtime_context()
     address = getattr(context, "gcs_address", None) or "local"

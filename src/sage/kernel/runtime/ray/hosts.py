@@ -65,7 +65,7 @@ class HostPool:
 
         from sage.kernel.runtime.ray.task_actor import CONCURRENCY_GROUPS, DATA_THREADS, TaskHost
 
-        actor_class: Any = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(TaskHost)  # type: ignore[call-overload]
+        actor_class: Any = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(TaskHost)
         handle = actor_class.options(
             num_cpus=num_cpus,
             scheduling_strategy="SPREAD",

@@ -18,10 +18,12 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 __all__ = ["GrowingLayer", "new_cache"]
 
 
-class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
+class GrowingLayer(DynamicLayer):  # type: ignore[misc]  # transformers is typed as Any
     """A ``DynamicLayer`` whose appends write into preallocated room instead of copying."""
 
     _MIN_ROOM = 64
+    keys: Any
+    values: Any
 
     def lazy_initialization(self, key_states: Any, value_states: Any, *args: Any) -> None:
         super().lazy_initialization(key_states, value_states)
