@@ -36,7 +36,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from time import perf_counter
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import unquote
 
 import orjson
@@ -80,6 +80,8 @@ from sage.common.http import (
     StreamResponse,
     json_response,
 )
+from sage.common.observability.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from sage.common.observability.prometheus import MetricFamily, render
 
 __all__ = ["UnifiedAPIServer", "openai_error"]
 
@@ -139,11 +141,6 @@ def _as_slo(value: Any) -> float:
     if isinstance(value, bool) or not 0 < slo < math.inf:
         raise ValueError("slo_ms")
     return slo
-
-
-def _label(value: object) -> str:
-    """A Prometheus label value: backslash, double quote and newline escaped."""
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _tokens(kind: str, body: dict[str, Any]) -> int:
@@ -627,74 +624,102 @@ class UnifiedAPIServer:
         )
 
     async def _metrics(self, request: Request) -> Response:
+        """Prometheus text: gateway totals, per-lane queues, per-class and per-instance figures.
+
+        Per instance, ``sage_instance_queued`` is the queue of its (type, model) lane, the
+        same for every instance of the model (requests wait per model, not per instance);
+        ``sage_instance_slo_attainment`` is left out for an instance that served no request
+        with an SLO.
+        """
         assert self.registry is not None and self.dispatcher is not None
         state = self.dispatcher.describe()
-        lines = [
-            "# HELP sage_gateway_requests_total Requests received by the gateway.",
-            "# TYPE sage_gateway_requests_total counter",
-            f"sage_gateway_requests_total {self.requests}",
-            "# HELP sage_gateway_waiting Requests waiting for a free instance.",
-            "# TYPE sage_gateway_waiting gauge",
-            f"sage_gateway_waiting {state['queued']}",
-            "# HELP sage_gateway_retries_total Requests sent again after their instance failed.",
-            "# TYPE sage_gateway_retries_total counter",
-            f"sage_gateway_retries_total {state['retries']}",
-            "# HELP sage_gateway_policy_active 1 for the scheduling policy in use now.",
-            "# TYPE sage_gateway_policy_active gauge",
-            *(
-                f'sage_gateway_policy_active{{policy="{policy}"}} '
-                f"{int(policy == self.dispatcher.active_policy)}"
-                for policy in SchedulingPolicyType
-                if policy is not SchedulingPolicyType.ADAPTIVE
-            ),
-            "# HELP sage_gateway_queued Requests waiting, per lane.",
-            "# TYPE sage_gateway_queued gauge",
-            *(
-                f'sage_gateway_queued{{type="{lane["kind"]}",model="{_label(lane["model"])}"}} '
-                f"{lane['queued']}"
-                for lane in state["lanes"]
-            ),
-        ]
-        per_class = {
-            "sage_class_requests_total": ("counter", "Requests answered, per class.", "requests"),
-            "sage_class_errors_total": ("counter", "Requests failed, per class.", "errors"),
-            "sage_class_latency_p95_ms": ("gauge", "p95 latency incl. queueing (ms).", "p95_ms"),
-            "sage_class_ttft_p95_ms": ("gauge", "p95 time to first token (ms).", "ttft_p95_ms"),
-            "sage_class_slo_attainment": (
+        requests = MetricFamily(
+            "sage_gateway_requests_total", "counter", "Requests received by the gateway."
+        )
+        requests.add(self.requests)
+        waiting = MetricFamily(
+            "sage_gateway_waiting", "gauge", "Requests waiting for a free instance."
+        )
+        waiting.add(state["queued"])
+        retries = MetricFamily(
+            "sage_gateway_retries_total",
+            "counter",
+            "Requests sent again after their instance failed.",
+        )
+        retries.add(state["retries"])
+        policy_active = MetricFamily(
+            "sage_gateway_policy_active", "gauge", "1 for the scheduling policy in use now."
+        )
+        for policy in SchedulingPolicyType:
+            if policy is not SchedulingPolicyType.ADAPTIVE:
+                policy_active.add(int(policy == self.dispatcher.active_policy), policy=policy)
+        queued = MetricFamily("sage_gateway_queued", "gauge", "Requests waiting, per lane.")
+        for lane in state["lanes"]:
+            queued.add(lane["queued"], type=lane["kind"], model=lane["model"])
+        families = [requests, waiting, retries, policy_active, queued]
+        per_class: list[tuple[str, Literal["counter", "gauge"], str, str]] = [
+            ("sage_class_requests_total", "counter", "Requests answered, per class.", "requests"),
+            ("sage_class_errors_total", "counter", "Requests failed, per class.", "errors"),
+            ("sage_class_latency_p95_ms", "gauge", "p95 latency incl. queueing (ms).", "p95_ms"),
+            ("sage_class_ttft_p95_ms", "gauge", "p95 time to first token (ms).", "ttft_p95_ms"),
+            (
+                "sage_class_slo_attainment",
                 "gauge",
                 "Share of requests with an SLO that met it.",
                 "slo_attainment",
             ),
-        }
-        for name, (kind, help_text, key) in per_class.items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        ]
+        for name, kind, help_text, key in per_class:
+            family = MetricFamily(name, kind, help_text)
             for class_name, figures in state["classes"].items():
                 if figures[key] is not None:
-                    lines.append(f'{name}{{class="{_label(class_name)}"}} {float(figures[key])}')
-        metrics = {
-            "sage_instance_requests_total": (
+                    family.add(float(figures[key]), **{"class": class_name})
+            families.append(family)
+        per_instance: list[tuple[str, Literal["counter", "gauge"], str, str]] = [
+            (
+                "sage_instance_requests_total",
                 "counter",
                 "Requests an instance finished.",
                 "requests",
             ),
-            "sage_instance_errors_total": ("counter", "Requests an instance failed.", "errors"),
-            "sage_instance_in_flight": ("gauge", "Requests running on an instance.", "in_flight"),
-            "sage_instance_healthy": ("gauge", "1 when the instance is in rotation.", "healthy"),
-            "sage_instance_latency_p95_ms": ("gauge", "p95 request latency (ms).", "p95_ms"),
-            "sage_instance_ttft_p95_ms": ("gauge", "p95 time to first byte (ms).", "ttft_p95_ms"),
-        }
+            ("sage_instance_errors_total", "counter", "Requests an instance failed.", "errors"),
+            ("sage_instance_in_flight", "gauge", "Requests running on an instance.", "in_flight"),
+            ("sage_instance_healthy", "gauge", "1 when the instance is in rotation.", "healthy"),
+            ("sage_instance_latency_p95_ms", "gauge", "p95 request latency (ms).", "p95_ms"),
+            ("sage_instance_ttft_p95_ms", "gauge", "p95 time to first byte (ms).", "ttft_p95_ms"),
+            (
+                "sage_instance_max_concurrent_requests",
+                "gauge",
+                "Requests an instance may run at once.",
+                "max_concurrent_requests",
+            ),
+            (
+                "sage_instance_queued",
+                "gauge",
+                "Requests waiting in the gateway for the instance's type and model.",
+                "queued",
+            ),
+            (
+                "sage_instance_slo_attainment",
+                "gauge",
+                "Share of an instance's requests with an SLO that met it.",
+                "slo_attainment",
+            ),
+        ]
         states = [i.describe() for i in self.registry.all()]
-        for name, (kind, help_text, key) in metrics.items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-            for state in states:
-                labels = (
-                    f'instance="{_label(state["instance_id"])}",'
-                    f'model="{_label(state["model_name"])}",'
-                    f'type="{state["instance_type"]}"'
-                )
-                lines.append(f"{name}{{{labels}}} {float(state[key])}")  # type: ignore[arg-type]
-        body = ("\n".join(lines) + "\n").encode()
-        return Response(body=body, content_type="text/plain; version=0.0.4")
+        for name, kind, help_text, key in per_instance:
+            family = MetricFamily(name, kind, help_text)
+            for instance in states:
+                labels = {
+                    "instance": instance["instance_id"],
+                    "model": instance["model_name"],
+                    "type": instance["instance_type"],
+                }
+                value = instance[key]
+                if isinstance(value, int | float):  # None: nothing to show yet
+                    family.add(float(value), **labels)
+            families.append(family)
+        return Response(body=render(families), content_type=PROMETHEUS_CONTENT_TYPE)
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """The gateway's state as JSON-ready data (``ControlPlaneVLLMService.get_metrics``,

@@ -272,6 +272,7 @@ class Dispatcher:
         self.retries = 0
         self.rejected = 0  # requests refused because their lane was full
         registry.on_change = self.redispatch
+        registry.waiting = self.queued_in
 
     # -- policy ------------------------------------------------------------------------------
 
@@ -426,8 +427,16 @@ class Dispatcher:
         failed: bool,
         first_byte: float | None = None,
     ) -> None:
-        """A request granted ``instance`` at ``dispatched`` (perf_counter) is done."""
-        self.registry.release(instance, dispatched, failed, first_byte)
+        """A request granted ``instance`` at ``dispatched`` (perf_counter) is done.
+
+        A request with an SLO counts towards the instance's SLO attainment: met when it did
+        not fail and its time since arrival (queueing included, as for its class) is
+        within ``slo_ms``.
+        """
+        slo_met = None
+        if request.slo_ms is not None:
+            slo_met = not failed and (self.clock() - request.arrival) * 1000 <= request.slo_ms
+        self.registry.release(instance, dispatched, failed, first_byte, slo_met=slo_met)
         if not failed:
             model = self._models.get((request.kind, request.model))
             if model is None:
@@ -563,6 +572,11 @@ class Dispatcher:
     def queued(self) -> int:
         """Requests waiting now, all lanes."""
         return sum(len(lane.queue) for lane in self._lanes.values())
+
+    def queued_in(self, kind: str, model: str) -> int:
+        """Requests waiting now in the lane of ``kind`` and ``model`` (0: no such lane)."""
+        lane = self._lanes.get((kind, model))
+        return len(lane.queue) if lane is not None else 0
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready state: policy, lanes, classes, batching and retry counters."""

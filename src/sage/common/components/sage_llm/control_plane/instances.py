@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from functools import partial
 from time import perf_counter
 
 from sage.common.components.sage_llm.config import BackendInstanceConfig
@@ -17,7 +18,9 @@ __all__ = ["Instance", "InstanceRegistry"]
 class Instance:
     """One engine server: its connection pool, requests in flight, health and counters."""
 
-    def __init__(self, config: BackendInstanceConfig) -> None:
+    def __init__(
+        self, config: BackendInstanceConfig, queued: Callable[[], int] | None = None
+    ) -> None:
         self.config = config
         self.id = config.id
         context = ssl.create_default_context() if config.tls else None
@@ -30,6 +33,9 @@ class Instance:
         self.healthy = True
         self.requests = 0
         self.errors = 0
+        self.slo_total = 0  # requests it finished that carried an SLO
+        self.slo_met = 0  # ... and met it (answered in time, no error)
+        self._queued = queued
         self.latency = LatencyRing(1024)  # service time: dispatch to last byte
         self.ttft = LatencyRing(1024)  # dispatch to first byte of the answer
         self.last_error = ""
@@ -47,6 +53,20 @@ class Instance:
         """Requests it can still take now."""
         return self.config.max_concurrent_requests - self.in_flight
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting in the gateway for an instance of its kind and model.
+
+        The queue is per (kind, model), not per instance: every instance of the model
+        shows the same figure (0 without a dispatcher).
+        """
+        return self._queued() if self._queued is not None else 0
+
+    @property
+    def slo_attainment(self) -> float | None:
+        """Share of its requests carrying an SLO that met it (``None``: it served none)."""
+        return self.slo_met / self.slo_total if self.slo_total else None
+
     def path(self, api_path: str) -> str:
         """``/v1/chat/completions`` under the instance's base path."""
         return self.config.base_path + api_path[3:] if api_path.startswith("/v1") else api_path
@@ -62,9 +82,12 @@ class Instance:
             "max_concurrent_requests": self.config.max_concurrent_requests,
             "healthy": self.healthy,
             "in_flight": self.in_flight,
+            "queued": self.queued,
             "requests": self.requests,
             "errors": self.errors,
             **latency_figures(self.latency, self.ttft),
+            "slo_requests": self.slo_total,
+            "slo_attainment": self.slo_attainment,
             "last_error": self.last_error,
         }
 
@@ -81,6 +104,8 @@ class InstanceRegistry:
         self._by_id: dict[str, Instance] = {}
         self._by_model: dict[tuple[str, str], list[Instance]] = {}
         self.on_change: Callable[[], None] | None = None
+        # Requests waiting per (kind, model): set by the dispatcher, read by Instance.queued.
+        self.waiting: Callable[[str, str], int] | None = None
 
     def add(self, config: BackendInstanceConfig) -> Instance:
         """Register an instance (its id must be new).
@@ -90,9 +115,9 @@ class InstanceRegistry:
         """
         if config.id in self._by_id:
             raise ConfigError(f"instance {config.id!r} is already registered")
-        instance = Instance(config)
-        self._by_id[instance.id] = instance
         key = (config.instance_type, config.model_name)
+        instance = Instance(config, queued=partial(self._waiting, *key))
+        self._by_id[instance.id] = instance
         self._by_model[key] = [*self._by_model.get(key, []), instance]
         self._changed()
         return instance
@@ -168,9 +193,19 @@ class InstanceRegistry:
         instance.in_flight += 1
 
     def release(
-        self, instance: Instance, started: float, failed: bool, first_byte: float | None = None
+        self,
+        instance: Instance,
+        started: float,
+        failed: bool,
+        first_byte: float | None = None,
+        *,
+        slo_met: bool | None = None,
     ) -> None:
-        """Give back the slot of a request dispatched at ``started`` (perf_counter)."""
+        """Give back the slot of a request dispatched at ``started`` (perf_counter).
+
+        ``slo_met`` is ``None`` for a request without an SLO, else whether it met it; it
+        feeds the instance's SLO attainment.
+        """
         now = perf_counter()
         instance.in_flight -= 1
         instance.requests += 1
@@ -178,6 +213,12 @@ class InstanceRegistry:
         instance.ttft.add((first_byte or now) - started)
         if failed:
             instance.errors += 1
+        if slo_met is not None:
+            instance.slo_total += 1
+            instance.slo_met += int(slo_met)
+
+    def _waiting(self, kind: str, model: str) -> int:
+        return self.waiting(kind, model) if self.waiting is not None else 0
 
     def mark(self, instance: Instance, healthy: bool, error: str = "") -> None:
         """Record a health observation (the dispatcher re-plans when it changes)."""
