@@ -24,6 +24,7 @@ from sage.common.components.sage_llm.engine_server import EngineServer
 from sage.common.components.sage_llm.stack import LocalStack
 from sage.common.config.ports import SagePorts
 from sage.common.http.server import HttpServer
+from sage.dashboard.server import DashboardServer
 from sage.kernel.jobmanager import server as jobmanager
 
 LOOPBACK = "127.0.0.1"
@@ -35,6 +36,7 @@ LOOPBACK = "127.0.0.1"
         HttpServer.start,  # every SAGE HTTP server listens through it
         jobmanager.JobManagerServer.__init__,
         jobmanager.serve,
+        DashboardServer.__init__,  # `sage dashboard`
         EngineServer.__init__,
         LocalStack.__init__,  # its engine servers and gateway
         processes.spawn_engine,  # `sage llm serve` and the benchmarks' engine processes

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 import sage
+from sage.cli.dashboard import dashboard
 from sage.cli.jobs import job_app, jobmanager_app
 from sage.cli.llm import llm_app
 
@@ -25,6 +26,7 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 app.add_typer(llm_app, name="llm")
 app.add_typer(jobmanager_app, name="jobmanager")
 app.add_typer(job_app, name="job")
+app.command()(dashboard)
 
 
 class Demo(StrEnum):

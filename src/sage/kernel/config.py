@@ -38,7 +38,9 @@ class ErrorMode(StrEnum):
 
 
 # Sections owned by other layers; accepted here and validated where they are used.
-_OTHER_SECTIONS = frozenset({"ray", "services", "fault_tolerance", "dashboard", "jobmanager"})
+_OTHER_SECTIONS = frozenset(
+    {"ray", "services", "fault_tolerance", "dashboard", "jobmanager", "memory_monitor"}
+)
 
 
 def _positive_int(key: str, value: Any) -> int:

@@ -27,6 +27,7 @@ class SagePorts:
     BENCHMARK_EMBEDDING = 8902
     BENCHMARK_API = 8903
     JOBMANAGER_DEFAULT = 19001
+    DASHBOARD_DEFAULT = 8088
 
     @staticmethod
     def is_wsl() -> bool:

@@ -456,8 +456,9 @@ class HttpServer:
                     handler = candidate
                     break
         if handler is None:
-            known = {p for _, p in self._routes} | {p for _, p, _ in self._prefixes}
-            if request.path in known or any(request.path.startswith(p) for p in known):
+            if any(p == request.path for _, p in self._routes) or any(
+                request.path.startswith(p) for _, p, _ in self._prefixes
+            ):
                 raise HttpError(405, f"method {request.method} is not allowed on {request.path}")
             raise HttpError(404, f"no route {request.method} {request.path}")
         return await handler(request)

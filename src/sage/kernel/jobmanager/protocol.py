@@ -53,6 +53,7 @@ __all__ = [
     "JOBS_PATH",
     "JOB_ACTIONS",
     "MAX_WAIT_S",
+    "METRICS_PATH",
     "SUBMISSION_CONTENT_TYPE",
     "ErrorInfo",
     "Health",
@@ -72,6 +73,7 @@ __all__ = [
 
 HEALTH_PATH = "/v1/health"
 JOBS_PATH = "/v1/jobs"
+METRICS_PATH = "/metrics"  # Prometheus text; like every route, it wants the token
 SUBMISSION_CONTENT_TYPE = "application/octet-stream"
 MAX_WAIT_S = 60.0
 """Longest a ``wait`` or ``logs`` long-poll is held open; clients poll again after it."""
@@ -274,4 +276,5 @@ def metrics_from_dict(data: dict[str, Any]) -> JobMetrics:
         instances=_rows(OperatorMetrics, data.get("instances")),
         dead_letters=data.get("dead_letters", 0),
         services=_rows(ServiceMetrics, data.get("services")),
+        edges=tuple((int(a), int(b)) for a, b in data.get("edges") or ()),
     )

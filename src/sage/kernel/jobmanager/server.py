@@ -46,6 +46,8 @@ from sage.common.config.paths import sage_home
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError, JobCancelledError
 from sage.common.http.server import HttpError, HttpServer, Request, Response, json_response
+from sage.common.observability import prometheus
+from sage.common.observability.prometheus import MetricFamily
 from sage.common.processes import serve_until_signalled
 from sage.kernel.config import JobConfig
 from sage.kernel.jobmanager import protocol
@@ -55,6 +57,7 @@ from sage.kernel.jobmanager.protocol import (
     HEALTH_PATH,
     JOBS_PATH,
     MAX_WAIT_S,
+    METRICS_PATH,
     Health,
     JobInfo,
     JobList,
@@ -63,6 +66,7 @@ from sage.kernel.jobmanager.protocol import (
     Submission,
 )
 from sage.kernel.jobmanager.token import server_token, token_matches
+from sage.kernel.runtime.exposition import job_families
 from sage.kernel.runtime.metrics import JobMetrics
 from sage.kernel.runtime.status import JobStatus
 
@@ -122,8 +126,12 @@ class LocalJobFactory:
     def __call__(self, submission: Submission, log: LogFn) -> Job:
         from sage.kernel.runtime.local.executor import LocalJob
 
+        # the dashboard reads this JobManager's jobs from it, not from a publisher
         return LocalJob(
-            submission.plan, JobConfig.from_mapping(submission.config), submission.services
+            submission.plan,
+            JobConfig.from_mapping(submission.config),
+            submission.services,
+            publish=False,
         )
 
 
@@ -636,6 +644,7 @@ class JobManagerServer:
             authorize=self._authorize,
         )
         http.route("GET", HEALTH_PATH, self._health)
+        http.route("GET", METRICS_PATH, self._metrics)
         http.route("GET", JOBS_PATH, self._list)
         http.route("POST", JOBS_PATH, self._submit)
         http.route("GET", JOBS_PATH + "/", self._job_get, prefix=True)
@@ -717,6 +726,38 @@ class JobManagerServer:
     async def _health(self, request: Request) -> Response:
         health = Health(jobs=len(self.manager.jobs()), runtime=self.manager.runtime)
         return json_response(health)
+
+    async def _metrics(self, request: Request) -> Response:
+        """Prometheus text: jobs by status, then every job's operators and services (the
+        names of :mod:`sage.kernel.runtime.exposition`). Scrapers send the token too."""
+        body = await asyncio.get_running_loop().run_in_executor(None, self._exposition)
+        return Response(body=body, content_type=prometheus.CONTENT_TYPE)
+
+    def _exposition(self) -> bytes:
+        entries = self.manager.jobs()
+        by_status = MetricFamily("sage_jobmanager_jobs", "gauge", "Jobs known, by status.")
+        counts = {status: 0 for status in ("running", "stopping", "finished", "failed")}
+        counts["cancelled"] = 0
+        rows = []
+        for entry in entries:
+            info = entry.info()
+            counts[str(info.status)] = counts.get(str(info.status), 0) + 1
+            try:
+                metrics: dict[str, Any] | None = self.manager.metrics(info.job_id)
+            except Exception:  # not started yet, or gone meanwhile: its info line only
+                metrics = None
+            rows.append(
+                {
+                    "id": info.job_id,
+                    "name": info.name,
+                    "status": str(info.status),
+                    "runtime": self.manager.runtime.split(" ", 1)[0],
+                    "metrics": metrics,
+                }
+            )
+        for status, n in counts.items():
+            by_status.add(n, status=status)
+        return prometheus.render([by_status, *job_families(rows)])
 
     async def _list(self, request: Request) -> Response:
         return json_response(JobList(jobs=[e.info() for e in self.manager.jobs()]))

@@ -30,7 +30,9 @@ from sage.kernel.runtime.builder import build_task
 from sage.kernel.runtime.channel import Inbox
 from sage.kernel.runtime.error_policy import DeadLetter, DeadLetterQueue
 from sage.kernel.runtime.heads import SourceHead
-from sage.kernel.runtime.metrics import JobMetrics, snapshot
+from sage.kernel.runtime.metrics import JobMetrics, graph_edges, snapshot
+from sage.kernel.runtime.monitoring import memory_monitor
+from sage.kernel.runtime.publisher import publisher
 from sage.kernel.runtime.status import JobStatus
 from sage.kernel.runtime.task import ControlFlags, TaskLoop
 from sage.kernel.services.registry import ServiceRegistry
@@ -123,7 +125,12 @@ class LocalJob:
     """
 
     def __init__(
-        self, plan: PhysicalPlan, config: JobConfig, services: Sequence[ServiceSpec] = ()
+        self,
+        plan: PhysicalPlan,
+        config: JobConfig,
+        services: Sequence[ServiceSpec] = (),
+        *,
+        publish: bool = True,
     ) -> None:
         self.plan = plan
         self.config = config
@@ -153,6 +160,9 @@ class LocalJob:
         self._started_at: float | None = None
         self._status = JobStatus.CREATED
         self._reported = False
+        self.memory_monitor = memory_monitor(config.raw)
+        self._publish = publish
+        self.dashboard_id: str | None = None
 
     def _build_attempt(self, restore: Checkpoint | None) -> None:
         """Build the inboxes, control and task loops of a (new) attempt."""
@@ -223,6 +233,10 @@ class LocalJob:
             raise
         self._status = JobStatus.RUNNING
         self._started_at = perf_counter()
+        if self.memory_monitor is not None:
+            self.memory_monitor.start()
+        if self._publish:
+            self.dashboard_id = publisher().track(self)
         self._start_attempt(hosted)
         if self._supervised:
             threading.Thread(
@@ -381,6 +395,10 @@ class LocalJob:
         if self._reported:
             return
         self._reported = True
+        if self.memory_monitor is not None:
+            self.memory_monitor.stop()
+        if self._publish:
+            publisher().ended(self.dashboard_id)
         skipped = Counter[str]()
         for loop in self._loops:
             for op in loop.stats.operators:
@@ -440,4 +458,5 @@ class LocalJob:
             [loop.stats for loop in self._loops],
             len(self._dead_letters),
             self._services.metrics(),
+            graph_edges(self.plan.nodes),
         )

@@ -31,7 +31,7 @@ from sage.kernel.checkpoint.store import Checkpoint
 from sage.kernel.config import JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.runtime.error_policy import DeadLetter
-from sage.kernel.runtime.metrics import JobMetrics, TaskStats, snapshot
+from sage.kernel.runtime.metrics import JobMetrics, TaskStats, graph_edges, snapshot
 from sage.kernel.runtime.ray.cluster import RayOptions, cluster_info, connect
 from sage.kernel.runtime.ray.hosts import Host, host_pool
 from sage.kernel.runtime.ray.services import RemoteServices
@@ -560,4 +560,5 @@ class RayJob:
             tasks,
             len(self.dead_letters),
             _merge_services(services),
+            graph_edges(self.plan.nodes),
         )
