@@ -25,7 +25,7 @@ from rich.table import Table
 
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError, SageError
-from sage.common.processes import SpawnError, spawn_module, terminate
+from sage.common.processes import SpawnError, is_running, spawn_module, terminate
 from sage.kernel.jobmanager.client import JobManagerClient
 from sage.kernel.jobmanager.protocol import ENDED, MAX_WAIT_S, JobInfo, metrics_from_dict
 from sage.kernel.jobmanager.server import log_file, read_state, state_file
@@ -69,19 +69,10 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _running_state() -> dict[str, Any] | None:
     """The state file of a JobManager started from this ``$SAGE_HOME`` that still runs."""
     state = read_state()
-    return state if state and _alive(int(state["pid"])) else None
+    return state if state and is_running(int(state["pid"])) else None
 
 
 def _address(host: str | None, port: int | None) -> tuple[str, int]:

@@ -27,6 +27,7 @@ from sage.common.components.sage_llm.processes import (
 from sage.common.config.paths import sage_home
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
+from sage.common.processes import is_running
 
 llm_app = typer.Typer(help="Run and inspect the local inference stack (engines + gateway).")
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -47,16 +48,6 @@ def load_state() -> dict[str, Any] | None:
         return dict(json.loads(_state_file().read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        return bool(process.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _fail(message: str) -> typer.Exit:
@@ -143,7 +134,7 @@ def serve(
 ) -> None:
     """Start the engines and the gateway in the background; return when all are ready."""
     state = load_state()
-    if state and any(_alive(p) for p in state["pids"].values()):
+    if state and any(is_running(p) for p in state["pids"].values()):
         raise _fail("the stack is already running (see sage llm status); run sage llm stop first")
     if engine not in ("cpu", "vllm", "stub", "simulated"):
         raise _fail(f"--engine {engine!r} is unknown; use cpu, vllm, stub or simulated")
@@ -278,7 +269,7 @@ def status() -> None:
     for column in ("process", "pid", "alive"):
         table.add_column(column)
     for name, pid in state["pids"].items():
-        table.add_row(name, str(pid), "[green]yes[/green]" if _alive(pid) else "[red]no[/red]")
+        table.add_row(name, str(pid), "[green]yes[/green]" if is_running(pid) else "[red]no[/red]")
     console.print(table)
     url = f"http://{state['host']}:{state['ports']['gateway']}/v1/management/instances"
     try:
@@ -323,7 +314,7 @@ def stop() -> None:
     for name, pid in state["pids"].items():
         terminate(pid)
         console.print(f"stopped {name} (pid {pid})")
-    left = [f"{n} ({p})" for n, p in state["pids"].items() if _alive(p)]
+    left = [f"{n} ({p})" for n, p in state["pids"].items() if is_running(p)]
     _state_file().unlink(missing_ok=True)
     if left:
         raise _fail(f"still running: {', '.join(left)}")

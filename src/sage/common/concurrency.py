@@ -7,9 +7,9 @@ import contextlib
 import threading
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-__all__ = ["LoopThread", "RWLock", "run_loop"]
+__all__ = ["BackgroundServer", "LoopThread", "RWLock", "run_loop"]
 
 T = TypeVar("T")
 
@@ -78,6 +78,50 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+class BackgroundServer:
+    """``start()``/``stop()``/``with`` for an asyncio server, served from its own thread.
+
+    A subclass implements ``start_async()`` (listen on the running loop, return the port)
+    and ``stop_async()``; this runs them on a :class:`LoopThread` for synchronous callers.
+    """
+
+    thread_name = "sage-http"
+    _thread: LoopThread | None = None
+
+    async def start_async(self) -> int:
+        raise NotImplementedError
+
+    async def stop_async(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> int:
+        """Serve from a background thread; return the port once listening."""
+        self._thread = LoopThread(self.thread_name)
+        try:
+            return self._thread.call(self.start_async())
+        except BaseException:
+            self._thread.stop()
+            self._thread = None
+            raise
+
+    def stop(self) -> None:
+        """Stop a server started with :meth:`start`; idempotent."""
+        if self._thread is None:
+            return
+        try:
+            self._thread.call(self.stop_async())
+        finally:
+            self._thread.stop()
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class RWLock:

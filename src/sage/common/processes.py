@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-__all__ = ["SpawnError", "serve_until_signalled", "spawn_module", "terminate"]
+__all__ = ["SpawnError", "is_running", "serve_until_signalled", "spawn_module", "terminate"]
 
 
 class SpawnError(RuntimeError):
@@ -89,6 +89,21 @@ async def serve_until_signalled(
         await stopping.wait()
     finally:
         await stop()  # finish requests in progress, release what the server holds
+
+
+def is_running(pid: object) -> bool:
+    """Whether ``pid`` is a running process (an exited one not yet reaped is not; anything but
+    a positive int, as read from a state file, is not)."""
+    import psutil
+
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # someone else's: it exists
+        return True
 
 
 def terminate(pid: int, grace_s: float = 20.0, *, group: bool = True) -> bool:

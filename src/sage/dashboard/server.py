@@ -31,7 +31,7 @@ import httpx
 import orjson
 
 import sage
-from sage.common.concurrency import LoopThread
+from sage.common.concurrency import BackgroundServer
 from sage.common.errors import ConfigError
 from sage.common.http.server import HttpError, HttpServer, Request, Response, StreamResponse
 from sage.common.observability import prometheus
@@ -63,7 +63,7 @@ _STATIC = {
 MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024
 
 
-class DashboardServer:
+class DashboardServer(BackgroundServer):
     """Serves the dashboard; see the module docstring.
 
     Args:
@@ -79,6 +79,8 @@ class DashboardServer:
     Raises:
         ConfigError: ``interval_s`` below 1, or a malformed address.
     """
+
+    thread_name = "sage-dashboard-http"
 
     def __init__(
         self,
@@ -114,7 +116,6 @@ class DashboardServer:
         self._changed: asyncio.Event | None = None
         self._closing = False
         self._http: HttpServer | None = None
-        self._thread: LoopThread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sampler: threading.Thread | None = None
         self._stop_sampling = threading.Event()
@@ -171,33 +172,6 @@ class DashboardServer:
         if sampler is not None:
             await asyncio.get_running_loop().run_in_executor(None, sampler.join, 10.0)
         self.gpu_monitor.close()
-
-    def start(self) -> int:
-        """Serve from a background thread; return the port once listening."""
-        self._thread = LoopThread("sage-dashboard-http")
-        try:
-            return self._thread.call(self.start_async())
-        except BaseException:
-            self._thread.stop()
-            self._thread = None
-            raise
-
-    def stop(self) -> None:
-        """Stop a server started with :meth:`start`; idempotent."""
-        if self._thread is None:
-            return
-        try:
-            self._thread.call(self.stop_async())
-        finally:
-            self._thread.stop()
-            self._thread = None
-
-    def __enter__(self) -> DashboardServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def wait_sampled(self, timeout: float | None = None) -> bool:
         """Wait until the first refresh has happened (for tests and the CLI)."""

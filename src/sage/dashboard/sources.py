@@ -18,6 +18,7 @@ import httpx
 
 from sage.common.config.paths import sage_home
 from sage.common.errors import ConfigError
+from sage.common.processes import is_running
 from sage.kernel.jobmanager.client import JobManagerClient
 
 __all__ = ["GatewaySource", "JobManagerSource", "known_processes", "parse_address"]
@@ -154,7 +155,7 @@ def discover_jobmanagers(explicit: Iterable[str]) -> list[JobManagerSource]:
     sources = [JobManagerSource(*parse_address(a, "JobManager", "--jobmanager")) for a in explicit]
     if not sources:
         state = _jobmanager_state()
-        if state is not None and _alive(state.get("pid")):
+        if state is not None and is_running(state.get("pid")):
             host = str(state.get("host", "127.0.0.1"))
             host = "127.0.0.1" if host in ("0.0.0.0", "") else host
             sources.append(JobManagerSource(host, int(state["port"]), discovered=True))
@@ -170,7 +171,7 @@ def discover_gateways(explicit: Iterable[str]) -> list[GatewaySource]:
         sources.append(GatewaySource(f"http://{host}:{port}", key))
     if not sources:
         state = _llm_state()
-        if state is not None and _alive((state.get("pids") or {}).get("gateway")):
+        if state is not None and is_running((state.get("pids") or {}).get("gateway")):
             found = (state.get("ports") or {}).get("gateway")
             if found:
                 sources.append(GatewaySource(f"http://127.0.0.1:{found}", key, discovered=True))
@@ -181,25 +182,13 @@ def known_processes() -> dict[int, str]:
     """SAGE's long-running processes on this machine: pid -> role."""
     found: dict[int, str] = {os.getpid(): "dashboard"}
     jm = _jobmanager_state()
-    if jm is not None and _alive(jm.get("pid")):
+    if jm is not None and is_running(jm.get("pid")):
         found[int(jm["pid"])] = "jobmanager"
     llm = _llm_state()
     for name, pid in ((llm or {}).get("pids") or {}).items():
-        if _alive(pid):
+        if is_running(pid):
             found[int(pid)] = f"llm {name}"
     return found
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _short(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sage.common.config.paths import sage_home
+from sage.common.processes import is_running
 
 __all__ = ["DashboardAddress", "advertise", "dashboard_state_file", "find_dashboard"]
 
@@ -41,16 +42,6 @@ def dashboard_state_file() -> Path:
     return sage_home() / "dashboard" / "server.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def find_dashboard(path: Path | None = None) -> DashboardAddress | None:
     """The dashboard whose state file is at ``path`` (default: this user's), if it runs."""
     path = path or dashboard_state_file()
@@ -64,7 +55,7 @@ def find_dashboard(path: Path | None = None) -> DashboardAddress | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return address if _alive(address.pid) else None
+    return address if is_running(address.pid) else None
 
 
 @contextlib.contextmanager

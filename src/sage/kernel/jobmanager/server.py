@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import parse_qs
 
-from sage.common.concurrency import LoopThread, run_loop
+from sage.common.concurrency import BackgroundServer, run_loop
 from sage.common.config.paths import sage_home
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError, JobCancelledError
@@ -585,7 +585,7 @@ def _query(request: Request, name: str, default: float, *, at_least: float = 0) 
     return value
 
 
-class JobManagerServer:
+class JobManagerServer(BackgroundServer):
     """The JobManager's HTTP server (the endpoints of :mod:`.protocol`).
 
     Args:
@@ -597,6 +597,8 @@ class JobManagerServer:
         token: The token clients must send (default: :func:`~.token.server_token`, which
             creates ``$SAGE_HOME/jobmanager/token`` on first use).
     """
+
+    thread_name = "sage-jobmanager-http"
 
     def __init__(
         self,
@@ -612,7 +614,6 @@ class JobManagerServer:
         self.port = port
         self._token = token
         self._http: HttpServer | None = None
-        self._thread: LoopThread | None = None
 
     @property
     def address(self) -> str:
@@ -667,33 +668,6 @@ class JobManagerServer:
         await asyncio.get_running_loop().run_in_executor(None, self.manager.shutdown)
         await self._http.close()
         self._http = None
-
-    def start(self) -> int:
-        """Serve from a background thread; return the port once listening."""
-        self._thread = LoopThread("sage-jobmanager-http")
-        try:
-            return self._thread.call(self.start_async())
-        except BaseException:
-            self._thread.stop()
-            self._thread = None
-            raise
-
-    def stop(self) -> None:
-        """Stop a server started with :meth:`start` (see :meth:`stop_async`); idempotent."""
-        if self._thread is None:
-            return
-        try:
-            self._thread.call(self.stop_async())
-        finally:
-            self._thread.stop()
-            self._thread = None
-
-    def __enter__(self) -> JobManagerServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- handlers -------------------------------------------------------------------------
 
