@@ -80,10 +80,10 @@ LOOPBACK_ONLY := unshare -n sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
 test: $(VENV)/.stamp-test browser
 	@if [ "$$(id -u)" = 0 ] && command -v unshare >/dev/null && command -v ip >/dev/null; then \
-		$(LOOPBACK_ONLY) $(PY) -m pytest; \
+		$(LOOPBACK_ONLY) $(PY) -m pytest --durations=25; \
 	else \
 		echo "note: not root (or no unshare/ip): tests run on the host network"; \
-		$(PY) -m pytest; \
+		$(PY) -m pytest --durations=25; \
 	fi
 
 bench: $(VENV)/.stamp-bench $(PEERS)/.stamp
