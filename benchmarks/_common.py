@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,16 @@ def cpu_ticks() -> tuple[int, int]:
     except (OSError, ValueError):
         return 0, 0
     return fields[7], sum(fields)
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds this machine has spent busy (any process) so far; 0 without /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as fh:
+            ticks = [int(v) for v in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
 
 @dataclass
@@ -142,3 +153,15 @@ def report(name: str, title: str, lines: list[str], write_readme: bool) -> None:
     print(table)
     if write_readme:
         write_readme_section(name, f"## {title}\n\n{table}")
+
+
+def report_checked(
+    name: str, title: str, lines: list[str], errors: list[str], write_readme: bool
+) -> None:
+    """:func:`report`, listing ``errors`` (wrong results) if any: then the README is left as
+    it was and the process exits 1."""
+    if errors:
+        lines = [*lines, "", "**Wrong results**:", "", *(f"- {e}" for e in errors)]
+    report(name, title, lines, write_readme and not errors)
+    if errors:
+        sys.exit(1)

@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import Case, cpu_ticks, fmt_rate, interleave, report
+from _common import Case, busy_cpu_s, cpu_ticks, fmt_rate, interleave, report_checked
 from sage.common.core.context import RuntimeContext
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.core.functions.sink_function import SinkFunction
@@ -333,17 +333,6 @@ class Bench:
             )
 
 
-def busy_cpu_s() -> float:
-    """CPU seconds this machine has spent busy (any process) so far; 0 without /proc/stat."""
-    try:
-        with open("/proc/stat", encoding="utf-8") as fh:
-            ticks = [int(v) for v in fh.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.0f} ms"
 
@@ -476,16 +465,9 @@ def main() -> None:
         f"{(stolen2 - stolen) / max(total2 - total, 1):.0%}; other processes of this machine "
         f"kept {max(others, 0.0):.1f} of its {os.cpu_count()} CPUs busy on average meanwhile.",
     ]
-    if bench.errors:
-        lines += ["", "**Wrong results**:", "", *(f"- {e}" for e in bench.errors)]
-    report(
-        "checkpoints",
-        "Checkpoints (local runtime)",
-        lines,
-        args.write_readme and not bench.errors,
+    report_checked(
+        "checkpoints", "Checkpoints (local runtime)", lines, bench.errors, args.write_readme
     )
-    if bench.errors:
-        sys.exit(1)
 
 
 if __name__ == "__main__":
