@@ -109,7 +109,7 @@ class DashboardServer(BackgroundServer):
         self.token = ""
         self.board = JobBoard()
         self.host_monitor = HostMonitor()
-        self.gpu_monitor = GpuMonitor(interval_s=max(1.0, self.interval_s))
+        self.gpu_monitor = GpuMonitor(interval_s=self.interval_s)
         self._parts: dict[str, Any] = {"host": {}, "gpus": {}, "gateways": [], "jobmanagers": []}
         self._state = b"{}"
         self._version = 0
@@ -221,14 +221,13 @@ class DashboardServer(BackgroundServer):
                 self.board.update(row)
             self.board.drop_missing(f"jobmanager {address}", {row["id"] for row in rows})
         self._parts = parts
-        rows = self.board.rows()
+        state = self.publish()
         # the sampler reads these next tick: the processes of the local jobs on the board
         self._job_pids = {
             row["pid"]: f"job {row.get('name', '?')}"
-            for row in reversed(rows)  # newest last: a reused pid shows its latest job
+            for row in reversed(state["jobs"])  # newest last: a reused pid shows its latest job
             if row.get("source") == "local" and isinstance(row.get("pid"), int)
         }
-        self.publish()
 
     def state(self) -> dict[str, Any]:
         """The whole state, as the page gets it."""
@@ -239,13 +238,16 @@ class DashboardServer(BackgroundServer):
             "jobs": self.board.rows(),
         }
 
-    def publish(self) -> None:
-        """Rebuild the state and wake the event streams (call on the event loop)."""
-        self._state = orjson.dumps(self.state(), option=orjson.OPT_SERIALIZE_NUMPY)
+    def publish(self) -> dict[str, Any]:
+        """Rebuild the state, wake the event streams with it and return it (call on the
+        event loop)."""
+        state = self.state()
+        self._state = orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY)
         self._version += 1
         changed, self._changed = self._changed, asyncio.Event()
         if changed is not None:
             changed.set()
+        return state
 
     # -- handlers -------------------------------------------------------------------------
 

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from sage.common.errors import ConfigError
 
-__all__ = ["CONTENT_TYPE", "MetricFamily", "label_value", "render"]
+__all__ = ["CONTENT_TYPE", "Column", "Kind", "MetricFamily", "columns", "label_value", "render"]
+
+Kind = Literal["counter", "gauge"]
+Column = tuple[str, Kind, str, str]
+"""A family built from rows of figures: (name, kind, help, the row's key holding its value)."""
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The ``content-type`` of :func:`render`'s output."""
@@ -71,7 +75,7 @@ class MetricFamily:
         ConfigError: (a ``ValueError``) an invalid name or kind; the message says the fix.
     """
 
-    def __init__(self, name: str, kind: Literal["counter", "gauge"], help: str) -> None:
+    def __init__(self, name: str, kind: Kind, help: str) -> None:
         if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name):
             raise ConfigError(
                 f"metric name {name!r} is invalid: use letters, digits, '_' and ':' only, "
@@ -87,7 +91,7 @@ class MetricFamily:
                 "(or make it a gauge)"
             )
         self.name = name
-        self.kind: Literal["counter", "gauge"] = kind
+        self.kind: Kind = kind
         self.help = help
         self._samples: list[str] = []
 
@@ -140,3 +144,23 @@ def render(families: Iterable[MetricFamily]) -> bytes:
     """
     lines = [line for family in families for line in family.lines()]
     return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def columns(
+    specs: Iterable[Column], rows: Iterable[tuple[Mapping[str, object], Mapping[str, Any]]]
+) -> list[MetricFamily]:
+    """One family per column of ``specs``, with a sample per ``(labels, figures)`` row.
+
+    A row whose figure is missing or not a number (``None``: nothing measured yet) has no
+    sample in that family; booleans count as 0/1.
+    """
+    rows = list(rows)
+    families = []
+    for name, kind, help_text, key in specs:
+        family = MetricFamily(name, kind, help_text)
+        for labels, figures in rows:
+            value = figures.get(key)
+            if isinstance(value, int | float):
+                family.add(float(value), **labels)
+        families.append(family)
+    return families

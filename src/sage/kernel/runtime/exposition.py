@@ -10,45 +10,44 @@ serves, so no side needs the other's objects.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
-from sage.common.observability.prometheus import MetricFamily
+from sage.common.observability.prometheus import Column, MetricFamily, columns
 
 __all__ = ["job_families"]
 
-Kind = Literal["counter", "gauge"]
-
-# name -> (kind, help, key in the operator's dict)
-_OPERATOR: dict[str, tuple[Kind, str, str]] = {
-    "sage_operator_records_in_total": ("counter", "Records an operator took in.", "records_in"),
-    "sage_operator_records_out_total": ("counter", "Records an operator emitted.", "records_out"),
-    "sage_operator_errors_total": ("counter", "Records an operator failed on.", "errors"),
-    "sage_operator_parallelism": ("gauge", "Parallel instances of an operator.", "parallelism"),
-    "sage_operator_throughput_rps": (
+_OPERATOR: list[Column] = [
+    ("sage_operator_records_in_total", "counter", "Records an operator took in.", "records_in"),
+    ("sage_operator_records_out_total", "counter", "Records an operator emitted.", "records_out"),
+    ("sage_operator_errors_total", "counter", "Records an operator failed on.", "errors"),
+    ("sage_operator_parallelism", "gauge", "Parallel instances of an operator.", "parallelism"),
+    (
+        "sage_operator_throughput_rps",
         "gauge",
         "Records processed per second, averaged since the job started.",
         "throughput_rps",
     ),
-    "sage_operator_latency_mean_ms": ("gauge", "Mean per-record time (ms).", "mean_ms"),
-    "sage_operator_latency_p50_ms": ("gauge", "Median per-record time (ms).", "p50_ms"),
-    "sage_operator_latency_p95_ms": ("gauge", "p95 per-record time (ms).", "p95_ms"),
-    "sage_operator_latency_p99_ms": ("gauge", "p99 per-record time (ms).", "p99_ms"),
-    "sage_operator_backpressure": (
+    ("sage_operator_latency_mean_ms", "gauge", "Mean per-record time (ms).", "mean_ms"),
+    ("sage_operator_latency_p50_ms", "gauge", "Median per-record time (ms).", "p50_ms"),
+    ("sage_operator_latency_p95_ms", "gauge", "p95 per-record time (ms).", "p95_ms"),
+    ("sage_operator_latency_p99_ms", "gauge", "p99 per-record time (ms).", "p99_ms"),
+    (
+        "sage_operator_backpressure",
         "gauge",
         "Fill (0..1) of the fullest input queue of an operator's tasks.",
         "backpressure",
     ),
-}
-_SERVICE: dict[str, tuple[Kind, str, str]] = {
-    "sage_service_calls_total": ("counter", "Calls a service served.", "calls"),
-    "sage_service_errors_total": ("counter", "Calls that raised.", "errors"),
-    "sage_service_timeouts_total": ("counter", "Calls that outlived their timeout.", "timeouts"),
-    "sage_service_fallbacks_total": ("counter", "Calls handed to the fallback.", "fallbacks"),
-    "sage_service_in_flight": ("gauge", "Calls running now.", "in_flight"),
-    "sage_service_waiting": ("gauge", "Callers waiting for a free instance.", "waiting"),
-    "sage_service_replicas": ("gauge", "Instances sharing the calls.", "replicas"),
-    "sage_service_latency_p95_ms": ("gauge", "p95 call latency (ms).", "p95_ms"),
-}
+]
+_SERVICE: list[Column] = [
+    ("sage_service_calls_total", "counter", "Calls a service served.", "calls"),
+    ("sage_service_errors_total", "counter", "Calls that raised.", "errors"),
+    ("sage_service_timeouts_total", "counter", "Calls that outlived their timeout.", "timeouts"),
+    ("sage_service_fallbacks_total", "counter", "Calls handed to the fallback.", "fallbacks"),
+    ("sage_service_in_flight", "gauge", "Calls running now.", "in_flight"),
+    ("sage_service_waiting", "gauge", "Callers waiting for a free instance.", "waiting"),
+    ("sage_service_replicas", "gauge", "Instances sharing the calls.", "replicas"),
+    ("sage_service_latency_p95_ms", "gauge", "p95 call latency (ms).", "p95_ms"),
+]
 
 
 def job_families(jobs: Iterable[Mapping[str, Any]]) -> list[MetricFamily]:
@@ -59,8 +58,8 @@ def job_families(jobs: Iterable[Mapping[str, Any]]) -> list[MetricFamily]:
     dead = MetricFamily(
         "sage_job_dead_letters_total", "counter", "Records kept by on_error='dead_letter'."
     )
-    operator = {n: MetricFamily(n, kind, text) for n, (kind, text, _) in _OPERATOR.items()}
-    service = {n: MetricFamily(n, kind, text) for n, (kind, text, _) in _SERVICE.items()}
+    operators: list[tuple[dict[str, object], Mapping[str, Any]]] = []
+    services: list[tuple[dict[str, object], Mapping[str, Any]]] = []
     for job in jobs:
         ids = {"job_id": job.get("id", ""), "job": job.get("name", "")}
         info.add(1, **ids, status=job.get("status", ""), runtime=job.get("runtime", ""))
@@ -69,12 +68,12 @@ def job_families(jobs: Iterable[Mapping[str, Any]]) -> list[MetricFamily]:
             continue
         elapsed.add(float(metrics.get("elapsed_s") or 0.0), **ids)
         dead.add(float(metrics.get("dead_letters") or 0), **ids)
-        for op in metrics.get("operators") or ():
-            labels = {**ids, "operator": op.get("operator", ""), "node": op.get("node_id", -1)}
-            for name, (_, _, key) in _OPERATOR.items():
-                operator[name].add(float(op.get(key) or 0.0), **labels)
-        for svc in metrics.get("services") or ():
-            labels = {**ids, "service": svc.get("service", "")}
-            for name, (_, _, key) in _SERVICE.items():
-                service[name].add(float(svc.get(key) or 0.0), **labels)
-    return [info, elapsed, dead, *operator.values(), *service.values()]
+        operators += (
+            ({**ids, "operator": op.get("operator", ""), "node": op.get("node_id", -1)}, op)
+            for op in metrics.get("operators") or ()
+        )
+        services += (
+            ({**ids, "service": svc.get("service", "")}, svc)
+            for svc in metrics.get("services") or ()
+        )
+    return [info, elapsed, dead, *columns(_OPERATOR, operators), *columns(_SERVICE, services)]

@@ -36,7 +36,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from time import perf_counter
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import orjson
@@ -81,7 +81,7 @@ from sage.common.http import (
     json_response,
 )
 from sage.common.observability.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
-from sage.common.observability.prometheus import MetricFamily, render
+from sage.common.observability.prometheus import Column, MetricFamily, columns, render
 
 __all__ = ["UnifiedAPIServer", "openai_error"]
 
@@ -657,7 +657,7 @@ class UnifiedAPIServer:
         for lane in state["lanes"]:
             queued.add(lane["queued"], type=lane["kind"], model=lane["model"])
         families = [requests, waiting, retries, policy_active, queued]
-        per_class: list[tuple[str, Literal["counter", "gauge"], str, str]] = [
+        per_class: list[Column] = [
             ("sage_class_requests_total", "counter", "Requests answered, per class.", "requests"),
             ("sage_class_errors_total", "counter", "Requests failed, per class.", "errors"),
             ("sage_class_latency_p95_ms", "gauge", "p95 latency incl. queueing (ms).", "p95_ms"),
@@ -669,13 +669,10 @@ class UnifiedAPIServer:
                 "slo_attainment",
             ),
         ]
-        for name, kind, help_text, key in per_class:
-            family = MetricFamily(name, kind, help_text)
-            for class_name, figures in state["classes"].items():
-                if figures[key] is not None:
-                    family.add(float(figures[key]), **{"class": class_name})
-            families.append(family)
-        per_instance: list[tuple[str, Literal["counter", "gauge"], str, str]] = [
+        families += columns(
+            per_class, (({"class": name}, figures) for name, figures in state["classes"].items())
+        )
+        per_instance: list[Column] = [
             (
                 "sage_instance_requests_total",
                 "counter",
@@ -706,19 +703,20 @@ class UnifiedAPIServer:
                 "slo_attainment",
             ),
         ]
-        states = [i.describe() for i in self.registry.all()]
-        for name, kind, help_text, key in per_instance:
-            family = MetricFamily(name, kind, help_text)
-            for instance in states:
-                labels = {
-                    "instance": instance["instance_id"],
-                    "model": instance["model_name"],
-                    "type": instance["instance_type"],
-                }
-                value = instance[key]
-                if isinstance(value, int | float):  # None: nothing to show yet
-                    family.add(float(value), **labels)
-            families.append(family)
+        families += columns(
+            per_instance,
+            (
+                (
+                    {
+                        "instance": described["instance_id"],
+                        "model": described["model_name"],
+                        "type": described["instance_type"],
+                    },
+                    described,
+                )
+                for described in (i.describe() for i in self.registry.all())
+            ),
+        )
         return Response(body=render(families), content_type=PROMETHEUS_CONTENT_TYPE)
 
     def metrics_snapshot(self) -> dict[str, Any]:
