@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dashboard_helpers import RunningJob
 
-from conftest import RunningJob
 from sage.dashboard.server import DashboardServer
 
 CHROMIUM = os.environ.get("SAGE_CHROMIUM", "/usr/bin/chromium")

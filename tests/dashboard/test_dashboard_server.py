@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from dashboard_helpers import RunningJob
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import RunningJob
 from metric_names import missing
 from sage.common.errors import ConfigError
 from sage.common.observability.discovery import find_dashboard
