@@ -1,11 +1,13 @@
 """Gateway load test: 5,000 requests at concurrency 64 over three instances, one killed mid-run.
 
-Three simulated GPU instances (engine processes) and a gateway process over them, on
-127.0.0.1; the load comes from this process (``httpx.AsyncClient``, closed loop: each of the
-``--concurrency`` clients sends its next request when its previous one ended). 10% of the
-requests are streamed. When the request at ``--kill-at`` of the run is sent, one instance gets
-SIGKILL (its process group) and is started again on the same port as soon as it is gone; the
-gateway's health checks take it back. Targets:
+Three engine processes, GPU-instance simulators (``--engine simulated``) or the real CPU
+engine serving the bundled SmolLM2 (``--engine cpu``; by default one run on each), and a
+gateway process over them, on 127.0.0.1; the load comes from this process
+(``httpx.AsyncClient``, closed loop: each of the ``--concurrency`` clients sends its next
+request when its previous one ended). 10% of the requests are streamed. When the request at
+``--kill-at`` of the run is sent, one instance gets SIGKILL (its process group) and is started
+again on the same port as soon as it is gone; the gateway's health checks take it back.
+Targets:
 
 * zero lost or hung requests: each one succeeds or gets a retryable status (429 with
   ``Retry-After``, 503). A streamed request that was in flight at the kill and had already
@@ -14,7 +16,8 @@ gateway's health checks take it back. Targets:
 * the gateway's RSS grows by less than 50 MB from after a warm-up to the end.
 
 The logic lives in :mod:`sage.benchmark.gateway_load`; ``tests/components/
-test_gateway_load.py`` runs it shortened. Exits 1 when a target is missed.
+test_gateway_load.py`` runs it shortened (and fails there when a target is missed; here the
+verdict is in the table).
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import cpu_ticks, report
-from sage.benchmark.gateway_load import DEFAULT_PROFILE, LoadConfig, LoadResult, run_load
+from sage.benchmark.gateway_load import (
+    DEFAULT_PROFILE,
+    ENGINES,
+    LoadConfig,
+    LoadResult,
+    run_load,
+)
 
 RSS_TARGET_MB = 50.0
 
@@ -42,6 +51,13 @@ def table(result: LoadResult, steal: float) -> tuple[list[str], bool]:
     streams = result.categories(streamed=True)
     streamed = sum(streams.values())
     failover = result.failover
+    engines = (
+        f"{config.instances} simulated GPU instances (each its own process; "
+        f"{json.dumps(config.sim_profile)})"
+        if config.engine == "simulated"
+        else f"{config.instances} CPU engines serving SmolLM2-135M-Instruct (each its own "
+        "process, batches of 8, sharing the machine's cores)"
+    )
     kill = (
         f" At request {_n(config.kill_index)} ({config.kill_at:.0%} of them) one instance got "
         "SIGKILL and was started again on its port as soon as it was gone."
@@ -52,8 +68,7 @@ def table(result: LoadResult, steal: float) -> tuple[list[str], bool]:
         f"{_n(config.requests)} chat completions ({streamed / config.requests:.0%} streamed, "
         f"max_tokens {config.max_tokens}) at concurrency {config.concurrency} through the "
         f"gateway ({config.policy}, health checks every {config.health_check_interval_s:g} s) "
-        f"over {config.instances} simulated GPU instances (each its own process; "
-        f"{json.dumps(config.sim_profile)}), after {_n(config.warmup)} warm-up requests; "
+        f"over {engines}, after {_n(config.warmup)} warm-up requests; "
         f"closed loop from one client process (httpx).{kill}",
         "",
         "| figure | value | target |",
@@ -163,10 +178,24 @@ def main() -> None:
         help="share of the requests sent when an instance is killed (negative: no kill)",
     )
     parser.add_argument("--stream-share", type=float, default=0.1)
-    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="of every request (default: 24, cpu: 4)"
+    )
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds: hung after")
     parser.add_argument("--instances", type=int, default=3)
+    parser.add_argument(
+        "--engine",
+        choices=(*ENGINES, "all"),
+        default="all",
+        help="the engines behind the gateway (all: a run on each, one after the other)",
+    )
+    parser.add_argument(
+        "--back-timeout",
+        type=float,
+        default=None,
+        help="seconds the restarted instance may take to be back (default: 30, cpu: 120)",
+    )
     parser.add_argument("--policy", default="fifo")
     parser.add_argument("--health-interval", type=float, default=0.5)
     parser.add_argument("--max-queued", type=int, default=None)
@@ -174,27 +203,38 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, default=None)
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
+    for engine in ENGINES if args.engine == "all" else (args.engine,):
+        run_one(args, engine)
+
+
+def run_one(args: argparse.Namespace, engine: str) -> None:
+    """One load run on ``engine`` with the command line's settings, reported."""
+    on_cpu = engine == "cpu"
     config = LoadConfig(
         requests=args.requests,
         concurrency=args.concurrency,
         kill_at=args.kill_at if args.kill_at >= 0 else None,
         stream_share=args.stream_share,
-        max_tokens=args.max_tokens,
+        max_tokens=args.max_tokens or (4 if on_cpu else 24),
         warmup=args.warmup,
         deadline_s=args.deadline,
         instances=args.instances,
+        engine=engine,
+        back_timeout_s=args.back_timeout or (120.0 if on_cpu else 30.0),
         policy=args.policy,
         health_check_interval_s=args.health_interval,
         max_queued_requests=args.max_queued,
         sim_profile=json.loads(args.sim_profile),
     )
     stolen, total = cpu_ticks()
-    result = run_load(config, args.log_dir)
+    log_dir = args.log_dir / engine if args.log_dir is not None else None
+    result = run_load(config, log_dir)
     stolen2, total2 = cpu_ticks()
     lines, _ = table(result, (stolen2 - stolen) / max(total2 - total, 1))
     report(
-        "gateway_load",
-        "Gateway under load, one instance killed and restarted",
+        "gateway_load_cpu" if on_cpu else "gateway_load",
+        "Gateway under load, one instance killed and restarted"
+        + (" (real CPU engines)" if on_cpu else ""),
         lines,
         args.write_readme,
     )  # the verdict is in the table; like every benchmark, a missed target is not an error

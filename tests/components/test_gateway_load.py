@@ -28,9 +28,15 @@ def test_the_kill_point_and_the_streamed_share() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("requests", 0), ("kill_at", 1.0), ("stream_share", 2.0), ("deadline_s", 0.0)],
+    [
+        ("requests", 0),
+        ("kill_at", 1.0),
+        ("stream_share", 2.0),
+        ("deadline_s", 0.0),
+        ("engine", "vllm"),
+    ],
 )
-def test_bad_settings_are_named(field: str, value: float) -> None:
+def test_bad_settings_are_named(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         LoadConfig(**{field: value}).validate()  # type: ignore[arg-type]
 

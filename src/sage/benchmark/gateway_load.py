@@ -1,7 +1,8 @@
 """A bounded load test of the gateway: one of its instances killed and restarted mid-run.
 
-Three simulated GPU instances (engine processes, :mod:`~sage.benchmark.control_plane.cluster`)
-and a gateway process over them, all on 127.0.0.1. A closed loop of ``concurrency`` clients
+Three engine processes (:mod:`~sage.benchmark.control_plane.cluster`): GPU-instance
+simulators by default, or the real CPU engine serving SmolLM2 (``engine="cpu"``), and a
+gateway process over them, all on 127.0.0.1. A closed loop of ``concurrency`` clients
 (``httpx.AsyncClient``) sends ``requests`` chat completions, most non-streamed and a share
 streamed. When the request at ``kill_at`` of the run is sent, one instance is SIGKILLed (its
 process group), and as soon as it is gone it is started again on the same port; the gateway's
@@ -54,6 +55,7 @@ from sage.common.stats import percentile
 __all__ = [
     "CATEGORIES",
     "DEFAULT_PROFILE",
+    "ENGINES",
     "Failover",
     "LoadCluster",
     "LoadConfig",
@@ -66,6 +68,9 @@ DEFAULT_PROFILE: dict[str, Any] = {"decode_base_ms": 8.0, "decode_ms_per_seq": 0
 """16 sequences per batch, a decode step of 8 ms + 0.5 ms per sequence: with ``max_tokens``
 24 a request takes about 0.4 s at full batch, so the clients' requests are mostly running on
 the instances (or waiting in the gateway) rather than inside the client."""
+
+ENGINES = ("simulated", "cpu")
+"""The engines a load run can put behind the gateway."""
 
 CATEGORIES = ("ok", "retryable", "stream cut", "lost", "hung")
 """How a request ended (see the module docstring)."""
@@ -88,6 +93,8 @@ class LoadConfig:
         warmup: Requests sent before the measured ones (and before the first RSS reading).
         deadline_s: A request not ended after this long counts as hung.
         instances: Engine processes behind the gateway.
+        engine: ``"simulated"`` (GPU-instance simulators, :attr:`sim_profile`) or ``"cpu"``
+            (the real CPU engine serving the bundled SmolLM2, batches of 8).
         policy: The gateway's scheduling policy.
         health_check_interval_s: The gateway's health-check interval.
         max_queued_requests: The gateway's bound on waiting requests (``None``: its default).
@@ -104,6 +111,7 @@ class LoadConfig:
     warmup: int = 200
     deadline_s: float = 60.0
     instances: int = 3
+    engine: str = "simulated"
     policy: str = "fifo"
     health_check_interval_s: float = 0.5
     max_queued_requests: int | None = None
@@ -137,6 +145,10 @@ class LoadConfig:
         for name in ("deadline_s", "health_check_interval_s", "back_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"LoadConfig.{name}={getattr(self, name)!r} must be above 0")
+        if self.engine not in ENGINES:
+            raise ConfigError(
+                f"LoadConfig.engine={self.engine!r} must be one of {', '.join(ENGINES)}"
+            )
         if self.kill_at is not None and self.instances < 2:
             raise ConfigError(
                 "LoadConfig.instances must be at least 2 with a kill (the others take over)"
@@ -298,8 +310,8 @@ class LoadResult:
 
 
 class LoadCluster(LocalCluster):
-    """Simulated engine processes and a gateway over them, with the load test's gateway
-    settings; one instance can be killed and started again on its port.
+    """Engine processes and a gateway over them, with the load test's gateway settings; one
+    instance can be killed and started again on its port.
 
     Args:
         config: The run's settings.
@@ -309,7 +321,7 @@ class LoadCluster(LocalCluster):
     def __init__(self, config: LoadConfig, log_dir: Path) -> None:
         bench = LLMBenchmarkConfig(
             policies=[config.policy],
-            engine="simulated",
+            engine=config.engine,
             instances=config.instances,
             sim_profile=dict(config.sim_profile),
         )
@@ -365,7 +377,7 @@ class LoadCluster(LocalCluster):
         pid, _, _ = spawn_engine(
             "llm",
             default_model(self.config, "llm"),
-            "simulated",
+            self.config.engine,
             self.log_dir / f"llm-restart-{self.restarts}.log",
             port=engine.port,
             timeout_s=self.timeout_s,
