@@ -34,6 +34,7 @@ from sage.benchmark.gateway_load import (
     DEFAULT_PROFILE,
     ENGINES,
     LoadConfig,
+    LoadEngine,
     LoadResult,
     run_load,
 )
@@ -207,7 +208,7 @@ def main() -> None:
         run_one(args, engine)
 
 
-def run_one(args: argparse.Namespace, engine: str) -> None:
+def run_one(args: argparse.Namespace, engine: LoadEngine) -> None:
     """One load run on ``engine`` with the command line's settings, reported."""
     on_cpu = engine == "cpu"
     config = LoadConfig(

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import psutil
@@ -59,6 +59,7 @@ __all__ = [
     "Failover",
     "LoadCluster",
     "LoadConfig",
+    "LoadEngine",
     "LoadResult",
     "Outcome",
     "run_load",
@@ -69,7 +70,8 @@ DEFAULT_PROFILE: dict[str, Any] = {"decode_base_ms": 8.0, "decode_ms_per_seq": 0
 24 a request takes about 0.4 s at full batch, so the clients' requests are mostly running on
 the instances (or waiting in the gateway) rather than inside the client."""
 
-ENGINES = ("simulated", "cpu")
+LoadEngine = Literal["simulated", "cpu"]
+ENGINES: tuple[LoadEngine, ...] = ("simulated", "cpu")
 """The engines a load run can put behind the gateway."""
 
 CATEGORIES = ("ok", "retryable", "stream cut", "lost", "hung")
@@ -111,7 +113,7 @@ class LoadConfig:
     warmup: int = 200
     deadline_s: float = 60.0
     instances: int = 3
-    engine: str = "simulated"
+    engine: LoadEngine = "simulated"
     policy: str = "fifo"
     health_check_interval_s: float = 0.5
     max_queued_requests: int | None = None
