@@ -14,8 +14,9 @@ import pytest
 
 from checkpoint_helpers import Numbers, RunningCount, check_exactly_once
 from sage.common.core.functions.map_function import MapFunction
+from sage.common.errors import OperatorError
 from sage.kernel.api.local_environment import LocalEnvironment
-from sage.kernel.checkpoint import TransactionalFileSink
+from sage.kernel.checkpoint import RestartsExhaustedError, TransactionalFileSink
 from sage.kernel.checkpoint.state import END_OF_INPUT
 from sage.kernel.runtime.ray.executor import RayJob
 
@@ -121,3 +122,35 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_exactly_once(
         ray.kill(event)
     assert marker.exists() and job.restarts == 1
     check_exactly_once(out, N)
+
+
+class AlwaysFails(MapFunction):
+    def execute(self, value: int) -> int:
+        if value == 10:
+            raise ValueError("record 10 is poison")
+        return value
+
+
+def test_the_restart_strategy_gives_up_on_ray_with_the_cause(ray_cluster: Any) -> None:
+    env = LocalEnvironment(
+        "ray_poison",
+        config={
+            "fault_tolerance": {
+                "strategy": "restart",
+                "restart_strategy": "exponential",
+                "initial_delay_s": 0.01,
+                "max_restarts": 1,
+            }
+        },
+    )
+    env.from_collection(list(range(100))).map(AlwaysFails).sink(lambda v: None)
+    job = RayJob(env.plan(), env.job_config, env.services)
+    try:
+        with pytest.raises(RestartsExhaustedError, match="after 1 restart") as info:
+            job.run()
+    finally:
+        job.close()
+    assert "exponential" in str(info.value) and "poison" in str(info.value)
+    assert isinstance(info.value.__cause__, OperatorError)
+    assert "AlwaysFails" in str(info.value.__cause__)
+    assert job.restarts == 1
