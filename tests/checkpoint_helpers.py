@@ -44,6 +44,15 @@ class RunningCount(MapFunction):
         return value % KEYS, value, count
 
 
+class AlwaysFails(MapFunction):
+    """Raises on record 10, every time: a job with it never finishes."""
+
+    def execute(self, value: int) -> int:
+        if value == 10:
+            raise ValueError("record 10 is poison")
+        return value
+
+
 def check_exactly_once(directory: Path, n: int) -> None:
     """Every value 0..n-1 committed once, each key's counts exactly 1..N_k."""
     rows = read_committed(directory)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from checkpoint_helpers import Numbers, RunningCount, check_exactly_once
+from checkpoint_helpers import AlwaysFails, Numbers, RunningCount, check_exactly_once
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.errors import OperatorError
 from sage.kernel.api.local_environment import LocalEnvironment
@@ -122,13 +122,6 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_exactly_once(
         ray.kill(event)
     assert marker.exists() and job.restarts == 1
     check_exactly_once(out, N)
-
-
-class AlwaysFails(MapFunction):
-    def execute(self, value: int) -> int:
-        if value == 10:
-            raise ValueError("record 10 is poison")
-        return value
 
 
 def test_the_restart_strategy_gives_up_on_ray_with_the_cause(ray_cluster: Any) -> None:

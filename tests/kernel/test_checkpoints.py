@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from checkpoint_helpers import Numbers, RunningCount, check_exactly_once
+from checkpoint_helpers import AlwaysFails, Numbers, RunningCount, check_exactly_once
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.errors import ConfigError, OperatorError
 from sage.kernel.api.local_environment import LocalEnvironment
@@ -108,13 +108,6 @@ def test_restarts_without_checkpoints_replay_from_the_start_and_commit_once(
     job = env.submit()
     assert job.restarts == 1
     check_exactly_once(out, 5_000)
-
-
-class AlwaysFails(MapFunction):
-    def execute(self, value: int) -> int:
-        if value == 10:
-            raise ValueError("record 10 is poison")
-        return value
 
 
 def test_the_restart_strategy_gives_up_with_the_cause() -> None:
