@@ -11,9 +11,13 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from jobmanager_helpers import CountingFactory, private_home, running_jobmanager
+
+from sage.kernel.jobmanager.server import JobManagerServer
 
 LOOPBACK = "127.0.0.1"
 
@@ -21,6 +25,25 @@ LOOPBACK = "127.0.0.1"
 def loopback_only() -> bool:
     """Whether this process sees no network interface but loopback."""
     return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``$SAGE_HOME`` (so a fresh JobManager token) for one test."""
+    return private_home(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def factory() -> CountingFactory:
+    """Runs jobs on this process's threads and remembers what it was given."""
+    return CountingFactory()
+
+
+@pytest.fixture
+def server(factory: CountingFactory) -> Iterator[JobManagerServer]:
+    """A JobManager on a free loopback port, running jobs through ``factory``."""
+    with running_jobmanager(factory) as server:
+        yield server
 
 
 @dataclass(frozen=True)

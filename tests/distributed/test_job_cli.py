@@ -8,12 +8,10 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from jobmanager_helpers import private_home, running_jobmanager
 from typer.testing import CliRunner, Result
 
 from helpers import FileSink, read_parts
@@ -26,15 +24,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def wide_terminal(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh ``$SAGE_HOME`` and tables wide enough not to wrap."""
     monkeypatch.setenv("COLUMNS", "200")
-    return private_home(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def server() -> Iterator[JobManagerServer]:
-    with running_jobmanager() as server:
-        yield server
 
 
 def sage(*args: str) -> Result:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from jobmanager_helpers import CountingFactory, private_home, running_jobmanager
+from jobmanager_helpers import CountingFactory, running_jobmanager
 
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError, JobError
@@ -29,21 +29,7 @@ from sage.kernel.jobmanager.protocol import (
 from sage.kernel.jobmanager.server import JobManager, JobManagerServer, ManagedJob
 from sage.kernel.jobmanager.token import TOKEN_ENV, client_token, token_file
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return private_home(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def factory() -> CountingFactory:
-    return CountingFactory()
-
-
-@pytest.fixture
-def server(factory: CountingFactory) -> Iterator[JobManagerServer]:
-    with running_jobmanager(factory) as server:
-        yield server
+pytestmark = pytest.mark.usefixtures("home")  # a fresh $SAGE_HOME, so a fresh token
 
 
 @pytest.fixture

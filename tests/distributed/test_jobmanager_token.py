@@ -16,12 +16,7 @@ from sage.kernel.jobmanager.token import (
     token_matches,
 )
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("SAGE_HOME", str(tmp_path / "sage"))
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
-    return tmp_path / "sage"
+pytestmark = pytest.mark.usefixtures("home")  # a fresh $SAGE_HOME, so a fresh token
 
 
 def test_first_start_creates_an_owner_only_token_that_clients_then_read(home: Path) -> None:

@@ -4,12 +4,10 @@ announces is never read (let alone unpickled), and the JobManager keeps serving 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
-from jobmanager_helpers import CountingFactory, private_home, running_jobmanager
+from jobmanager_helpers import CountingFactory
 
 from sage.kernel.jobmanager.client import JobManagerClient
 from sage.kernel.jobmanager.protocol import HEALTH_PATH, JOBS_PATH, SUBMISSION_CONTENT_TYPE
@@ -19,20 +17,7 @@ ANNOUNCED = 200_000_000  # bytes the peer says it sends; it sends a few
 GUARD_S = 10.0  # socket timeout: only a guard against a hang, never a measured time
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return private_home(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def factory() -> CountingFactory:
-    return CountingFactory()
-
-
-@pytest.fixture
-def server(factory: CountingFactory) -> Iterator[JobManagerServer]:
-    with running_jobmanager(factory) as server:
-        yield server
+pytestmark = pytest.mark.usefixtures("home")  # a fresh $SAGE_HOME, so a fresh token
 
 
 def exchange(port: int, request: bytes) -> bytes:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobmanager_helpers import CountingFactory, private_home, running_jobmanager
+from jobmanager_helpers import CountingFactory, running_jobmanager
 
 from helpers import FileSink, read_parts
 from sage.common.core.functions.map_function import MapFunction
@@ -25,14 +25,7 @@ from sage.kernel.runtime.status import JobStatus
 TEXT = ["the quick brown fox", "jumps over the lazy dog", "the dog sleeps", "a fox runs"]
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return private_home(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def factory() -> CountingFactory:
-    return CountingFactory()
+pytestmark = pytest.mark.usefixtures("home")  # a fresh $SAGE_HOME, so a fresh token
 
 
 @pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.slow)])
