@@ -47,7 +47,6 @@ import psutil
 from sage.benchmark.control_plane.cluster import EngineProcess, LocalCluster, default_model
 from sage.benchmark.control_plane.config import LLMBenchmarkConfig
 from sage.common.components.sage_llm.engines.simulated import SimulatorProfile
-from sage.common.components.sage_llm.processes import spawn_engine
 from sage.common.concurrency import run_loop
 from sage.common.errors import ConfigError
 from sage.common.stats import percentile
@@ -376,16 +375,10 @@ class LoadCluster(LocalCluster):
     def restart(self, engine: EngineProcess) -> None:
         """Start ``engine`` again on its port; return once it listens."""
         self.restarts += 1
-        pid, _, _ = spawn_engine(
-            "llm",
-            default_model(self.config, "llm"),
-            self.config.engine,
-            self.log_dir / f"llm-restart-{self.restarts}.log",
-            port=engine.port,
-            timeout_s=self.timeout_s,
-            extra=self._engine_options("llm"),
+        started = self._start_engine(
+            "llm", 0, port=engine.port, log_name=f"llm-restart-{self.restarts}.log"
         )
-        engine.pid, engine.killed = pid, False
+        engine.pid, engine.killed = started.pid, False
 
     def rss(self) -> int:
         """The gateway process's resident memory in bytes."""

@@ -156,12 +156,17 @@ class LocalCluster:
             options += ["--threads", str(threads)]
         return options
 
-    def _start_engine(self, kind: Kind, number: int) -> EngineProcess:
+    def _start_engine(
+        self, kind: Kind, number: int, *, port: int = 0, log_name: str | None = None
+    ) -> EngineProcess:
+        """Start engine ``number`` of ``kind`` (on ``port``; 0: a free one), logging to
+        ``log_name`` (default ``{kind}-{number}.log``) in the cluster's log folder."""
         pid, port, model = spawn_engine(
             kind,
             default_model(self.config, kind),
             self.config.engine,
-            self.log_dir / f"{kind}-{number}.log",
+            self.log_dir / (log_name or f"{kind}-{number}.log"),
+            port=port,
             timeout_s=self.timeout_s,
             extra=self._engine_options(kind),
         )
