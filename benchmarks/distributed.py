@@ -15,6 +15,12 @@ each declare 4 CPUs (logical Ray resources; the machine itself has what it has):
 3. The same I/O-bound map with Ray Data's ``map_batches`` on the same 3-node cluster,
    interleaved with SAGE's 3-node runs of part 1. Target: SAGE's end-to-end time at least
    as good as Ray Data's (>= 1.0x).
+4. ``collect()`` of 1,000,000 small records at the driver: a ``LocalEnvironment`` vs a
+   ``RemoteEnvironment`` whose JobManager is a process of its own running the job on the
+   3-node cluster (records travel host -> JobManager -> driver). Interleaved rounds for the
+   throughput; then the driver's memory, each case in a fresh process of its own: its peak
+   RSS growth while collecting all the records, and while a ``max_records`` cap of 100,000
+   stops the job (the memory is bounded by the cap, not by the stream).
 
 Ray binds to the machine's interface unless it runs in a network namespace whose only
 interface is loopback: as root with ``unshare`` and ``ip``, this script re-executes itself
@@ -24,11 +30,14 @@ in one; elsewhere it says so and exits. ``--write-readme`` stores the table in R
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -42,6 +51,7 @@ sys.path.insert(0, str(HERE))
 from _common import Case, fmt_rate, interleave, report  # noqa: E402
 from kernel_throughput import MAPS, expected, keep  # noqa: E402
 from sage.kernel.api.local_environment import LocalEnvironment  # noqa: E402
+from sage.kernel.jobmanager.token import TOKEN_ENV  # noqa: E402
 from sage.kernel.runtime.ray.executor import RAY_MAX_BATCH_DELAY_S  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -49,6 +59,8 @@ CPUS_PER_NODE = 4
 IO_RECORDS = 3_000
 IO_WAIT_S = 0.010
 CPU_RECORDS = 1_000_000
+COLLECT_RECORDS = 1_000_000
+COLLECT_CAP = 100_000  # the cap of the bounded-memory case (a tenth of the stream)
 # Ray Data: one read task per block, fused with the map (see ray_data_seconds). One block
 # per CPU was the fastest of 1, 2, 3, 4, 8 and 15 per CPU on this machine.
 RAY_DATA_BLOCKS_PER_CPU = 1
@@ -65,6 +77,10 @@ def remote_call(x: int) -> int:
 
 def discard(x: Any) -> None:
     """The sink: does nothing (records are counted by the job's metrics)."""
+
+
+def increment(x: int) -> int:
+    return x + 1
 
 
 def remote_call_batch(batch: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +259,130 @@ def quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+# -- collect() at the driver ----------------------------------------------------------------
+
+
+def collect_env(port: int | None, cap: int) -> tuple[Any, Any]:
+    """The collect pipeline on a local environment (``port`` None) or a remote one."""
+    from sage.kernel.api.remote_environment import RemoteEnvironment
+
+    env: Any = (
+        LocalEnvironment("collect")
+        if port is None
+        else RemoteEnvironment("collect", port=port, log_to_driver=False)
+    )
+    result = env.from_collection(range(COLLECT_RECORDS)).map(increment).collect(max_records=cap)
+    return env, result
+
+
+def collect_once(port: int | None) -> int:
+    env, result = collect_env(port, COLLECT_RECORDS)
+    env.submit()
+    assert len(result) == COLLECT_RECORDS and result[-1] == COLLECT_RECORDS, len(result)
+    return COLLECT_RECORDS
+
+
+def peak_rss() -> int:
+    """This process's peak resident set since the last :func:`reset_peak_rss` (bytes)."""
+    with open("/proc/self/status", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_rss() -> int:
+    """Start measuring the peak resident set from now (Linux: ``clear_refs`` 5); the
+    resident set now."""
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as fh:
+        fh.write("5")
+    return peak_rss()
+
+
+def driver_memory(port: int | None, cap: int) -> dict[str, Any]:
+    """(In a fresh process) collect once; the driver's peak RSS growth while it did."""
+    from sage.common.errors import CollectLimitError
+
+    env, result = collect_env(port, cap)
+    base = reset_peak_rss()
+    start = time.perf_counter()
+    try:
+        env.submit()
+        outcome = "all records"
+    except CollectLimitError:
+        outcome = "CollectLimitError"
+    elapsed = time.perf_counter() - start
+    peak = peak_rss()
+    return {
+        "seconds": elapsed,
+        "growth_mb": max(peak - base, 0) / 2**20,
+        "held": len(result),
+        "outcome": outcome,
+    }
+
+
+def measure_driver(port: int | None, cap: int) -> dict[str, Any]:
+    args = [sys.executable, str(Path(__file__).resolve()), "--driver-memory", str(cap)]
+    if port is not None:
+        args += ["--port", str(port)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@contextmanager
+def jobmanager_process(address: str) -> Iterator[int]:
+    """A JobManager in a process of its own on the cluster at ``address``; its port."""
+    from sage.common.processes import spawn_module, terminate
+
+    with tempfile.TemporaryDirectory() as home:
+        env = {"SAGE_HOME": home}
+        pid, port = spawn_module(
+            "sage.kernel.jobmanager",
+            ["--port", "0", "--ray-address", address],
+            Path(home) / "jobmanager.log",
+            timeout_s=120,
+            env=env,
+        )
+        try:
+            yield port
+        finally:
+            terminate(pid)
+
+
+def collect_lines(local: Case, remote: Case, memory: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [
+        ("local, all records", memory["local"]),
+        ("remote, all records", memory["remote"]),
+        (f"remote, max_records={COLLECT_CAP:,}", memory["capped"]),
+    ]
+    list_mb = (sys.getsizeof([0] * COLLECT_RECORDS) + 28 * COLLECT_RECORDS) / 2**20
+    table = [
+        f"### collect() of {COLLECT_RECORDS:,} records at the driver\n\n"
+        f"`env.from_collection(range({COLLECT_RECORDS:,})).map(increment).collect()`: locally, "
+        f"and through a JobManager in a process of its own running the job on the 3-node "
+        f"cluster above (the records cross from the task's host to the JobManager over Ray, "
+        f"then to the driver over HTTP, pickled in chunks of about 1 MB, with backpressure). "
+        f"{len(local.seconds)} interleaved rounds after a warm-up; end-to-end: from submit() "
+        f"to the last record in the driver's list; median (min-max).",
+        "",
+        "| case | records/s end-to-end | ratio to local | host steal |",
+        "|---|---:|---|---:|",
+        f"| LocalEnvironment | {rate_of(local.seconds, COLLECT_RECORDS)} | | {local.steal_pct} |",
+        f"| RemoteEnvironment (JobManager process, Ray) | "
+        f"{rate_of(remote.seconds, COLLECT_RECORDS)} | "
+        f"{paired(local.seconds, remote.seconds):.2f}x local's time | {remote.steal_pct} |",
+        "",
+        f"The driver's memory, each case once in a fresh process: peak RSS growth from "
+        f"submit() on (a list of {COLLECT_RECORDS:,} Python ints is about {list_mb:.0f} MB).",
+        "",
+        "| driver | ended with | records held | peak RSS growth |",
+        "|---|---|---:|---:|",
+    ]
+    for name, m in rows:
+        table.append(f"| {name} | {m['outcome']} | {m['held']:,} | {m['growth_mb']:.1f} MB |")
+    return table
+
+
 # -- reporting -------------------------------------------------------------------------------
 
 
@@ -297,7 +437,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--driver-memory", type=int, help=argparse.SUPPRESS)  # a child's run
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.driver_memory is not None:
+        print(json.dumps(driver_memory(args.port, args.driver_memory)))
+        return
     try:
         import ray.data  # the peer; it needs pandas and pyarrow
     except ImportError as exc:
@@ -332,6 +477,17 @@ def main() -> None:
         interleave([local, cpu1.case, cpu3.case], rounds=args.rounds)
         cpu1.drop_warmup(1)
         cpu3.drop_warmup(1)
+        # the JobManager process and this one (and the drivers it starts) share a token
+        os.environ[TOKEN_ENV] = os.environ.get(TOKEN_ENV) or "distributed-benchmark"
+        with jobmanager_process(ray.get_runtime_context().gcs_address) as port:
+            collect_local = Case("collect local", lambda: collect_once(None))
+            collect_remote = Case("collect remote", lambda: collect_once(port))
+            interleave([collect_local, collect_remote], rounds=args.rounds)
+            memory = {
+                "local": measure_driver(None, COLLECT_RECORDS),
+                "remote": measure_driver(port, COLLECT_RECORDS),
+                "capped": measure_driver(port, COLLECT_CAP),
+            }
 
     ideal1 = IO_RECORDS * IO_WAIT_S / CPUS_PER_NODE
     ideal3 = IO_RECORDS * IO_WAIT_S / slots
@@ -413,6 +569,8 @@ def main() -> None:
         f"3, {len(cpu3.placement)} tasks). The 3 nodes share this machine's "
         f"{os.cpu_count()} cores, so parallelism 3 has {os.cpu_count()} cores' worth of "
         f"Python at most.",
+        "",
+        *collect_lines(collect_local, collect_remote, memory),
     ]
     report("distributed", "Distributed runtime (Ray)", lines, args.write_readme)
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from jobmanager_helpers import CountingFactory, private_home, running_jobmanager
 
-from sage.kernel.jobmanager.server import JobManagerServer
+from sage.kernel.jobmanager.server import JobFactory, JobManagerServer, RayJobFactory
 
 LOOPBACK = "127.0.0.1"
 
@@ -42,6 +42,19 @@ def factory() -> CountingFactory:
 @pytest.fixture
 def server(factory: CountingFactory) -> Iterator[JobManagerServer]:
     """A JobManager on a free loopback port, running jobs through ``factory``."""
+    with running_jobmanager(factory) as server:
+        yield server
+
+
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.slow)])
+def any_server(request: pytest.FixtureRequest, home: Path) -> Iterator[JobManagerServer]:
+    """A JobManager running jobs on this process's threads, or on the suite's Ray cluster
+    (a test using it runs on both)."""
+    if request.param == "ray":
+        cluster = request.getfixturevalue("ray_cluster")
+        factory: JobFactory = RayJobFactory(cluster.address)
+    else:
+        factory = CountingFactory()
     with running_jobmanager(factory) as server:
         yield server
 

@@ -12,6 +12,7 @@ from sage.kernel.api.base_environment import Job
 from sage.kernel.jobmanager.protocol import Submission
 from sage.kernel.jobmanager.server import JobFactory, JobManagerServer, LocalJobFactory, LogFn
 from sage.kernel.jobmanager.token import TOKEN_ENV
+from sage.kernel.runtime.output import OutputSink
 
 
 class CountingFactory(LocalJobFactory):
@@ -20,9 +21,9 @@ class CountingFactory(LocalJobFactory):
     def __init__(self) -> None:
         self.calls: list[Submission] = []
 
-    def __call__(self, submission: Submission, log: LogFn) -> Job:
+    def __call__(self, submission: Submission, log: LogFn, output: OutputSink) -> Job:
         self.calls.append(submission)
-        return super().__call__(submission, log)
+        return super().__call__(submission, log, output)
 
 
 def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -38,3 +39,13 @@ def running_jobmanager(factory: JobFactory | None = None) -> Iterator[JobManager
     """A JobManager on a free loopback port, stopped (its jobs cancelled) afterwards."""
     with JobManagerServer(job_factory=factory or CountingFactory(), port=0) as server:
         yield server
+
+
+class Armed:
+    """Unpickling this creates ``marker``: proof that a body was (or was not) decoded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Path.touch, (self.marker,))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from jobmanager_helpers import CountingFactory, running_jobmanager
+from jobmanager_helpers import Armed, CountingFactory, running_jobmanager
 
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError, JobError
@@ -60,16 +60,6 @@ def failing() -> Submission:
 def client_headers() -> dict[str, str]:
     """What a client holding this account's token sends."""
     return bearer(client_token())
-
-
-class Armed:
-    """Unpickling this creates ``marker``: proof that a body was (or was not) decoded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (Path.touch, (self.marker,))
 
 
 # -- the token --------------------------------------------------------------------------------

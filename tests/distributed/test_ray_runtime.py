@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import FileSink, read_parts
-from kernel.test_pipeline_properties import RunningCount, build_pipeline, reference
+from kernel.test_pipeline_properties import RunningCount, build_pipeline, reference, small_step
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.core.functions.source_function import SourceFunction
 from sage.common.errors import ConfigError, OperatorError, ServiceError
@@ -23,6 +23,7 @@ from sage.kernel.api.local_environment import LocalEnvironment
 from sage.kernel.api.remote_environment import RemoteEnvironment
 from sage.kernel.jobmanager.server import JobManagerServer, RayJobFactory
 from sage.kernel.jobmanager.token import TOKEN_ENV
+from sage.kernel.runtime.output import OutputLine
 from sage.kernel.runtime.ray.executor import RayJob
 
 pytestmark = pytest.mark.slow
@@ -36,13 +37,6 @@ def run_on_ray(env: LocalEnvironment) -> RayJob:
     finally:
         job.close()
     return job
-
-
-step = st.one_of(
-    st.tuples(
-        st.sampled_from(["map", "filter", "flatmap", "keyby"]), st.integers(0, 1), st.integers(1, 3)
-    )
-)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def jobmanager(ray_cluster: Any) -> Iterator[JobManagerServer]:
 )
 @given(
     data=st.lists(st.integers(-50, 200), max_size=200),
-    steps=st.lists(step, min_size=1, max_size=4),
+    steps=st.lists(small_step, min_size=1, max_size=4),
     batch_size=st.sampled_from([1, 7, 1024]),
 )
 def test_random_pipelines_give_the_local_multisets_through_remote_environment(
@@ -275,16 +269,19 @@ class Chatty(MapFunction):
         return data
 
 
-def test_function_logs_reach_the_jobs_log(ray_cluster: Any) -> None:
+def test_function_logs_reach_the_jobs_output_as_they_are_written(ray_cluster: Any) -> None:
     env = LocalEnvironment("chatty")
     env.from_collection(range(5)).map(Chatty, name="Chatty").sink(lambda x: None)
     lines: list[str] = []
-    job = RayJob(env.plan(), env.job_config, env.services, log=lines.append)
+    output: list[OutputLine] = []
+    job = RayJob(env.plan(), env.job_config, env.services, log=lines.append, output=output.extend)
     try:
         job.run()
     finally:
         job.close()
-    assert any("INFO sage.job.chatty.map 'Chatty': saw record 3" in line for line in lines)
+    assert [(o.origin, o.stream, o.text) for o in output] == [
+        ("map 'Chatty' 1/1", "stderr", "INFO sage.job.chatty.map 'Chatty': saw record 3")
+    ]
     assert any(line.startswith("started 1 task(s) on 1 node(s)") for line in lines)
     assert lines[-1].startswith("ended: finished after")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from sage.common.errors import ConfigError, JobCancelledError, JobError, Operato
 from sage.kernel.api.base_environment import BaseEnvironment
 from sage.kernel.api.local_environment import LocalEnvironment
 from sage.kernel.api.remote_environment import RemoteEnvironment
-from sage.kernel.jobmanager.server import JobFactory, JobManagerServer, RayJobFactory
+from sage.kernel.jobmanager.server import JobManagerServer
 from sage.kernel.runtime.status import JobStatus
 
 TEXT = ["the quick brown fox", "jumps over the lazy dog", "the dog sleeps", "a fox runs"]
@@ -28,16 +27,10 @@ TEXT = ["the quick brown fox", "jumps over the lazy dog", "the dog sleeps", "a f
 pytestmark = pytest.mark.usefixtures("home")  # a fresh $SAGE_HOME, so a fresh token
 
 
-@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.slow)])
-def server(request: pytest.FixtureRequest) -> Iterator[JobManagerServer]:
+@pytest.fixture
+def server(any_server: JobManagerServer) -> JobManagerServer:
     """A JobManager running jobs on local threads, or on the suite's Ray cluster."""
-    if request.param == "ray":
-        cluster = request.getfixturevalue("ray_cluster")
-        factory: JobFactory = RayJobFactory(cluster.address)
-    else:
-        factory = CountingFactory()
-    with running_jobmanager(factory) as server:
-        yield server
+    return any_server
 
 
 class WordCount(MapFunction):

@@ -43,6 +43,11 @@ class RunningCount(MapFunction):
         return (self.key(data), n)
 
 
+small_step = st.tuples(
+    st.sampled_from(["map", "filter", "flatmap", "keyby"]), st.integers(0, 1), st.integers(1, 3)
+)
+"""A step of :func:`build_pipeline` with small parallelism (for runs on Ray)."""
+
 step = st.one_of(
     st.tuples(st.just("map"), st.integers(0, len(MAPS) - 1), st.integers(1, 4)),
     st.tuples(st.just("filter"), st.integers(0, len(FILTERS) - 1), st.integers(1, 4)),

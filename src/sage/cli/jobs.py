@@ -328,7 +328,8 @@ def job_logs(
     host: HostOption = None,
     port: PortOption = None,
 ) -> None:
-    """Print a job's log: submission, start, end, errors with their traceback."""
+    """Print a job's log: submission, start, end, errors with their traceback, and what its
+    functions printed and logged (each line after its operator instance)."""
     with _client(host, port) as client:
         page = client.logs(job_id)
         while True:

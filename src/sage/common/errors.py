@@ -8,11 +8,15 @@ layer, so callers can catch as broadly or narrowly as they need::
     ├── PlanError            the pipeline cannot be built or compiled
     ├── JobError             a job failed while running
     │   ├── OperatorError    user code raised inside an operator (names operator, instance, record)
-    │   └── JobCancelledError the job was cancelled before it finished
+    │   ├── JobCancelledError the job was cancelled before it finished
+    │   └── CollectLimitError more records reached collect() than its max_records
     ├── ServiceError         a service could not be created, called or cleaned up
     │   ├── UnknownServiceError  no service or method of that name (lists what exists)
     │   └── ServiceTimeoutError  a call did not finish in time and no fallback took it
     └── GatewayError         an inference server answered with an error, or none was found
+
+Warnings SAGE issues derive from :class:`SageWarning` (a ``UserWarning``), so they can be
+filtered as one: ``warnings.simplefilter("error", SageWarning)``.
 
 Messages say what happened, why, and what to do next.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CollectLimitError",
     "ConfigError",
     "GatewayError",
     "JobCancelledError",
@@ -29,6 +34,7 @@ __all__ = [
     "OperatorError",
     "PlanError",
     "SageError",
+    "SageWarning",
     "ServiceError",
     "ServiceTimeoutError",
     "UnknownServiceError",
@@ -53,6 +59,19 @@ class JobError(SageError, RuntimeError):
 
 class JobCancelledError(JobError):
     """The job was cancelled (by ``stop``/``close`` or an interrupt) before it finished."""
+
+
+class CollectLimitError(JobError):
+    """More records reached ``stream.collect()`` than its ``max_records``.
+
+    Raised by the collecting operator whatever the job's ``on_error`` mode: dropping the
+    records past the cap would silently truncate the result.
+    """
+
+
+class SageWarning(UserWarning):
+    """Something will probably not do what was meant, but may be intended (the message says
+    which, and how to silence it by doing the intended thing)."""
 
 
 def _short_repr(value: Any, limit: int = 200) -> str:

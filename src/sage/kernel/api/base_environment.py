@@ -14,6 +14,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sage.common.errors import ConfigError, JobError, PlanError
+from sage.kernel.api.collect import CollectResult
 from sage.kernel.api.datastream import NO_ARGS, DataStream, check_call_shape, function_spec
 from sage.kernel.config import JobConfig
 from sage.kernel.graph.compiler import compile_plan
@@ -116,6 +117,8 @@ class BaseEnvironment:
         self.config: dict[str, Any] = dict(config or {})
         self.graph = LogicalGraph()
         self.services: list[ServiceSpec] = []
+        self.collect_results: dict[str, CollectResult] = {}
+        """What each ``stream.collect()`` returned, by collector id (filled by the job)."""
         self._job: Job | None = None
 
     def __repr__(self) -> str:

@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from sage.common.core.functions.sink_function import SinkFunction
 from sage.common.errors import PlanError
+from sage.kernel.api.collect import (
+    DEFAULT_MAX_RECORDS,
+    CollectResult,
+    CollectSink,
+    check_max_records,
+)
 from sage.kernel.graph.function_spec import FunctionForm, FunctionSpec
 from sage.kernel.graph.logical import LogicalNode, OpKind, validate_parallelism
 from sage.kernel.graph.partition import Partitioning
@@ -198,8 +204,53 @@ class DataStream:
     def print(
         self, prefix: str = "", *, parallelism: int = 1, name: str | None = None
     ) -> DataStream:
-        """End the stream by writing each record to standard output."""
+        """End the stream by writing each record to standard output.
+
+        On a ``RemoteEnvironment`` the lines are written where the job runs and come back to
+        the submitting terminal while ``submit()`` waits, each prefixed with the operator
+        instance, as ``(sink 'print' 1/1) record`` (they are also in ``sage job logs``).
+        """
         return self.sink(PrintSink, prefix, parallelism=parallelism, name=name or "print")
+
+    def collect(
+        self, *, max_records: int = DEFAULT_MAX_RECORDS, name: str | None = None
+    ) -> CollectResult:
+        """End the stream in the submitting process: its records, once ``submit()`` returns.
+
+        Use it to look at a job's results, in tests, and wherever a sink would append to a
+        list: a list of the submitting process is not where a ``RemoteEnvironment``'s job
+        runs, the result of ``collect()`` is. On Ray the records stream back through the
+        JobManager while ``submit()``/``wait()`` waits, with backpressure (a job whose
+        records were not taken yet waits for its submitter). One instance collects, so the
+        records keep the order they reach it in.
+
+        Example:
+            >>> from sage.kernel.api.local_environment import LocalEnvironment
+            >>> env = LocalEnvironment("doc")
+            >>> evens = env.from_collection(range(6)).filter(lambda x: x % 2 == 0).collect()
+            >>> _ = env.submit()
+            >>> list(evens)
+            [0, 2, 4]
+
+        Args:
+            max_records: The most records the driver may hold (default 1,000,000). A job
+                that sends more fails with ``CollectLimitError`` (whatever its ``on_error``),
+                never with a silently truncated result.
+            name: Display name of the collecting operator (default ``"collect"``).
+
+        Returns:
+            A read-only sequence, filled by each job of the environment.
+
+        Raises:
+            PlanError: ``max_records`` is not an int >= 1.
+        """
+        max_records = check_max_records(max_records)
+        collector_id = f"collect-{len(self._env.collect_results)}"
+        sink = CollectSink(collector_id, max_records)
+        node = self._add(OpKind.SINK, sink, (), {}, parallelism=1, name=name or "collect")
+        result = CollectResult(collector_id, node.name, max_records)
+        self._env.collect_results[collector_id] = result
+        return result
 
     def batch(
         self,

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from sage.kernel.api.base_environment import BaseEnvironment
+from sage.kernel.api.collect import ListCollector
 from sage.kernel.graph.plan import PhysicalPlan
 
 if TYPE_CHECKING:
@@ -39,7 +40,10 @@ class LocalEnvironment(BaseEnvironment):
     def _create_job(self, plan: PhysicalPlan) -> LocalJob:
         from sage.kernel.runtime.local.executor import LocalJob  # the runtime loads on submit
 
-        return LocalJob(plan, self.job_config, self.services)
+        collectors = {
+            cid: ListCollector(result._restart()) for cid, result in self.collect_results.items()
+        }
+        return LocalJob(plan, self.job_config, self.services, collectors=collectors)
 
     def submit(self, autostop: bool = True) -> LocalJob:
         return cast("LocalJob", super().submit(autostop))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
 from sage.kernel.api.base_environment import BaseEnvironment
+from sage.kernel.api.driver_state import check_driver_state
 from sage.kernel.graph.plan import PhysicalPlan
 
 if TYPE_CHECKING:
@@ -23,7 +24,15 @@ class RemoteEnvironment(BaseEnvironment):
     services as Ray actors, GPU services on nodes with GPUs. The pipeline is unchanged and
     its results equal a local run's. Functions travel pickled: those of your own modules
     by value, those of installed packages by reference (install them on the cluster too).
-    Sinks and other side effects happen where the job runs, not in this process.
+
+    Sinks and other side effects happen where the job runs, not in this process. What
+    comes back while ``submit()`` (or ``wait()``) waits: the records of ``stream.collect()``,
+    and the lines the job's functions print and log (``.print()``, ``print()``,
+    ``self.logger``, warnings), written here prefixed with their operator instance, like
+    ``(sink 'print' 1/1) 42``, and kept in ``sage job logs``. A function that writes to a
+    list, dict or set of this process (``.sink(out.append)``) would change a copy on the
+    cluster: ``submit()`` refuses it (or, for a non-sink function that may keep a cache of
+    its own, warns), pointing to ``collect()``.
 
     Constructing one connects to nothing; ``submit`` does. Only clients holding the
     JobManager's token (``$SAGE_HOME/jobmanager/token``, or ``$SAGE_JOBMANAGER_TOKEN``) may
@@ -46,9 +55,11 @@ class RemoteEnvironment(BaseEnvironment):
         config: Settings as for ``LocalEnvironment``, plus a ``"ray"`` section:
             ``address`` (the cluster the job is meant for; the JobManager's own
             ``--ray-address`` decides), ``num_cpus`` and ``num_gpus`` (numbers >= 0).
+        log_to_driver: Echo what the job's functions print and log here, as Ray's
+            ``ray.init(log_to_driver=True)`` does (``False``: only ``sage job logs``).
 
     Raises:
-        ConfigError: ``host``, ``port`` or a config value is invalid.
+        ConfigError: ``host``, ``port``, ``log_to_driver`` or a config value is invalid.
     """
 
     def __init__(
@@ -57,6 +68,8 @@ class RemoteEnvironment(BaseEnvironment):
         host: str = "127.0.0.1",
         port: int = SagePorts.JOBMANAGER_DEFAULT,
         config: Mapping[str, Any] | None = None,
+        *,
+        log_to_driver: bool = True,
     ) -> None:
         if not isinstance(host, str) or not host.strip():
             raise ConfigError(
@@ -68,7 +81,13 @@ class RemoteEnvironment(BaseEnvironment):
                 f"RemoteEnvironment: port={port!r} is invalid; give the JobManager's port as "
                 f"an integer 1-65535 (default {SagePorts.JOBMANAGER_DEFAULT})"
             )
+        if not isinstance(log_to_driver, bool):
+            raise ConfigError(
+                f"RemoteEnvironment: log_to_driver={log_to_driver!r} is invalid; use True (echo "
+                "the job's output here) or False (keep it in `sage job logs` only)"
+            )
         super().__init__(name, config)
+        self.log_to_driver = log_to_driver
         # Validated here, so a typo fails at construction rather than on the cluster. The
         # module only describes the section: importing it does not import Ray.
         from sage.kernel.runtime.ray.cluster import RayOptions
@@ -87,19 +106,30 @@ class RemoteEnvironment(BaseEnvironment):
         from sage.kernel.jobmanager.client import JobManagerClient
         from sage.kernel.jobmanager.remote_job import RemoteJob
 
+        check_driver_state(self.graph.nodes())
         client = JobManagerClient(self.host, self.port)
-        return RemoteJob(client, self.name, plan, dict(self.config), list(self.services))
+        return RemoteJob(
+            client,
+            self.name,
+            plan,
+            dict(self.config),
+            list(self.services),
+            collect_results=self.collect_results,
+            log_to_driver=self.log_to_driver,
+        )
 
     def submit(self, autostop: bool = True) -> RemoteJob:
         """Send the pipeline to the JobManager and run it there.
 
         Args:
-            autostop: ``True`` (default): block until the job ended; raise its error if it
-                failed. ``False``: return once the JobManager took the job; use ``wait()``,
-                ``stop()`` and ``close()``.
+            autostop: ``True`` (default): block until the job ended, echoing its output and
+                taking its collected records; raise its error if it failed. ``False``:
+                return once the JobManager took the job; use ``wait()`` (which takes the
+                output and records then), ``stop()`` and ``close()``.
 
         Raises:
-            PlanError: the pipeline is invalid (found here, before sending).
+            PlanError: the pipeline is invalid, or a function writes to a container of
+                this process (found here, before sending).
             OperatorError: (``autostop=True``) user code failed on the cluster.
             JobError: the JobManager cannot be reached or refused the job.
             ConfigError: the JobManager refused this client's token.

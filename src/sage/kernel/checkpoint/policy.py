@@ -26,6 +26,7 @@ from sage.kernel.checkpoint.restart import RestartStrategy, restart_strategy
 from sage.kernel.checkpoint.state import declares_state
 from sage.kernel.graph.logical import SourceKind
 from sage.kernel.graph.plan import PhysicalPlan
+from sage.kernel.runtime.collect import collector_id
 
 __all__ = ["DEFAULT_CHECKPOINT_INTERVAL_S", "FaultTolerance"]
 
@@ -56,12 +57,20 @@ class FaultTolerance:
         """Refuse a plan that could not be replayed after a restart.
 
         Raises:
-            ConfigError: a one-shot iterator (a generator...) feeds a job that restarts, or
-                a source function that keeps no state feeds a job that checkpoints.
+            ConfigError: a one-shot iterator (a generator...) feeds a job that restarts, a
+                source function that keeps no state feeds a job that checkpoints, or a job
+                that restarts ends in ``collect()``.
         """
         if self.restart is None:
             return
         for node in plan.nodes:
+            if collector_id(node) is not None:
+                raise ConfigError(
+                    f"{node.name}: collect() hands records to the submitter as they arrive, so "
+                    "a restart would hand the replayed ones over again, and "
+                    "config['fault_tolerance'] asks for restarts; write to a "
+                    "TransactionalFileSink (exactly once across restarts) or drop the restarts"
+                )
             kind = node.source_kind
             if (
                 self.checkpointing

@@ -1,8 +1,9 @@
 """``JobManagerClient``: submit and control jobs on a JobManager over HTTP.
 
 Used by ``RemoteEnvironment`` (through :class:`~.remote_job.RemoteJob`) and by the
-``sage job`` commands. It speaks JSON only: the one pickle on the wire is the submission
-it sends; nothing the server answers is unpickled.
+``sage job`` commands. It speaks JSON, but for two pickles: the submission it sends, and
+the collected records it receives, which it unpickles only after checking that the
+JobManager signed them with the token (:meth:`JobManagerClient.records`).
 
 Errors map to SAGE's exception tree: no JobManager at the address, or a transport failure,
 is a ``JobError`` that says how to start one; a missing or wrong token is a ``ConfigError``
@@ -12,7 +13,10 @@ that says where the token comes from; a failed job's error is rebuilt with
 
 from __future__ import annotations
 
+import base64
+import binascii
 import builtins
+import hmac
 import time
 from typing import Any, Self
 
@@ -26,15 +30,19 @@ from sage.kernel.jobmanager.protocol import (
     JOBS_PATH,
     MAX_WAIT_S,
     SUBMISSION_CONTENT_TYPE,
+    Chunk,
     Health,
     JobInfo,
     JobList,
     LogPage,
+    OutputPage,
     Submission,
     bearer,
+    chunk_mac,
     job_path,
 )
 from sage.kernel.jobmanager.token import TOKEN_ENV, client_token, token_file
+from sage.kernel.runtime.collect import unpack
 
 __all__ = ["JobManagerClient"]
 
@@ -270,6 +278,49 @@ class JobManagerClient:
             timeout=self.timeout + wait,
         )
         return LogPage.model_validate(answer)
+
+    def output(
+        self, job_id: str, line: int = 0, chunk: int = 0, *, wait: float = 0.0
+    ) -> OutputPage:
+        """What the job wrote from log line ``line`` on (``-1``: no lines), and its
+        collected chunks from ``chunk`` on (the JobManager drops the earlier ones: this says
+        they were taken).
+
+        Args:
+            wait: Seconds the server may hold the call until there is something new or the
+                job ended.
+        """
+        wait = min(max(wait, 0.0), MAX_WAIT_S)
+        answer = self._request(
+            "GET",
+            job_path(job_id, "output"),
+            params={"line": line, "chunk": chunk, "wait": wait},
+            timeout=self.timeout + wait,
+        )
+        return OutputPage.model_validate(answer)
+
+    def records(self, job_id: str, chunk: Chunk) -> builtins.list[Any]:
+        """The records of a collected ``chunk`` of job ``job_id``, unpickled once its
+        signature shows it comes from a holder of this client's token.
+
+        Raises:
+            JobError: the chunk is not signed with the token (nothing of it was unpickled).
+        """
+        try:
+            payload = base64.b64decode(chunk.data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise JobError(
+                f"collected chunk {chunk.seq} of job {job_id} from {self.address} is not "
+                f"base64 ({exc}); nothing of it was decoded"
+            ) from None
+        expected = chunk_mac(self._token or "", job_id, chunk.seq, chunk.collector, payload)
+        if self._token is None or not hmac.compare_digest(expected, chunk.mac):
+            raise JobError(
+                f"collected chunk {chunk.seq} of job {job_id} from {self.address} is not "
+                "signed with this client's JobManager token, so it was not unpickled (is the "
+                "server at this address the JobManager you submitted to?)"
+            )
+        return unpack(payload)
 
 
 def _message(response: httpx.Response) -> str:

@@ -21,19 +21,35 @@ without the token gets ``401`` and nothing it sent is decoded or run.
                                             (records as JSON, or their ``repr``)
 ``GET  /v1/jobs/{id}/logs?since=N&wait=S``  :class:`LogPage`: lines ``N...``; with ``wait``,
                                             blocks until there are new lines or the job ended
+``GET  /v1/jobs/{id}/output?line=N&chunk=M  :class:`OutputPage`: lines ``N...`` (none for
+&wait=S``                                   ``N=-1``) and collected chunks ``M...`` (those
+                                            before ``M`` are dropped: taken); with ``wait``,
+                                            blocks until there is something new or the job
+                                            ended
 ``GET  /v1/health``                         :class:`Health`
 ==========================================  ==========================================
 
+A job's log holds the JobManager's own lines about it (submitted, started, failed...) and
+what its functions printed and logged, each such line naming its operator instance
+(:class:`LogLine`). The records of its ``collect()`` operators wait on the JobManager in
+:class:`Chunk` objects until the submitter takes them (``output``), a few at a time: the
+job waits while they are not taken (backpressure).
+
 Errors are ``{"error": {"message": ..., "type": ...}}`` (:func:`error_body`). A failed job's
 error is an :class:`ErrorInfo` that :func:`rebuild_error` turns back into the same
-:mod:`sage.common.errors` class on the client. Only the submission is pickled, and only the
-server unpickles it (after checking the token): the client never unpickles what the server
-sends.
+:mod:`sage.common.errors` class on the client. The submission is pickled, and only the
+server unpickles it (after checking the token). Collected records travel pickled too, each
+chunk signed with an HMAC keyed by the token (:func:`chunk_mac`): the client unpickles a
+chunk only after checking it, so only a holder of the token (the JobManager) can have the
+client unpickle anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,14 +71,18 @@ __all__ = [
     "MAX_WAIT_S",
     "METRICS_PATH",
     "SUBMISSION_CONTENT_TYPE",
+    "Chunk",
     "ErrorInfo",
     "Health",
     "JobInfo",
     "JobList",
+    "LogLine",
     "LogPage",
+    "OutputPage",
     "Status",
     "Submission",
     "bearer",
+    "chunk_mac",
     "error_body",
     "error_info",
     "job_path",
@@ -89,6 +109,7 @@ JOB_ACTIONS: dict[str, str] = {
     "metrics": "GET",
     "dead_letters": "GET",
     "logs": "GET",
+    "output": "GET",
     "stop": "POST",
     "cancel": "POST",
 }
@@ -160,18 +181,82 @@ class JobList(BaseModel):
     jobs: list[JobInfo]
 
 
+class LogLine(BaseModel):
+    """One line of a job's log.
+
+    Attributes:
+        time: When it was written (seconds since the epoch).
+        text: The line.
+        origin: The operator instance whose function wrote it (``"sink 'print' 1/1"``), or
+            ``None`` for the JobManager's own lines about the job.
+        stream: Where the function wrote it: ``"stdout"``, or ``"stderr"`` (log records and
+            warnings too); ``None`` for the JobManager's lines.
+    """
+
+    time: float
+    text: str
+    origin: str | None = None
+    stream: Literal["stdout", "stderr"] | None = None
+
+    def __str__(self) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
+        return f"{stamp} ({self.origin}) {self.text}" if self.origin else f"{stamp} {self.text}"
+
+
 class LogPage(BaseModel):
     """``GET /v1/jobs/{id}/logs``: lines ``since...`` and the index to ask for next.
 
     Attributes:
-        lines: The lines, oldest first (lines dropped from the bounded log are skipped).
+        entries: The lines, oldest first (lines dropped from the bounded log are skipped).
         next: Pass as ``since`` to get only newer lines.
         status: The job's status when the page was read (a follower stops once it ended).
     """
 
-    lines: list[str]
+    entries: list[LogLine]
     next: int
     status: Status
+
+    @property
+    def lines(self) -> list[str]:
+        """The lines as ``sage job logs`` prints them: time, ``(operator)``, text."""
+        return [str(entry) for entry in self.entries]
+
+
+class Chunk(BaseModel):
+    """Records of one ``collect()``, in the order it received them, as the wire carries them.
+
+    Attributes:
+        seq: Its place among the job's chunks (0, 1, 2...).
+        collector: The collect they belong to.
+        count: How many records.
+        data: The pickled list of records, in base64.
+        mac: :func:`chunk_mac` of it: check it before unpickling ``data``.
+    """
+
+    seq: int
+    collector: str
+    count: int
+    data: str
+    mac: str
+
+
+class OutputPage(BaseModel):
+    """``GET /v1/jobs/{id}/output``: what the job's submitter follows while it waits.
+
+    Attributes:
+        info: The job, read before the rest: if it has ended, the page holds everything the
+            job wrote and collected after the indexes asked for.
+        entries: Lines from the index asked for (as in :class:`LogPage`).
+        next_line: Pass as ``line`` next time (``-1`` if ``-1`` was asked: no lines).
+        chunks: Collected chunks from the index asked for.
+        next_chunk: Pass as ``chunk`` next time (which also frees the ones taken).
+    """
+
+    info: JobInfo
+    entries: list[LogLine]
+    next_line: int
+    chunks: list[Chunk]
+    next_chunk: int
 
 
 class Health(BaseModel):
@@ -194,6 +279,13 @@ def parse_job_path(path: str) -> tuple[str, str] | None:
     if not job_id or action not in JOB_ACTIONS:
         return None
     return job_id, action
+
+
+def chunk_mac(token: str, job_id: str, seq: int, collector: str, payload: bytes) -> str:
+    """HMAC-SHA256 of a collected chunk, keyed by the JobManager's token: the JobManager
+    signs each chunk with it, and the client checks it before it unpickles the records."""
+    head = f"{job_id}\n{seq}\n{collector}\n".encode()
+    return hmac.new(token.encode(), head + payload, hashlib.sha256).hexdigest()
 
 
 def bearer(token: str | None) -> dict[str, str]:

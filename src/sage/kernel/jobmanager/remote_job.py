@@ -2,20 +2,28 @@
 
 ``RemoteEnvironment.submit`` returns one. Each method is a call to the JobManager
 (:class:`~.client.JobManagerClient`); the job itself runs there (on Ray by default), so
-its functions' side effects (sinks, prints, files) happen where it runs.
+its functions' side effects (sinks, files) happen where it runs. What comes back while
+``wait`` (or ``run``) waits: the lines its functions print and log, written to this
+process's stdout and stderr prefixed with their operator instance (as Ray does with its
+workers' output), and the records of its ``collect()`` operators, into their results.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import sys
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from sage.common.errors import JobError
 from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.jobmanager.client import JobManagerClient
 from sage.kernel.jobmanager.protocol import (
+    MAX_WAIT_S,
     JobInfo,
     LogPage,
+    OutputPage,
     Submission,
     metrics_from_dict,
     rebuild_error,
@@ -24,6 +32,9 @@ from sage.kernel.runtime.error_policy import DeadLetter
 from sage.kernel.runtime.metrics import JobMetrics
 from sage.kernel.runtime.status import JobStatus
 from sage.kernel.services.spec import ServiceSpec
+
+if TYPE_CHECKING:
+    from sage.kernel.api.collect import CollectResult
 
 __all__ = ["RemoteJob"]
 
@@ -40,12 +51,20 @@ class RemoteJob:
     ``wait``/``run`` raise the job's error rebuilt on this side (an ``OperatorError``
     names the operator, instance and phase; the failing record stays in the job's log).
 
+    While ``wait`` waits it follows the job: the lines its functions write are echoed
+    here, and the records of its ``collect()`` operators fill their results. A job that
+    collects waits for this (the JobManager holds a few megabytes of its records, no more):
+    after ``submit(autostop=False)``, call ``wait()`` or ``stop()`` to take them.
+
     Args:
         client: The JobManager to run on (the job closes it on :meth:`close`).
         name: The environment's name.
         plan: The compiled pipeline.
         config: The environment's config mapping.
         services: The registered services.
+        collect_results: What each ``collect()`` of the pipeline returned, by collector id.
+        log_to_driver: Echo what the job's functions print and log to this process's
+            stdout and stderr (it is in the job's log either way).
     """
 
     def __init__(
@@ -55,6 +74,9 @@ class RemoteJob:
         plan: PhysicalPlan,
         config: dict[str, Any],
         services: list[ServiceSpec],
+        *,
+        collect_results: Mapping[str, CollectResult] | None = None,
+        log_to_driver: bool = True,
     ) -> None:
         self.client = client
         self.name = name
@@ -63,6 +85,10 @@ class RemoteJob:
         self._services = services
         self._info: JobInfo | None = None
         self._closed = False
+        self._log_to_driver = log_to_driver
+        self._results = {cid: r._restart() for cid, r in (collect_results or {}).items()}
+        self._next_line = 0 if log_to_driver else -1  # the job's log, read up to here
+        self._next_chunk = 0  # its collected chunks, taken up to here
 
     def __repr__(self) -> str:
         where = self.client.address
@@ -123,15 +149,66 @@ class RemoteJob:
             JobCancelledError: the job was cancelled.
             JobError: the job failed otherwise, or the JobManager cannot be reached.
         """
-        job_id = self._id()
         if not self._info_ended():
-            self._info = self.client.wait(job_id, timeout)
+            self._follow(timeout)
         assert self._info is not None
         if not self._info.ended:
             return False
         if self._info.error is not None:
             raise rebuild_error(self._info.error)
         return True
+
+    def _follow(self, timeout: float | None) -> None:
+        """Take the job's output (lines, collected records) until it ended or ``timeout``
+        seconds passed; :attr:`info` is then up to date."""
+        job_id = self._id()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = MAX_WAIT_S if deadline is None else deadline - time.monotonic()
+            page = self.client.output(
+                job_id, self._next_line, self._next_chunk, wait=max(min(left, MAX_WAIT_S), 0.0)
+            )
+            self._take(job_id, page)
+            if page.info.ended:
+                if page.chunks:  # say they were taken, so the JobManager lets them go
+                    self.client.output(job_id, self._next_line, self._next_chunk)
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    def _take(self, job_id: str, page: OutputPage) -> None:
+        """Echo the page's lines, add its records to their results, move the indexes on."""
+        self._info = page.info
+        first = page.next_line - len(page.entries)
+        if self._log_to_driver:  # else it asked for no lines (-1)
+            if first > self._next_line:
+                sys.stderr.write(
+                    f"(sage) {first - self._next_line} line(s) of job {job_id}'s output were "
+                    "dropped: the JobManager keeps the latest lines of a job's log only\n"
+                )
+            for entry in page.entries:
+                if entry.origin is None:  # the JobManager's own line about the job
+                    logger.debug("job %s: %s", job_id, entry.text)
+                    continue
+                stream = sys.stderr if entry.stream == "stderr" else sys.stdout
+                stream.write(f"({entry.origin}) {entry.text}\n")
+        self._next_line = page.next_line
+        for chunk in page.chunks:
+            if chunk.seq < self._next_chunk:
+                continue  # already taken (a repeated answer)
+            if chunk.seq != self._next_chunk:
+                raise JobError(
+                    f"job {job_id}: collected chunk {chunk.seq} came while {self._next_chunk} "
+                    "was expected; records would be missing, so the job's results are incomplete"
+                )
+            records = self.client.records(job_id, chunk)
+            target = self._results.get(chunk.collector)
+            if target is None:
+                raise JobError(
+                    f"job {job_id}: records came for an unknown collect {chunk.collector!r}"
+                )
+            target.extend(records)
+            self._next_chunk = chunk.seq + 1
 
     def stop(self, timeout: float | None = None) -> bool:
         """End the job gracefully (sources stop, records in flight reach the sinks) and

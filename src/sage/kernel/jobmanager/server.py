@@ -3,7 +3,9 @@
 Three layers, each usable alone:
 
 * :class:`JobManager` keeps the jobs: one thread per job starts it, waits for its end and
-  records the outcome; per-job logs in a bounded ring; a bounded history of ended jobs. It
+  records the outcome; per-job logs in a bounded ring (the JobManager's lines about the job
+  and what its functions print and log); the records of its ``collect()`` operators until
+  the submitter takes them (:mod:`.collected`); a bounded history of ended jobs. It
   runs each job through a *job factory*: :class:`RayJobFactory` (the default: tasks and
   services as Ray actors) or :class:`LocalJobFactory` (threads of this process; for tests,
   benchmarks and single-machine use).
@@ -25,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -36,21 +40,22 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from urllib.parse import parse_qs
 
 from sage.common.concurrency import BackgroundServer, run_loop
 from sage.common.config.paths import sage_home
 from sage.common.config.ports import SagePorts
-from sage.common.errors import ConfigError, JobCancelledError
+from sage.common.errors import ConfigError, JobCancelledError, JobError
 from sage.common.http.server import HttpError, HttpServer, Request, Response, json_response
 from sage.common.observability import prometheus
 from sage.common.observability.prometheus import MetricFamily
 from sage.common.processes import serve_until_signalled
 from sage.kernel.config import JobConfig
 from sage.kernel.jobmanager import protocol
+from sage.kernel.jobmanager.collected import ChunkStore, pump
 from sage.kernel.jobmanager.pickling import loads_submission
 from sage.kernel.jobmanager.protocol import (
     ENDED,
@@ -58,16 +63,21 @@ from sage.kernel.jobmanager.protocol import (
     JOBS_PATH,
     MAX_WAIT_S,
     METRICS_PATH,
+    Chunk,
     Health,
     JobInfo,
     JobList,
+    LogLine,
     LogPage,
+    OutputPage,
     Status,
     Submission,
 )
 from sage.kernel.jobmanager.token import server_token, token_matches
+from sage.kernel.runtime.collect import collecting_tasks
 from sage.kernel.runtime.exposition import job_families
 from sage.kernel.runtime.metrics import JobMetrics
+from sage.kernel.runtime.output import OutputLine, OutputSink
 from sage.kernel.runtime.status import JobStatus
 
 if TYPE_CHECKING:
@@ -97,6 +107,7 @@ MAX_LOG_LINES = 10_000
 MAX_SUBMISSION_BYTES = 256 * 1024 * 1024
 _TRACEBACK_LINES = 40  # of a failed job's traceback, kept in its log
 _SHUTDOWN_GRACE_S = 30.0  # for cancelled jobs to end when the server stops
+_PUMP_GRACE_S = 30.0  # for an ended job's collected records to be taken from it
 
 
 class JobFactory(Protocol):
@@ -105,13 +116,18 @@ class JobFactory(Protocol):
     The JobManager then calls, from its own threads: ``start()``; ``wait()`` (blocks until
     the end, raising the job's error); ``stop(0)`` to request a graceful stop without waiting;
     ``cancel()`` (or ``close()`` when the job has none) to end it now; ``metrics()``; and
-    ``close()`` once it ended. ``log`` appends a line to the job's log.
+    ``close()`` once it ended. For a pipeline that ends in ``collect()``, the job must have
+    ``collected(max_records, timeout)`` (see ``LocalJob.collected``), which the JobManager
+    calls from a thread of its own until it returns ``None``.
+
+    ``log`` appends a line to the job's log; ``output`` appends the lines its functions
+    printed and logged (the job's runtime catches them where they run).
 
     A factory may have a ``description`` attribute (a string): what ``/v1/health`` reports
     as the runtime; and a ``close()`` method, called once when the JobManager shuts down.
     """
 
-    def __call__(self, submission: Submission, log: LogFn) -> Job: ...
+    def __call__(self, submission: Submission, log: LogFn, output: OutputSink) -> Job: ...
 
 
 class LocalJobFactory:
@@ -123,7 +139,7 @@ class LocalJobFactory:
 
     description = "local (threads of the JobManager process)"
 
-    def __call__(self, submission: Submission, log: LogFn) -> Job:
+    def __call__(self, submission: Submission, log: LogFn, output: OutputSink) -> Job:
         from sage.kernel.runtime.local.executor import LocalJob
 
         # the dashboard reads this JobManager's jobs from it, not from a publisher
@@ -132,6 +148,7 @@ class LocalJobFactory:
             JobConfig.from_mapping(submission.config),
             submission.services,
             publish=False,
+            output=output,
         )
 
 
@@ -205,7 +222,7 @@ class RayJobFactory:
                 self._owner = None
                 self._connected = None
 
-    def __call__(self, submission: Submission, log: LogFn) -> Job:
+    def __call__(self, submission: Submission, log: LogFn, output: OutputSink) -> Job:
         with self._lock:
             if self._connected is None:
                 ray = submission.config.get("ray")
@@ -220,6 +237,7 @@ class RayJobFactory:
             JobConfig.from_mapping(submission.config),
             submission.services,
             log=log,
+            output=output,
         )
         return job
 
@@ -234,11 +252,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class ManagedJob:
-    """One submitted job: its state, log and waiters (thread-safe).
+    """One submitted job: its state, log, collected records and waiters (thread-safe).
 
-    The job's thread writes (``log``, ``_finish``); HTTP handlers read and wait with
-    :meth:`wait_async`, which parks a future that the writer resolves, so no thread blocks
-    for a waiting client.
+    The job's threads write (``log``, ``add_output``, the pump's chunks, ``_finish``); HTTP
+    handlers read and wait with :meth:`wait_async`, which parks a future that the writer
+    resolves, so no thread blocks for a waiting client.
     """
 
     def __init__(self, job_id: str, submission: Submission, max_log_lines: int) -> None:
@@ -256,19 +274,34 @@ class ManagedJob:
         self._started = False
         self._requested: str | None = None  # "stop" or "cancel", before the job started
         self._lock = threading.Lock()
-        self._lines: deque[str] = deque(maxlen=max_log_lines)
+        self._lines: deque[LogLine] = deque(maxlen=max_log_lines)
         self._line_count = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self.chunks = ChunkStore(self._lock, self._wake)
+        """The collected records the submitter has not taken yet."""
         self.ended = threading.Event()
 
-    # -- written by the job's thread ----------------------------------------------------
+    # -- written by the job's threads -----------------------------------------------------
 
     def log(self, line: str) -> None:
-        """Append ``line`` (timestamped) to the job's log; wake followers."""
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        """Append the JobManager's ``line`` about the job to its log; wake followers."""
+        now = time.time()
         with self._lock:
             for part in str(line).splitlines() or [""]:
-                self._lines.append(f"{stamp} {part}")
+                self._lines.append(LogLine(time=now, text=part))
+                self._line_count += 1
+            self._wake()
+
+    def add_output(self, lines: Sequence[OutputLine]) -> None:
+        """Append lines the job's functions wrote to its log; wake followers."""
+        with self._lock:
+            for line in lines:
+                stream: Literal["stdout", "stderr"] = (
+                    "stderr" if line.stream == "stderr" else "stdout"
+                )
+                self._lines.append(
+                    LogLine(time=line.time, text=line.text, origin=line.origin, stream=stream)
+                )
                 self._line_count += 1
             self._wake()
 
@@ -332,20 +365,30 @@ class ManagedJob:
             first = self._line_count - len(self._lines)
             skip = max(since - first, 0)
             lines = list(self._lines)[skip:] if skip < len(self._lines) else []
-            return LogPage(lines=lines, next=self._line_count, status=self._status)
+            return LogPage(entries=lines, next=self._line_count, status=self._status)
 
     def _has_lines_after(self, since: int) -> bool:
         return self._line_count > since
 
-    async def wait_async(self, timeout: float, *, new_lines_after: int | None = None) -> None:
+    async def wait_async(
+        self,
+        timeout: float,
+        *,
+        new_lines_after: int | None = None,
+        new_chunks_after: int | None = None,
+    ) -> None:
         """Wait (on this event loop, blocking no thread) until the job ended, or, with
-        ``new_lines_after``, until its log has more lines than that; at most ``timeout`` s."""
+        ``new_lines_after``, until its log has more lines than that, or, with
+        ``new_chunks_after``, until a chunk numbered that or later came; at most ``timeout``
+        seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             with self._lock:
-                if self.is_ended or (
-                    new_lines_after is not None and self._has_lines_after(new_lines_after)
+                if (
+                    self.is_ended
+                    or (new_lines_after is not None and self._has_lines_after(new_lines_after))
+                    or (new_chunks_after is not None and self.chunks.has_after(new_chunks_after))
                 ):
                     return
                 future: asyncio.Future[None] = loop.create_future()
@@ -457,12 +500,14 @@ class JobManager:
         """The job's thread: build, start, wait for the end, record it."""
         job: Job | None = None
         error: BaseException | None = None
+        pumping: threading.Thread | None = None
         try:
-            job = self.factory(entry.submission, entry.log)
+            job = self.factory(entry.submission, entry.log, entry.add_output)
             if not entry._attach(job):
                 raise JobCancelledError(f"job {entry.job_id!r} was cancelled before it started")
             job.start()
             entry.log("started")
+            pumping = self._start_pump(entry, job)
             pending = entry._mark_started()
             if pending is not None:
                 _apply(job, pending)
@@ -470,6 +515,11 @@ class JobManager:
         except BaseException as exc:  # the job's outcome, whatever it is, is recorded
             error = exc
         finally:
+            entry.chunks.close()  # the pump takes what is left, without waiting for room
+            if pumping is not None:
+                pumping.join(_PUMP_GRACE_S)
+                if pumping.is_alive():
+                    logger.warning("job %s: its collected records were not all taken", entry.job_id)
             if job is not None:
                 try:
                     job.close()
@@ -489,10 +539,36 @@ class JobManager:
         logger.info("job %s %s", entry.job_id, entry.status)
         self._prune()
 
+    def _start_pump(self, entry: ManagedJob, job: Job) -> threading.Thread | None:
+        """For a job that collects, start the thread that takes its records (see
+        :mod:`.collected`); ``None`` for one that does not."""
+        if not collecting_tasks(entry.submission.plan):
+            return None
+        take = getattr(job, "collected", None)
+        if not callable(take):
+            raise JobError(
+                f"job {entry.job_id!r} ends in collect(), but its runtime "
+                f"({type(job).__name__}) cannot hand collected records over"
+            )
+
+        def failed(exc: BaseException) -> None:
+            entry.log(f"taking its collected records failed: {type(exc).__name__}: {exc}")
+            _apply(job, "cancel")
+
+        thread = threading.Thread(
+            target=pump,
+            args=(entry.chunks, take, failed),
+            name=f"sage-jobmanager-{entry.job_id}-collect",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
     def _prune(self) -> None:
         with self._lock:
             ended = [e for e in self._jobs.values() if e.is_ended]
             for entry in ended[: max(len(ended) - self.max_history, 0)]:
+                entry.chunks.clear()
                 del self._jobs[entry.job_id]
 
     def get(self, job_id: str) -> ManagedJob:
@@ -580,6 +656,8 @@ def _query(request: Request, name: str, default: float, *, at_least: float = 0) 
         value = float(values[-1])
     except ValueError:
         raise HttpError(400, f"{name}={values[-1]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise HttpError(400, f"{name}={values[-1]!r} is invalid; use a finite number")
     if value < at_least:
         raise HttpError(400, f"{name}={values[-1]!r} is invalid; use a number >= {at_least:g}")
     return value
@@ -769,11 +847,48 @@ class JobManagerServer(BackgroundServer):
             if wait > 0:
                 await entry.wait_async(wait, new_lines_after=since)
             return json_response(entry.logs(since))
+        elif action == "output":
+            line = int(_query(request, "line", 0, at_least=-1))  # -1: no lines, records only
+            chunk = int(_query(request, "chunk", 0))
+            wait = min(_query(request, "wait", 0), MAX_WAIT_S)
+            entry.chunks.ack(chunk)  # the caller has every chunk before this one
+            if wait > 0:
+                lines_after = None if line < 0 else line
+                await entry.wait_async(wait, new_lines_after=lines_after, new_chunks_after=chunk)
+            return json_response(self._output_page(entry, line, chunk))
         elif action in ("metrics", "dead_letters"):
             read = self.manager.metrics if action == "metrics" else self.manager.dead_letters
             loop = asyncio.get_running_loop()
             return json_response(await loop.run_in_executor(None, read, job_id))
         return json_response(entry.info())
+
+    def _output_page(self, entry: ManagedJob, line: int, chunk: int) -> OutputPage:
+        """Lines from ``line`` and chunks from ``chunk``, each chunk signed with the token.
+
+        The job's info is read first: if it says the job ended, every line and chunk was
+        added before, so the page holds all that is left.
+        """
+        info = entry.info()
+        logs = entry.logs(line) if line >= 0 else LogPage(entries=[], next=-1, status=info.status)
+        chunks, next_chunk = entry.chunks.after(chunk)
+        assert self._token is not None
+        wire = [
+            Chunk(
+                seq=seq,
+                collector=c.collector,
+                count=c.count,
+                data=base64.b64encode(c.payload).decode("ascii"),
+                mac=protocol.chunk_mac(self._token, entry.job_id, seq, c.collector, c.payload),
+            )
+            for seq, c in chunks
+        ]
+        return OutputPage(
+            info=info,
+            entries=logs.entries,
+            next_line=logs.next,
+            chunks=wire,
+            next_chunk=next_chunk,
+        )
 
     async def _job_post(self, request: Request) -> Response:
         parsed = protocol.parse_job_path(request.path)

@@ -15,6 +15,7 @@ from sage.kernel.config import JobConfig
 from sage.kernel.graph.logical import LogicalNode, OpKind, SourceKind
 from sage.kernel.graph.plan import PhysicalPlan, PhysicalTask
 from sage.kernel.runtime.codegen import BodyStage, FusedBody
+from sage.kernel.runtime.collect import TargetFor, attach_collector
 from sage.kernel.runtime.error_policy import DeadLetterQueue, ErrorHandler
 from sage.kernel.runtime.functions import FunctionInstance, instantiate
 from sage.kernel.runtime.heads import (
@@ -75,6 +76,7 @@ def build_task(
     services: tuple[ServiceCaller, AsyncServiceCaller] | None = None,
     checkpoints: CheckpointChannel | None = None,
     restore: bytes | None = None,
+    collectors: TargetFor | None = None,
 ) -> TaskLoop:
     """Build the loop of ``task``.
 
@@ -89,9 +91,11 @@ def build_task(
         services: The job's service callers (sync, async), given to every function.
         checkpoints: Where the task sends its snapshots (``None``: no checkpoints).
         restore: The task's snapshot to resume from (``None``: start afresh).
+        collectors: The targets of the job's ``collect()`` operators, by collector id.
 
     Raises:
-        PlanError: a function cannot be constructed or copied for this instance.
+        PlanError: a function cannot be constructed or copied for this instance, or it
+            collects and ``collectors`` is ``None``.
     """
     chain = plan.chains[task.chain_id]
     nodes = [plan.nodes[i] for i in chain.node_ids]
@@ -102,6 +106,7 @@ def build_task(
     for node in nodes:
         stats = OperatorStats(node.id, node.name, node.kind.value, task.index, node.parallelism)
         function = instantiate(node, task.index, n_inputs=len(node.inputs))
+        attach_collector(function.obj, collectors, node.name)
         context = RuntimeContext(
             job_name=plan.job_name,
             operator_name=node.name,

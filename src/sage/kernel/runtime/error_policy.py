@@ -16,8 +16,9 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from sage.common.errors import OperatorError
+from sage.common.errors import CollectLimitError, OperatorError
 from sage.kernel.config import ErrorMode
+from sage.kernel.runtime.channel import Cancelled
 from sage.kernel.runtime.metrics import OperatorStats
 
 __all__ = ["DeadLetter", "DeadLetterQueue", "ErrorHandler"]
@@ -106,9 +107,16 @@ class ErrorHandler:
     def handle(self, exc: Exception, record: Any) -> None:
         """Deal with ``exc`` raised while processing ``record``.
 
+        Errors that are not about the record pass through in every mode: a
+        ``CollectLimitError`` fails the job (skipping would truncate the result silently), a
+        ``Cancelled`` ends the task (the job is being torn down while the operator waited).
+
         Raises:
             OperatorError: in ``fail`` mode, naming the operator, instance and record.
+            CollectLimitError: a collect received more records than its cap.
         """
+        if isinstance(exc, Cancelled | CollectLimitError):
+            raise exc
         stats = self.stats
         stats.errors += 1
         if self.mode is ErrorMode.FAIL:

@@ -13,10 +13,12 @@ downstream tasks it has ended, and closes its functions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Protocol
@@ -36,6 +38,7 @@ from sage.kernel.runtime.codegen import FusedBody
 from sage.kernel.runtime.functions import FunctionInstance
 from sage.kernel.runtime.heads import BlockingSourceHead, Head, SourceHead
 from sage.kernel.runtime.metrics import OperatorStats, TaskStats
+from sage.kernel.runtime.output import Attribution, operator_label
 from sage.kernel.runtime.routing import Router
 
 __all__ = [
@@ -46,8 +49,12 @@ __all__ = [
     "OperatorInstance",
     "PartialBatchFlusher",
     "TaskLoop",
+    "ThreadScope",
     "job_error",
 ]
+
+ThreadScope = Callable[[], AbstractContextManager[Any]]
+"""Entered by every thread that runs a task's functions (to route its output, for one)."""
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +214,24 @@ class TaskLoop:
         self._due_checkpoint: int | None = None  # a source's next checkpoint, once triggered
         self._aligning: int | None = None  # the checkpoint whose barriers are arriving
         self._barriers = 0
+        self.thread_scope: ThreadScope = contextlib.nullcontext
+
+    def attribution(self) -> Attribution:
+        """Labels the lines this task's functions write with their operator instance."""
+        ops = self.operators
+        labels = [operator_label(o.stats.name, o.stats.instance, o.stats.parallelism) for o in ops]
+        fallback = (
+            " -> ".join(o.stats.name for o in ops[:-1]) + " -> " + labels[-1]
+            if len(ops) > 1
+            else (labels[0] if labels else self.task_id)
+        )
+        return Attribution(
+            [
+                (label, o.function.obj, o.function.call)
+                for label, o in zip(labels, ops, strict=True)
+            ],
+            fallback,
+        )
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -262,6 +287,10 @@ class TaskLoop:
 
     def run(self) -> None:
         """Open, process until the end of input, flush, signal end of stream, close."""
+        with self.thread_scope():
+            self._run()
+
+    def _run(self) -> None:
         stats, control = self.stats, self.control
         stats.status = "running"
         stats.started_at = perf_counter()
@@ -491,6 +520,10 @@ class PartialBatchFlusher:
             return False
 
     def _run(self) -> None:
+        with self._loop.thread_scope():
+            self._deliver_when_due()
+
+    def _deliver_when_due(self) -> None:
         head, loop = self._head, self._loop
         while self._wait_until_due():
             if not head.lock.acquire(blocking=False):

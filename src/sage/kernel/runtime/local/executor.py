@@ -11,11 +11,12 @@ attempt starts from the latest complete checkpoint (or from the start without ch
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from time import monotonic, perf_counter
 
@@ -28,10 +29,18 @@ from sage.kernel.config import ErrorMode, JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.runtime.builder import build_task
 from sage.kernel.runtime.channel import Inbox
+from sage.kernel.runtime.collect import CollectBuffers, CollectedChunk, CollectTarget, TargetFor
 from sage.kernel.runtime.error_policy import DeadLetter, DeadLetterQueue
 from sage.kernel.runtime.heads import SourceHead
 from sage.kernel.runtime.metrics import JobMetrics, graph_edges, snapshot
 from sage.kernel.runtime.monitoring import memory_monitor
+from sage.kernel.runtime.output import (
+    JOB_LOGGER_PREFIX,
+    OutputLine,
+    OutputRoute,
+    OutputSink,
+    capture,
+)
 from sage.kernel.runtime.publisher import publisher
 from sage.kernel.runtime.status import JobStatus
 from sage.kernel.runtime.task import ControlFlags, TaskLoop
@@ -68,10 +77,12 @@ class LocalJobControl(ControlFlags):
         n_tasks: int,
         inboxes: list[Inbox],
         coordinator: CheckpointCoordinator | None = None,
+        collect: CollectBuffers | None = None,
     ) -> None:
         super().__init__()
         self._inboxes = inboxes
         self._coordinator = coordinator
+        self._collect = collect
         self._n_tasks = n_tasks
         self._opened = 0
         self._running = n_tasks
@@ -90,6 +101,8 @@ class LocalJobControl(ControlFlags):
         self.all_opened.set()
         for inbox in self._inboxes:
             inbox.cancel()
+        if self._collect is not None:
+            self._collect.cancel()  # wakes a collect waiting for its records to be taken
         if self._coordinator is not None:
             self._coordinator.abort()  # wakes tasks waiting for a checkpoint to complete
 
@@ -117,6 +130,17 @@ class LocalJob:
     Built by ``LocalEnvironment.submit``; use it (or the environment's shortcuts) to wait,
     stop, cancel and read metrics.
 
+    Args:
+        plan: The compiled job.
+        config: Job settings.
+        services: The environment's registrations.
+        publish: Send metrics to a running dashboard.
+        collectors: Where each ``collect()`` puts its records, by collector id (the
+            submitter's lists). ``None``: into buffers that :meth:`collected` empties (a
+            job that runs for someone else: the JobManager's).
+        output: Receives what the job's functions print and log, line by line, labelled
+            with their operator instance (``None``: it goes to this process's output).
+
     Raises:
         PlanError: a function cannot be constructed for one of its instances (raised by
             the constructor, before any thread starts).
@@ -131,10 +155,17 @@ class LocalJob:
         services: Sequence[ServiceSpec] = (),
         *,
         publish: bool = True,
+        collectors: Mapping[str, CollectTarget] | None = None,
+        output: OutputSink | None = None,
     ) -> None:
         self.plan = plan
         self.config = config
         self.name = plan.job_name
+        self._collect = CollectBuffers() if collectors is None else None
+        self._collectors: TargetFor = (
+            self._collect if self._collect is not None else dict(collectors or {}).__getitem__
+        )
+        self._output = output
         self.fault_tolerance = FaultTolerance.from_config(config.raw)
         self.fault_tolerance.check(plan)
         self._services = ServiceRegistry(services, plan.job_name)
@@ -168,7 +199,9 @@ class LocalJob:
         """Build the inboxes, control and task loops of a (new) attempt."""
         plan, config = self.plan, self.config
         inboxes = {t.id: Inbox(config.channel_capacity) for t in plan.tasks if t.expected_eos > 0}
-        control = LocalJobControl(len(plan.tasks), list(inboxes.values()), self._coordinator)
+        control = LocalJobControl(
+            len(plan.tasks), list(inboxes.values()), self._coordinator, self._collect
+        )
         tasks_by_chain: dict[int, list[Inbox]] = {}
         for task in plan.tasks:
             if task.id in inboxes:
@@ -185,11 +218,20 @@ class LocalJob:
                 services=self._services.callers,
                 checkpoints=self._coordinator,
                 restore=None if restore is None else restore.snapshots.get(task.id),
+                collectors=self._collectors,
             )
             for task in plan.tasks
         ]
+        if self._output is not None:
+            for loop in self._loops:
+                route = OutputRoute(loop.attribution(), self._emit)
+                loop.thread_scope = functools.partial(capture.routed, route)
         self._control = control
         self._threads: list[threading.Thread] = []
+
+    def _emit(self, line: OutputLine) -> None:
+        assert self._output is not None
+        self._output((line,))
 
     def _trigger_checkpoint(self, checkpoint_id: int) -> None:
         for loop in self._loops:
@@ -233,6 +275,11 @@ class LocalJob:
             raise
         self._status = JobStatus.RUNNING
         self._started_at = perf_counter()
+        if self._output is not None:
+            capture.install()
+            job_logger = logging.getLogger(JOB_LOGGER_PREFIX + self.name)
+            if job_logger.level == logging.NOTSET:
+                job_logger.setLevel(logging.INFO)  # self.logger.info(...) reaches the output
         if self.memory_monitor is not None:
             self.memory_monitor.start()
         if self._publish:
@@ -395,6 +442,8 @@ class LocalJob:
         if self._reported:
             return
         self._reported = True
+        if self._output is not None:
+            capture.uninstall()
         if self.memory_monitor is not None:
             self.memory_monitor.stop()
         if self._publish:
@@ -414,6 +463,14 @@ class LocalJob:
                 ", ".join(f"{name}: {n}" for name, n in skipped.items()),
                 "; read them from env.dead_letters" if what == "dead-lettered" else "",
             )
+
+    def collected(self, max_records: int, timeout: float | None) -> list[CollectedChunk] | None:
+        """Take the records the job's ``collect()`` operators gathered (when built without
+        ``collectors``): up to ``max_records``, pickled by collector, once there are any;
+        ``[]`` after ``timeout`` seconds without any; ``None`` once every collector closed
+        and was emptied, or the job was cancelled. A collect waits while its buffer is full,
+        and does not finish until its last records were taken."""
+        return None if self._collect is None else self._collect.take(max_records, timeout)
 
     # -- observation ------------------------------------------------------------------
 

@@ -8,6 +8,10 @@ first task to fail cancels every other; the job ends when the last task has, and
 hosts go back to the pool and its services are torn down. Nothing polls: the watcher
 blocks in ``ray.wait``.
 
+What the tasks' functions print and log comes back while the job runs (an
+:class:`~.relay.OutputRelay` hands it to the job's output sink), and so do the records of its
+``collect()`` operators, for whoever calls :meth:`RayJob.collected` (the JobManager).
+
 With ``config["fault_tolerance"]`` a failed attempt (a task raised, a host process died) is
 followed, as the restart strategy allows, by a new one on live hosts, resumed from the
 latest checkpoint that the job's coordinator actor (:mod:`.checkpoints`) completed.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -30,10 +35,13 @@ from sage.kernel.checkpoint.restart import RestartsExhaustedError
 from sage.kernel.checkpoint.store import Checkpoint
 from sage.kernel.config import JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
+from sage.kernel.runtime.collect import CollectedChunk, collecting_tasks
 from sage.kernel.runtime.error_policy import DeadLetter
 from sage.kernel.runtime.metrics import JobMetrics, TaskStats, graph_edges, snapshot
+from sage.kernel.runtime.output import OutputLine, OutputSink
 from sage.kernel.runtime.ray.cluster import RayOptions, cluster_info, connect
 from sage.kernel.runtime.ray.hosts import Host, host_pool
+from sage.kernel.runtime.ray.relay import CollectRelay, OutputRelay
 from sage.kernel.runtime.ray.services import RemoteServices
 from sage.kernel.runtime.ray.task_actor import Assignment, TaskOutcome
 from sage.kernel.runtime.status import JobStatus
@@ -55,6 +63,16 @@ DEFAULT_TASK_CPUS = 0.01
 # instead of the local runtime's 10 ms. A job that sets max_batch_delay_s keeps its value.
 RAY_MAX_BATCH_DELAY_S = 0.05
 _GRACE_S = 5.0  # how long close() gives tasks stuck in user code before killing them
+_OUTPUT_GRACE_S = 30.0  # how long an ended attempt waits for its last lines to come back
+
+
+def echo(lines: Sequence[OutputLine]) -> None:
+    """The output sink of a job run from its submitter's process: each line on this
+    process's stdout or stderr, prefixed with its operator instance (as Ray prefixes the
+    output of its workers)."""
+    for line in lines:
+        stream = sys.stderr if line.stream == "stderr" else sys.stdout
+        stream.write(f"({line.origin}) {line.text}\n")
 
 
 def _merge_services(rows: Sequence[tuple[ServiceMetrics, ...]]) -> tuple[ServiceMetrics, ...]:
@@ -94,6 +112,8 @@ class RayJob:
         services: The environment's registrations.
         log: Receives one line per event of the job (placement, failures, end); the
             JobManager keeps them as the job's log.
+        output: Receives what the tasks' functions print and log, labelled with their
+            operator instance (default: :func:`echo`, this process's output).
 
     Raises:
         ConfigError: the ``"ray"`` or ``"fault_tolerance"`` section is invalid.
@@ -106,6 +126,7 @@ class RayJob:
         services: Sequence[ServiceSpec] = (),
         *,
         log: Callable[[str], None] | None = None,
+        output: OutputSink | None = None,
     ) -> None:
         self.plan = plan
         if "max_batch_delay_s" not in (config.raw or {}):
@@ -116,6 +137,10 @@ class RayJob:
         self.fault_tolerance = FaultTolerance.from_config(config.raw)
         self.fault_tolerance.check(plan)
         self._log_sink = log
+        self._output: OutputSink = output or echo
+        self._output_relay: OutputRelay | None = None
+        self._collect_relay: CollectRelay | None = None
+        self._collecting = collecting_tasks(plan)
         self._services = RemoteServices(services, plan.job_name)
         self._run_id = f"{plan.job_name}:{uuid.uuid4().hex[:12]}"
         self._key = f"{self._run_id}:0"  # names this attempt in host calls
@@ -230,14 +255,21 @@ class RayJob:
         connected = {tid: h.handle.connect.remote(key, by_chain) for tid, h in self._hosts.items()}
         for task_id, ref in connected.items():
             self._get(ref, task_id)
+        handles = {task_id: host.handle for task_id, host in self._hosts.items()}
+        self._output_relay = OutputRelay(handles, key, self._output, self.name)
+        self._output_relay.start()
+        if self._collecting:
+            self._collect_relay = CollectRelay(
+                {task_id: handles[task_id] for task_id in self._collecting}, key
+            )
         spread = Counter(self._placement.values())
         self._log(
             f"started {len(tasks)} task(s) on {len(spread)} node(s): "
             + ", ".join(f"{node[:12]}: {n}" for node, n in spread.items())
         )
         if self._coordinator is not None:
-            handles = [h.handle for h in self._hosts.values()]
-            ray.get(self._coordinator.start.remote(key, list(self._sources), handles))
+            all_hosts = [h.handle for h in self._hosts.values()]
+            ray.get(self._coordinator.start.remote(key, list(self._sources), all_hosts))
         runs = {h.handle.run.remote(key): task_id for task_id, h in self._hosts.items()}
         if self._stop_requested:
             for handle in self._sources:
@@ -344,8 +376,6 @@ class RayJob:
                         self._fail(JobError(f"task {task_id} lost its host"))
                         continue
                     self._outcomes[task_id] = outcome
-                    for line in outcome.log:
-                        self._log(f"{task_id}: {line}")
                     if outcome.error is not None:
                         self._log(f"task {task_id} failed: {outcome.error}")
                         self._fail(outcome.error)
@@ -361,6 +391,11 @@ class RayJob:
         try:
             while True:
                 self._watch(runs)
+                relay = self._output_relay
+                if relay is not None and not relay.join(_OUTPUT_GRACE_S):
+                    self._log(
+                        f"the output of the tasks did not all come back in {_OUTPUT_GRACE_S:g}s"
+                    )
                 error = self._attempt_error
                 if error is None:
                     if coordinator is not None:
@@ -463,6 +498,15 @@ class RayJob:
             for handle in self._sources:
                 handle.request_stop.remote(self._key)
         return self.wait(timeout)
+
+    def collected(self, max_records: int, timeout: float | None) -> list[CollectedChunk] | None:
+        """Take the records the job's ``collect()`` operators gathered: up to ``max_records``
+        per collecting task, pickled by collector, once there are any; ``[]`` after
+        ``timeout`` seconds without any; ``None`` once every collector closed and was
+        emptied (or the job was cancelled). A collect waits while its buffer is full, and
+        does not finish until its last records were taken."""
+        relay = self._collect_relay  # set when the job started
+        return None if relay is None else relay.take(max_records, timeout)
 
     def cancel(self) -> None:
         """End the job now, dropping records in flight; ``wait`` then raises JobCancelledError."""

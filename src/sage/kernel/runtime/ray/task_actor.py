@@ -13,20 +13,23 @@ task (seconds on a small machine). Life of one assignment, driven by
 3. ``run(job)`` runs the loop to its end and returns a :class:`TaskOutcome`; meanwhile
    ``push`` receives batches, ``wait_opened`` / ``release`` hold sources until every task
    has opened, and ``request_stop`` / ``cancel`` / ``stats`` / ``trigger_checkpoint`` /
-   ``notify_checkpoint`` serve the driver and the checkpoint coordinator;
+   ``notify_checkpoint`` serve the driver and the checkpoint coordinator; ``output`` and
+   ``collected`` hand the driver what the task's functions printed and logged (caught by
+   :mod:`~sage.kernel.runtime.output`) and the records its ``collect()`` gathered;
 4. ``free(job)`` once the whole job has ended (its sinks may commit until then).
 
 Every call names its job: a late call of an earlier job (a push still in flight when that
 job was cancelled) finds the host serving another job and is ignored. Driver calls run in
-their own concurrency group, so pushes blocked on a full inbox never hold them up.
+their own concurrency groups (the long-polls of ``output`` and ``collected`` in one of
+theirs), so pushes blocked on a full inbox never hold them up.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+import sys
 import threading
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +38,12 @@ import ray
 from sage.kernel.config import JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.runtime.builder import build_task
-from sage.kernel.runtime.channel import Inbox
+from sage.kernel.runtime.channel import Cancelled, Inbox
+from sage.kernel.runtime.collect import CollectBuffers, CollectedChunk, collecting_tasks
 from sage.kernel.runtime.error_policy import DeadLetter, DeadLetterQueue
+from sage.kernel.runtime.handover import Handover
 from sage.kernel.runtime.metrics import TaskStats
+from sage.kernel.runtime.output import JOB_LOGGER_PREFIX, OutputLine, OutputRoute, capture
 from sage.kernel.runtime.ray.channels import OrderedDelivery, RemoteChannel
 from sage.kernel.runtime.ray.checkpoints import RemoteCheckpoints
 from sage.kernel.runtime.ray.services import RemoteService, proxy_specs
@@ -55,24 +61,14 @@ __all__ = [
 ]
 
 # Threads of a host: the driver's calls (run and wait_opened block; a stats/stop/cancel
-# besides) in their own group, pushes in the default one (any number works: see
-# OrderedDelivery; more let more senders block on a full inbox at once).
-CONCURRENCY_GROUPS = {"control": 4}
+# besides) in their own group, the driver's long-polls for output and collected records in
+# another, pushes in the default one (any number works: see OrderedDelivery; more let more
+# senders block on a full inbox at once).
+CONCURRENCY_GROUPS = {"control": 4, "relay": 2}
 DATA_THREADS = 16
-_LOG_LINES = 1000  # lines of a task's log kept for the job's log (the latest)
-
-
-class _LogBuffer(logging.Handler):
-    """Keeps the latest log lines of the job's functions (``ctx.logger``) and warnings."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: deque[str] = deque(maxlen=_LOG_LINES)
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.WARNING or record.name.startswith("sage.job."):
-            self.lines.append(self.format(record))
+LINE_BUFFER = 10_000
+"""Lines a task's output holds before a ``print`` waits for the driver to take them."""
+LINES_PER_CALL = 5_000  # lines one ``output`` call returns at most
 
 
 @dataclass(frozen=True)
@@ -115,7 +111,6 @@ class TaskOutcome:
     stats: TaskStats
     services: tuple[ServiceMetrics, ...]
     dead_letters: list[DeadLetter]
-    log: list[str]
 
 
 def _portable(error: BaseException) -> BaseException:
@@ -132,9 +127,10 @@ def _portable(error: BaseException) -> BaseException:
 class _ActorControl(ControlFlags):
     """The task's view of its job (implements ``task.JobControl``); the driver sets flags."""
 
-    def __init__(self, delivery: OrderedDelivery | None) -> None:
+    def __init__(self, delivery: OrderedDelivery | None, collect: CollectBuffers | None) -> None:
         super().__init__()
         self._delivery = delivery
+        self._collect = collect
         self.opened = threading.Event()
         self.released = threading.Event()
 
@@ -143,6 +139,8 @@ class _ActorControl(ControlFlags):
         self.released.set()
         if self._delivery is not None:
             self._delivery.cancel()
+        if self._collect is not None:
+            self._collect.cancel()
 
     def task_opened(self, task_id: str) -> None:
         self.opened.set()
@@ -169,11 +167,23 @@ class _Task:
         self.restore = assignment.restore
         inbox = Inbox(config.channel_capacity) if self.task.expected_eos > 0 else None
         self.delivery = OrderedDelivery(inbox) if inbox is not None else None
-        self.control = _ActorControl(self.delivery)
+        collects = assignment.task_id in collecting_tasks(plan)
+        self.collect = CollectBuffers() if collects else None
+        self.control = _ActorControl(self.delivery, self.collect)
         self.dead_letters = DeadLetterQueue(config.dead_letter_path)
         self.registry = ServiceRegistry(proxy_specs(services), plan.job_name) if services else None
         self.loop: TaskLoop | None = None
-        self.log = _LogBuffer()
+        self.output = Handover(LINE_BUFFER)
+        self.lines = self.output.buffer("lines")
+        self.route: OutputRoute | None = None
+
+    def _emit(self, line: OutputLine) -> None:
+        try:
+            self.lines.put(line)
+        except Cancelled:  # the host was freed: nobody takes lines any more
+            stream = sys.__stderr__ if line.stream == "stderr" else sys.__stdout__
+            if stream is not None:
+                stream.write(f"({line.origin}) {line.text}\n")
 
     def connect(self, job: str, handles: dict[int, list[Any]]) -> None:
         channels: dict[tuple[int, int], RemoteChannel] = {}
@@ -200,17 +210,25 @@ class _Task:
             services=None if self.registry is None else self.registry.callers,
             checkpoints=self.checkpoints,
             restore=self.restore,
+            collectors=self.collect,
         )
+        # A host runs one task: every thread of it writes this task's output.
+        self.route = OutputRoute(self.loop.attribution(), self._emit)
+        capture.default = self.route
 
     def run(self) -> TaskOutcome:
-        loop = self.loop
-        assert loop is not None, "connect() first"
-        loop.run()
-        if self.registry is not None:
-            try:
-                self.registry.close()
-            except Exception as exc:
-                self.control.fail(exc, self.task.id)
+        loop, route = self.loop, self.route
+        assert loop is not None and route is not None, "connect() first"
+        try:
+            loop.run()
+            if self.registry is not None:
+                try:
+                    self.registry.close()
+                except Exception as exc:
+                    self.control.fail(exc, self.task.id)
+        finally:
+            capture.flush_partial(route)
+            self.lines.close()  # the driver takes what is left, then hears the end
         error = self.control.error
         if error is not None:
             loop.stats.status = "failed"
@@ -221,8 +239,14 @@ class _Task:
             stats=self.stats(),
             services=self.service_metrics(),
             dead_letters=self.dead_letters.items(),
-            log=list(self.log.lines),
         )
+
+    def release(self) -> None:
+        """The job has ended: stop catching output for it, end every wait."""
+        if capture.default is self.route:
+            capture.default = None
+        self.output.cancel()
+        self.control.cancel()
 
     def stats(self) -> TaskStats:
         assert self.loop is not None
@@ -246,6 +270,7 @@ class TaskHost:
         self._job: str | None = None
         self._task: _Task | None = None
         self._lock = threading.Lock()
+        self._capturing = False
 
     def _current(self, job: str) -> _Task | None:
         """The task of ``job``, or ``None`` if this host serves another job (or none)."""
@@ -261,8 +286,10 @@ class TaskHost:
             if self._task is not None:
                 raise JobError(f"host busy with job {self._job!r}; cannot take {job!r}")
             task = _Task(plan, assignment)
-            logging.getLogger().addHandler(task.log)
-            logging.getLogger(f"sage.job.{plan.job_name}").setLevel(logging.INFO)
+            if not self._capturing:
+                capture.install()  # for good: with no task assigned, output passes through
+                self._capturing = True
+            logging.getLogger(JOB_LOGGER_PREFIX + plan.job_name).setLevel(logging.INFO)
             self._job, self._task = job, task
         node_id: str = ray.get_runtime_context().get_node_id()
         return node_id
@@ -302,8 +329,31 @@ class TaskHost:
             task = self._current(job)
             if task is None:
                 return
-            logging.getLogger().removeHandler(task.log)
+            task.release()
             self._job, self._task = None, None
+
+    @ray.method(concurrency_group="relay")
+    def output(self, job: str, timeout: float) -> list[OutputLine] | None:
+        """The lines the task's functions wrote since the last call, once there are any (at
+        most ``timeout`` seconds: then ``[]``); ``None`` once the task ended and every line
+        was taken."""
+        task = self._current(job)
+        if task is None:
+            return None
+        taken = task.output.take(LINES_PER_CALL, timeout)
+        if taken is None:
+            return None
+        return [line for _, lines in taken for line in lines]
+
+    @ray.method(concurrency_group="relay")
+    def collected(self, job: str, max_records: int, timeout: float) -> list[CollectedChunk] | None:
+        """Up to ``max_records`` records of the task's ``collect()`` operators, once there are
+        any (at most ``timeout`` seconds: then ``[]``); ``None`` once they closed and every
+        record was taken. The collect waits (backpressure) while no one takes them."""
+        task = self._current(job)
+        if task is None or task.collect is None:
+            return None
+        return task.collect.take(max_records, timeout)
 
     @ray.method(concurrency_group="control")
     def wait_opened(self, job: str) -> bool:
