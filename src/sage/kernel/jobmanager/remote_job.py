@@ -30,6 +30,7 @@ from sage.kernel.jobmanager.protocol import (
 )
 from sage.kernel.runtime.error_policy import DeadLetter
 from sage.kernel.runtime.metrics import JobMetrics
+from sage.kernel.runtime.output import echo_line
 from sage.kernel.runtime.status import JobStatus
 from sage.kernel.services.spec import ServiceSpec
 
@@ -190,8 +191,7 @@ class RemoteJob:
                 if entry.origin is None:  # the JobManager's own line about the job
                     logger.debug("job %s: %s", job_id, entry.text)
                     continue
-                stream = sys.stderr if entry.stream == "stderr" else sys.stdout
-                stream.write(f"({entry.origin}) {entry.text}\n")
+                echo_line(entry.origin, entry.stream or "stdout", entry.text)
         self._next_line = page.next_line
         for chunk in page.chunks:
             if chunk.seq < self._next_chunk:

@@ -35,6 +35,7 @@ __all__ = [
     "OutputRoute",
     "OutputSink",
     "capture",
+    "echo_line",
     "operator_label",
 ]
 
@@ -64,6 +65,13 @@ class OutputLine:
 
 OutputSink = Callable[[Sequence[OutputLine]], None]
 """Receives a job's lines (the JobManager keeps them in the job's log)."""
+
+
+def echo_line(origin: str, stream: str, text: str) -> None:
+    """Write a line of a job's output to this process's stdout (or stderr, for a
+    ``"stderr"`` line) after its operator instance, as Ray prefixes its workers' output:
+    ``(sink 'print' 1/1) 42``."""
+    (sys.stderr if stream == "stderr" else sys.stdout).write(f"({origin}) {text}\n")
 
 
 def operator_label(name: str, instance: int, parallelism: int) -> str:
@@ -168,6 +176,12 @@ class _CapturedStream(io.TextIOBase):
 
     def fileno(self) -> int:
         return self.fallback.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        # What a text stream has beyond writing (``buffer``, ``errors``...): the original's.
+        if name == "fallback":
+            raise AttributeError(name)
+        return getattr(self.fallback, name)
 
     def write(self, text: str) -> int:
         route = self._owner.route()

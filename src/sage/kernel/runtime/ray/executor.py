@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import threading
 import uuid
 from collections import Counter
@@ -38,7 +37,7 @@ from sage.kernel.graph.plan import PhysicalPlan
 from sage.kernel.runtime.collect import CollectedChunk, collecting_tasks
 from sage.kernel.runtime.error_policy import DeadLetter
 from sage.kernel.runtime.metrics import JobMetrics, TaskStats, graph_edges, snapshot
-from sage.kernel.runtime.output import OutputLine, OutputSink
+from sage.kernel.runtime.output import OutputLine, OutputSink, echo_line
 from sage.kernel.runtime.ray.cluster import RayOptions, cluster_info, connect
 from sage.kernel.runtime.ray.hosts import Host, host_pool
 from sage.kernel.runtime.ray.relay import CollectRelay, OutputRelay
@@ -71,8 +70,7 @@ def echo(lines: Sequence[OutputLine]) -> None:
     process's stdout or stderr, prefixed with its operator instance (as Ray prefixes the
     output of its workers)."""
     for line in lines:
-        stream = sys.stderr if line.stream == "stderr" else sys.stdout
-        stream.write(f"({line.origin}) {line.text}\n")
+        echo_line(line.origin, line.stream, line.text)
 
 
 def _merge_services(rows: Sequence[tuple[ServiceMetrics, ...]]) -> tuple[ServiceMetrics, ...]:
