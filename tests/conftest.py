@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -23,3 +24,23 @@ def no_job_threads_left() -> Iterator[None]:
         if t.name.startswith("sage-") and t.is_alive() and t not in before
     ]
     assert not alive, f"job threads still alive after the test: {alive}"
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """Handlers a test's CLI call configured on the root logger (``basicConfig(force=True)``
+    with a console handler, say) are gone after it, so no later test sees their output.
+    pytest's own capturing handlers come and go with each phase: they are left to it."""
+
+    def ours(handler: logging.Handler) -> bool:
+        return not type(handler).__module__.startswith("_pytest")
+
+    root = logging.getLogger()
+    handlers, level = [h for h in root.handlers if ours(h)], root.level
+    yield
+    for handler in [h for h in root.handlers if ours(h) and h not in handlers]:
+        root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
