@@ -41,10 +41,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import report
-from sage.common.components.sage_llm.config import BackendInstanceConfig
-from sage.common.components.sage_llm.control_plane.dispatcher import Dispatcher, Ticket
-from sage.common.components.sage_llm.control_plane.instances import InstanceRegistry
-from sage.common.components.sage_llm.control_plane.queues import PendingRequest
+from sage.inference.config import BackendInstanceConfig
+from sage.inference.control_plane.dispatcher import Dispatcher, Ticket
+from sage.inference.control_plane.instances import InstanceRegistry
+from sage.inference.control_plane.queues import PendingRequest
 
 DECISION_TARGET_US = 200.0
 

@@ -15,7 +15,7 @@ Targets:
   those are counted apart. Any other outcome is lost; no end within ``--deadline`` is hung;
 * the gateway's RSS grows by less than 50 MB from after a warm-up to the end.
 
-The logic lives in :mod:`sage.benchmark.gateway_load`; ``tests/components/
+The logic lives in :mod:`sage.benchmark.gateway_load`; ``tests/inference/gateway/
 test_gateway_load.py`` runs it shortened (and fails there when a target is missed; here the
 verdict is in the table).
 """

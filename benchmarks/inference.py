@@ -40,10 +40,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import Case, interleave, report
-from sage.common.components.sage_llm.models import resolve_model
-from sage.common.components.sage_llm.processes import spawn_engine, spawn_gateway, terminate
-from sage.common.components.sage_llm.stack import LocalStack
 from sage.common.config.ports import SagePorts
+from sage.inference.deploy.processes import spawn_engine, spawn_gateway, terminate
+from sage.inference.deploy.stack import LocalStack
+from sage.inference.engines.models import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / ".venv-peers" / "bin"

@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sage.common.components.sage_llm.stack import LocalStack
+from sage.inference.deploy.stack import LocalStack
 from sage.common.config.ports import SagePorts
 
 query = "What is 2 + 2? Answer with just the number."

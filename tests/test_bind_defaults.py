@@ -17,15 +17,15 @@ import pytest
 import typer
 
 from sage.cli.main import app
-from sage.common.components.sage_llm import processes, serving
-from sage.common.components.sage_llm.config import SchedulingPolicyType, UnifiedServerConfig
-from sage.common.components.sage_llm.control_plane.service import ControlPlaneServiceConfig
-from sage.common.components.sage_llm.engine_server import EngineServer
-from sage.common.components.sage_llm.stack import LocalStack
 from sage.common.config.ports import SagePorts
 from sage.common.http.server import HttpServer
 from sage.dashboard.server import DashboardServer
+from sage.inference.deploy import processes, serving
+from sage.inference.config import SchedulingPolicyType, UnifiedServerConfig
+from sage.inference.deploy.stack import LocalStack
+from sage.inference.engines.server import EngineServer
 from sage.kernel.jobmanager import server as jobmanager
+from sage.middleware.services.control_plane import ControlPlaneServiceConfig
 
 LOOPBACK = "127.0.0.1"
 

@@ -54,3 +54,51 @@ def test_function_base_classes_do_not_depend_on_the_kernel() -> None:
 def test_the_kernel_does_not_depend_on_middleware() -> None:
     assert offenders("kernel", ("sage.middleware",)) == {}
     assert offenders("common", ("sage.middleware",)) == {}
+
+
+# -- the inference stack ------------------------------------------------------------------------
+
+_ABOVE_INFERENCE = (
+    "sage.kernel",
+    "sage.middleware",
+    "sage.cli",
+    "sage.benchmark",
+    "sage.dashboard",
+    "sage.demos",
+    "sage.core",
+)
+
+
+def test_the_kernel_imports_no_inference_code() -> None:
+    assert offenders("kernel", ("sage.inference", "sage.common.components")) == {}
+
+
+def test_inference_builds_on_sage_common_only() -> None:
+    assert offenders("inference", _ABOVE_INFERENCE) == {}
+
+
+def test_the_control_plane_knows_no_gateway_engine_or_client() -> None:
+    forbidden = (
+        "sage.inference.gateway",
+        "sage.inference.engines",
+        "sage.inference.client",
+        "sage.inference.deploy",
+    )
+    assert offenders("inference/control_plane", forbidden) == {}
+
+
+def test_engines_know_no_gateway_control_plane_or_client() -> None:
+    forbidden = (
+        "sage.inference.gateway",
+        "sage.inference.control_plane",
+        "sage.inference.client",
+        "sage.inference.deploy",
+    )
+    assert offenders("inference/engines", forbidden) == {}
+
+
+def test_sage_common_holds_no_inference_code_only_the_seed_paths() -> None:
+    bad = offenders("common", ("sage.inference",))
+    assert {path for path in bad if not path.startswith("common/components/")} == set()
+    components = SRC / "common" / "components"
+    assert sorted(p.name for p in components.rglob("*.py")) == ["__init__.py"] * 3

@@ -28,8 +28,8 @@ from sage.benchmark.control_plane.config import (
     RequestClass,
 )
 from sage.common.components.sage_llm import SchedulingPolicyType
-from sage.common.components.sage_llm.engines.simulated import SimulatorProfile
 from sage.common.errors import ConfigError
+from sage.inference.engines.simulated import SimulatorProfile
 
 # One line per policy for the listing; the dispatcher's module docstring has the details.
 POLICY_NOTES = {

@@ -29,13 +29,13 @@ from typing import Any
 import httpx
 
 from sage.common.components.sage_llm import ControlPlaneVLLMService
-from sage.common.components.sage_llm.engine_server import EngineServer
-from sage.common.components.sage_llm.engines.simulated import (
+from sage.common.concurrency import LoopThread
+from sage.common.config.ports import SagePorts
+from sage.inference.engines.server import EngineServer
+from sage.inference.engines.simulated import (
     SimulatedLLMEngine,
     SimulatorProfile,
 )
-from sage.common.concurrency import LoopThread
-from sage.common.config.ports import SagePorts
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 SIMULATOR = "simulator started here (SimulatedLLMEngine, no GPU, no model)"

@@ -33,8 +33,8 @@ from sage.benchmark.control_plane.runner import (
     simulated_capacity,
 )
 from sage.benchmark.control_plane.workload import build_trace
-from sage.common.components.sage_llm.engines.simulated import SimulatorProfile
 from sage.common.errors import ConfigError
+from sage.inference.engines.simulated import SimulatorProfile
 
 runner = CliRunner()
 

@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 from rich.console import Console
 
-from sage.common.components.sage_llm.client import UnifiedInferenceClient
 from sage.demos.rag import QUESTIONS, chunk_topics, run_rag_demo
 from sage.demos.wordcount import SplitPassages, load_topics, run_wordcount_demo, tokens
+from sage.inference.client.unified import UnifiedInferenceClient
 
 
 def test_wordcount_demo_counts_like_a_counter() -> None:

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from sage.common.components.sage_llm import UnifiedInferenceClient
 from sage.common.config.network import HF_MIRROR
+from sage.inference import UnifiedInferenceClient
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

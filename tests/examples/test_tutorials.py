@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from sage.common.components.sage_llm import SchedulingPolicyType
-from sage.common.components.sage_llm.engine_server import EngineServer
-from sage.common.components.sage_llm.engines.simulated import SIMULATED_TEXT
-from sage.common.components.sage_llm.engines.stub import ANSWER, StubLLMEngine
 from sage.common.concurrency import LoopThread
 from sage.common.config.ports import SagePorts
+from sage.inference import SchedulingPolicyType
+from sage.inference.engines.server import EngineServer
+from sage.inference.engines.simulated import SIMULATED_TEXT
+from sage.inference.engines.stub import ANSWER, StubLLMEngine
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -46,10 +46,10 @@ import psutil
 
 from sage.benchmark.control_plane.cluster import EngineProcess, LocalCluster, default_model
 from sage.benchmark.control_plane.config import LLMBenchmarkConfig
-from sage.common.components.sage_llm.engines.simulated import SimulatorProfile
 from sage.common.concurrency import run_loop
 from sage.common.errors import ConfigError
 from sage.common.stats import percentile
+from sage.inference.engines.simulated import SimulatorProfile
 
 __all__ = [
     "CATEGORIES",
@@ -331,7 +331,7 @@ class LoadCluster(LocalCluster):
         self.restarts = 0
 
     def _start_gateway(self) -> None:
-        from sage.common.components.sage_llm.processes import spawn_gateway
+        from sage.inference.deploy.processes import spawn_gateway
 
         gateway: dict[str, Any] = {
             "host": "127.0.0.1",

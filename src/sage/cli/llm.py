@@ -18,16 +18,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sage.common.components.sage_llm.processes import (
+from sage.common.config.paths import sage_home
+from sage.common.config.ports import SagePorts
+from sage.common.errors import ConfigError
+from sage.common.processes import is_running
+from sage.inference.deploy.processes import (
     SpawnError,
     spawn_engine,
     spawn_gateway,
     terminate,
 )
-from sage.common.config.paths import sage_home
-from sage.common.config.ports import SagePorts
-from sage.common.errors import ConfigError
-from sage.common.processes import is_running
 
 llm_app = typer.Typer(help="Run and inspect the local inference stack (engines + gateway).")
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -142,7 +142,7 @@ def serve(
     if sim_profile is not None:
         if engine != "simulated":
             raise _fail("--sim-profile is for --engine simulated")
-        from sage.common.components.sage_llm.engines.simulated import SimulatorProfile
+        from sage.inference.engines.simulated import SimulatorProfile
 
         try:
             sim_args = ["--sim-profile", SimulatorProfile.from_json(sim_profile).to_json()]
@@ -152,13 +152,13 @@ def serve(
     serve_embedding = with_embedding or embedding_model is not None
     embedding_model = embedding_model or "all-minilm-l6-v2"
     if engine not in ("stub", "simulated"):  # these serve any name; nothing is loaded
-        from sage.common.components.sage_llm.models import resolve_model
+        from sage.inference.engines.models import resolve_model
 
         try:
             if engine == "cpu":
                 resolve_model(model, "llm")
             else:
-                from sage.common.components.sage_llm.engines.vllm import (
+                from sage.inference.engines.vllm import (
                     check_vllm_available,
                     vllm_command,
                 )
@@ -181,7 +181,7 @@ def serve(
     try:
         with console.status("starting the LLM engine (loading the model)..."):
             if engine == "vllm":
-                from sage.common.components.sage_llm.engines.vllm import launch_vllm
+                from sage.inference.engines.vllm import launch_vllm
 
                 try:
                     pids["llm"] = launch_vllm(

@@ -52,8 +52,8 @@ from sage.benchmark.control_plane.report import (
     write_reports,
 )
 from sage.benchmark.control_plane.runner import PolicyRun, run_benchmark
-from sage.common.components.sage_llm.processes import SpawnError
 from sage.common.errors import ConfigError, GatewayError
+from sage.inference.deploy.processes import SpawnError
 
 __all__ = ["app"]
 

@@ -1,7 +1,7 @@
 """The benchmark's own cluster: engine processes and a gateway over them, one run's worth.
 
 Each engine and the gateway run as their own processes (as ``sage llm serve`` runs them,
-through :func:`~sage.common.components.sage_llm.processes.spawn`), so the load generator,
+through :func:`~sage.inference.deploy.processes.spawn`), so the load generator,
 the gateway and the engines do not share an interpreter. A comparison starts a fresh
 cluster per policy: no queue, latency history or connection is carried from one policy's
 run into the next.
@@ -29,7 +29,7 @@ from sage.benchmark.control_plane.config import (
     Kind,
     LLMBenchmarkConfig,
 )
-from sage.common.components.sage_llm.processes import spawn_engine, spawn_gateway, terminate
+from sage.inference.deploy.processes import spawn_engine, spawn_gateway, terminate
 
 __all__ = ["EngineProcess", "LocalCluster", "default_model", "instance_counts"]
 
@@ -74,7 +74,7 @@ def max_concurrent(config: BenchmarkConfig, kind: Kind) -> int:
     if config.llm_max_concurrent is not None:
         return config.llm_max_concurrent
     if config.engine == "simulated":
-        from sage.common.components.sage_llm.engines.simulated import SimulatorProfile
+        from sage.inference.engines.simulated import SimulatorProfile
 
         return SimulatorProfile.from_mapping(config.sim_profile).max_batch
     return _CPU_MAX_BATCH if config.engine == "cpu" else _STUB_MAX_CONCURRENT

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from sage.common.components.sage_llm.config import SchedulingPolicyType
 from sage.common.errors import ConfigError
+from sage.inference.config import SchedulingPolicyType
 
 __all__ = [
     "ARRIVAL_PATTERNS",
@@ -309,7 +309,7 @@ class BenchmarkConfig:
                 f"use one of {', '.join(self.kinds)}"
             )
         if self.engine == "simulated" and self.control_plane_url is None:
-            from sage.common.components.sage_llm.engines.simulated import SimulatorProfile
+            from sage.inference.engines.simulated import SimulatorProfile
 
             SimulatorProfile.from_mapping(self.sim_profile)  # raises naming the bad field
         self._validate_mode(owner)

@@ -50,9 +50,9 @@ from sage.benchmark.control_plane.workload import (
     build_trace,
     warmup_requests,
 )
-from sage.common.components.sage_llm.config import SchedulingPolicyType
 from sage.common.concurrency import run_loop
 from sage.common.errors import ConfigError, GatewayError
+from sage.inference.config import SchedulingPolicyType
 
 __all__ = [
     "BenchmarkResult",
@@ -182,7 +182,7 @@ def _mix(config: BenchmarkConfig, per_kind: dict[str, float]) -> float:
 
 def simulated_capacity(config: BenchmarkConfig) -> Capacity:
     """The capacity of its own simulated instances, from the simulator's timing model."""
-    from sage.common.components.sage_llm.engines.simulated import SimulatorProfile
+    from sage.inference.engines.simulated import SimulatorProfile
 
     profile = SimulatorProfile.from_mapping(config.sim_profile)
     counts = instance_counts(config)

@@ -1,1 +1,2 @@
-"""Components shared by pipelines and servers: the inference stack and embeddings."""
+"""The seed's import paths of the inference stack and the embedding clients (re-exports of
+:mod:`sage.inference`)."""

@@ -35,7 +35,7 @@ class LLMService(BaseService):
 
     def setup(self) -> None:
         if self.client is None:
-            from sage.common.components.sage_llm.client import UnifiedInferenceClient
+            from sage.inference.client.unified import UnifiedInferenceClient
 
             self.client = UnifiedInferenceClient.create_auto(**self.options)
 

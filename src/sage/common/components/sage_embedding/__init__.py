@@ -1,4 +1,5 @@
-"""Embedding without a server: ``EmbeddingFactory`` and ``EmbeddingClientAdapter``.
+"""The seed's import path of the embedding clients, which live in
+:mod:`sage.inference.client.embedding`.
 
 Example:
     >>> from sage.common.components.sage_embedding import EmbeddingFactory, EmbeddingClientAdapter
@@ -9,7 +10,7 @@ Example:
     3
 """
 
-from sage.common.components.sage_embedding.factory import (
+from sage.inference.client.embedding import (
     BaseEmbedding,
     EmbeddingClientAdapter,
     EmbeddingFactory,

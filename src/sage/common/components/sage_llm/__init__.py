@@ -1,17 +1,19 @@
-"""SAGE's inference stack: OpenAI-compatible gateway, engines, and the unified client.
+"""The seed's import path of the inference stack, which lives in :mod:`sage.inference`.
 
 Seed imports: ``UnifiedInferenceClient``, ``UnifiedAPIServer``, ``UnifiedServerConfig``,
-``BackendInstanceConfig``, ``SchedulingPolicyType`` (and ``ControlPlaneVLLMService``).
+``BackendInstanceConfig``, ``SchedulingPolicyType`` and ``ControlPlaneVLLMService`` (a
+service of :mod:`sage.middleware.services.control_plane`, imported when first asked for).
 """
 
-from sage.common.components.sage_llm.client import UnifiedInferenceClient
-from sage.common.components.sage_llm.config import (
+from typing import Any
+
+from sage.inference import (
     BackendInstanceConfig,
     SchedulingPolicyType,
+    UnifiedAPIServer,
+    UnifiedInferenceClient,
     UnifiedServerConfig,
 )
-from sage.common.components.sage_llm.control_plane.service import ControlPlaneVLLMService
-from sage.common.components.sage_llm.server import UnifiedAPIServer
 
 __all__ = [
     "BackendInstanceConfig",
@@ -21,3 +23,11 @@ __all__ = [
     "UnifiedInferenceClient",
     "UnifiedServerConfig",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ControlPlaneVLLMService":  # a service of the middleware: loaded when asked
+        from sage.middleware.services.control_plane import ControlPlaneVLLMService
+
+        return ControlPlaneVLLMService
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,22 @@
+"""The clients of the inference stack: ``UnifiedInferenceClient`` (chat, generate, embed over
+a gateway, engines, a cloud endpoint or in-process engines) and the embedding clients."""
+
+from sage.inference.client.embedding import (
+    BaseEmbedding,
+    EmbeddingClientAdapter,
+    EmbeddingFactory,
+    HashEmbedding,
+    HFEmbedding,
+    OpenAIEmbedding,
+)
+from sage.inference.client.unified import UnifiedInferenceClient
+
+__all__ = [
+    "BaseEmbedding",
+    "EmbeddingClientAdapter",
+    "EmbeddingFactory",
+    "HFEmbedding",
+    "HashEmbedding",
+    "OpenAIEmbedding",
+    "UnifiedInferenceClient",
+]

@@ -1,0 +1,564 @@
+"""``UnifiedInferenceClient``: one client for chat, generation and embeddings.
+
+Where requests go (``create()``, "control plane first"):
+
+1. ``control_plane_url=`` when given (a gateway or any OpenAI-compatible server);
+2. the local gateway (``SagePorts.GATEWAY_DEFAULT`` or ``SAGE_GATEWAY_PORT``);
+3. local engine servers (``SAGE_LLM_PORT``, 8001, 8901; ``SAGE_EMBEDDING_PORT``, 8090);
+4. ``.env`` / environment: ``SAGE_CHAT_BASE_URL``, ``SAGE_EMBEDDING_BASE_URL`` (with
+   ``SAGE_CHAT_API_KEY``; this is also how a cloud endpoint is reached).
+
+Local probes are loopback requests with a short timeout, so an offline machine with
+nothing running answers at once. ``create(embedded=True)`` runs the engines in this process
+(no server); ``create_auto()`` tries ``create()`` and falls back to embedded engines.
+
+Example:
+    >>> client = UnifiedInferenceClient.create(embedded=True)      # doctest: +SKIP
+    >>> client.chat("What is a Python list?", max_tokens=32)      # doctest: +SKIP
+    >>> client.embed(["one", "two"])                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, ClassVar
+
+import httpx
+import orjson
+
+from sage.common.concurrency import LoopThread
+from sage.common.config.ports import SagePorts
+from sage.common.config.settings import load_settings
+from sage.common.errors import GatewayError
+from sage.inference.engines.base import (
+    EmbeddingEngine,
+    LLMEngine,
+    SamplingParams,
+)
+
+__all__ = ["UnifiedInferenceClient"]
+
+Messages = str | Sequence[dict[str, Any]]
+_PROBE_TIMEOUT = httpx.Timeout(1.0, connect=0.3)
+
+
+def _messages(messages: Messages) -> list[dict[str, Any]]:
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    return [dict(m) for m in messages]
+
+
+_PATHS = {"chat": "/chat/completions", "completion": "/completions"}
+
+
+def _answer(payload: dict[str, Any], kind: str) -> str:
+    """The text of a non-streamed ``chat`` or ``completion`` answer."""
+    choice = payload["choices"][0]
+    return str(choice["message"]["content"] if kind == "chat" else choice["text"])
+
+
+def _sse_piece(line: str, kind: str) -> str | None:
+    """The text one server-sent event line of a streamed answer carries (None: none)."""
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return None
+    choice = (orjson.loads(line[6:]).get("choices") or [{}])[0]
+    piece = choice.get("delta", {}).get("content") if kind == "chat" else choice.get("text")
+    return str(piece) if piece else None
+
+
+def _vectors(response: httpx.Response) -> list[list[float]]:
+    """The embeddings of an ``/embeddings`` answer, in input order."""
+    _raise_for(response)
+    return [d["embedding"] for d in sorted(response.json()["data"], key=lambda d: d["index"])]
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        error = response.json().get("error", {})
+        message, param = error.get("message", response.text), error.get("param")
+    except ValueError:
+        message, param = response.text, None
+    raise GatewayError(
+        f"{response.status_code} from {response.url}: {message}", response.status_code, param
+    )
+
+
+class _Embedded:
+    """Engines in this process, on one private event-loop thread shared by embedded clients.
+
+    Each model is loaded on first use and kept (one copy per process) until :meth:`shutdown`
+    or interpreter exit, so creating many embedded clients costs nothing after the first.
+    """
+
+    _runtime: ClassVar[LoopThread | None] = None
+    _engines: ClassVar[dict[tuple[str, str], Any]] = {}
+    _lock: ClassVar[threading.RLock] = threading.RLock()
+
+    def __init__(self, llm_model: str, embedding_model: str) -> None:
+        self.llm_model, self.embedding_model = llm_model, embedding_model
+
+    @classmethod
+    def _loop_thread(cls) -> LoopThread:
+        with cls._lock:
+            if cls._runtime is None:
+                cls._runtime = LoopThread("sage-embedded-engines")
+                atexit.register(cls.shutdown)
+            return cls._runtime
+
+    @classmethod
+    def call(cls, coro: Any) -> Any:
+        return cls._loop_thread().call(coro)
+
+    @classmethod
+    def shutdown(cls) -> None:
+        """Stop every embedded engine and the loop thread (idempotent)."""
+        with cls._lock:
+            runtime = cls._runtime
+            if runtime is None:
+                return
+            for engine in cls._engines.values():
+                runtime.call(engine.stop())
+            cls._engines.clear()
+            runtime.stop()
+            cls._runtime = None
+            atexit.unregister(cls.shutdown)
+
+    def _engine(self, kind: str) -> Any:
+        from sage.inference.deploy.serving import build_engine
+
+        name = self.llm_model if kind == "llm" else self.embedding_model
+        with self._lock:
+            engine = self._engines.get((kind, name))
+            if engine is None:
+                engine = build_engine(kind, name)
+                self.call(engine.start())
+                self._engines[(kind, name)] = engine
+        return engine
+
+    def stream(self, params: SamplingParams, messages: Any, prompt: str | None) -> Iterator[str]:
+        engine: LLMEngine = self._engine("llm")
+        pieces: queue.Queue[str | BaseException | None] = queue.Queue()
+
+        async def pump() -> None:
+            try:
+                async for delta in engine.generate(params, messages=messages, prompt=prompt):
+                    if delta.text:
+                        pieces.put(delta.text)
+                pieces.put(None)
+            except BaseException as exc:
+                pieces.put(exc)
+
+        self._loop_thread().submit(pump())
+        while (item := pieces.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        engine: EmbeddingEngine = self._engine("embedding")
+        vectors, _ = self.call(engine.embed(texts))
+        return list(vectors)
+
+
+class UnifiedInferenceClient:
+    """Chat, generate and embed against SAGE's servers, any OpenAI endpoint, or in-process.
+
+    Build it with :meth:`create`, :meth:`create_auto` or :meth:`get_instance`.
+    """
+
+    _instances: ClassVar[dict[str, UnifiedInferenceClient]] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        llm_base_url: str | None = None,
+        embedding_base_url: str | None = None,
+        llm_model: str | None = None,
+        embedding_model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        embedded: _Embedded | None = None,
+    ) -> None:
+        self.mode = mode
+        self.llm_base_url = llm_base_url.rstrip("/") if llm_base_url else None
+        self.embedding_base_url = embedding_base_url.rstrip("/") if embedding_base_url else None
+        self.llm_model = llm_model
+        self.embedding_model = embedding_model
+        self._embedded = embedded
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        self._http = httpx.Client(headers=headers, timeout=timeout, limits=limits)
+        self._async_http: httpx.AsyncClient | None = None
+        self._async_args = {"headers": headers, "timeout": timeout, "limits": limits}
+
+    def __repr__(self) -> str:
+        return (
+            f"UnifiedInferenceClient(mode={self.mode!r}, "
+            f"llm={self.llm_base_url or 'in-process'} [{self.llm_model}], "
+            f"embedding={self.embedding_base_url or 'in-process'} [{self.embedding_model}])"
+        )
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        control_plane_url: str | None = None,
+        *,
+        embedded: bool = False,
+        default_llm_model: str | None = None,
+        default_embedding_model: str | None = None,
+        prefer_local: bool = True,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        env_file: str | None = ".env",
+    ) -> UnifiedInferenceClient:
+        """A client for the first endpoint found (see the module docstring).
+
+        Raises:
+            GatewayError: no endpoint answered and none is configured.
+        """
+        settings = load_settings(env_file)
+        if embedded:
+            llm = default_llm_model or "smollm2"
+            emb = default_embedding_model or "all-minilm-l6-v2"
+            return cls(
+                mode="embedded", llm_model=llm, embedding_model=emb, embedded=_Embedded(llm, emb)
+            )
+        key = api_key or settings.SAGE_API_KEY or settings.SAGE_CHAT_API_KEY
+        if control_plane_url:
+            models = cls._discover(control_plane_url, key)
+            return cls(
+                mode="control_plane",
+                llm_base_url=control_plane_url,
+                embedding_base_url=control_plane_url,
+                llm_model=default_llm_model or models.get("llm"),
+                embedding_model=default_embedding_model or models.get("embedding"),
+                api_key=key,
+                timeout=timeout,
+            )
+        tried = []
+        if prefer_local:
+            gateway = f"http://127.0.0.1:{settings.SAGE_GATEWAY_PORT}/v1"
+            tried.append(gateway)
+            models = cls._discover(gateway, key)
+            if models:
+                return cls(
+                    mode="gateway",
+                    llm_base_url=gateway,
+                    embedding_base_url=gateway,
+                    llm_model=default_llm_model or models.get("llm"),
+                    embedding_model=default_embedding_model or models.get("embedding"),
+                    api_key=key,
+                    timeout=timeout,
+                )
+            found: dict[str, tuple[str, str | None]] = {}
+            llm_ports = [settings.SAGE_LLM_PORT, SagePorts.LLM_DEFAULT, SagePorts.LLM_WSL_FALLBACK]
+            emb_ports = [settings.SAGE_EMBEDDING_PORT, SagePorts.EMBEDDING_DEFAULT]
+            for port in dict.fromkeys([*llm_ports, *emb_ports]):
+                url = f"http://127.0.0.1:{port}/v1"
+                tried.append(url)
+                for kind, model in cls._discover(url, key).items():
+                    found.setdefault(kind, (url, model))
+            if found:
+                llm_url, llm_name = found.get("llm", (None, None))
+                emb_url, emb_name = found.get("embedding", (None, None))
+                return cls(
+                    mode="local",
+                    llm_base_url=llm_url,
+                    embedding_base_url=emb_url,
+                    llm_model=default_llm_model or llm_name,
+                    embedding_model=default_embedding_model or emb_name,
+                    api_key=key,
+                    timeout=timeout,
+                )
+        if settings.SAGE_CHAT_BASE_URL or settings.SAGE_EMBEDDING_BASE_URL:
+            return cls(
+                mode="env",
+                llm_base_url=settings.SAGE_CHAT_BASE_URL,
+                embedding_base_url=settings.SAGE_EMBEDDING_BASE_URL or settings.SAGE_CHAT_BASE_URL,
+                llm_model=default_llm_model or settings.SAGE_CHAT_MODEL,
+                embedding_model=default_embedding_model or settings.SAGE_EMBEDDING_MODEL,
+                api_key=key,
+                timeout=timeout,
+            )
+        raise GatewayError(
+            f"no inference endpoint found (tried {', '.join(tried) or 'nothing local'}, and "
+            "SAGE_CHAT_BASE_URL is not set). Start one with `sage llm serve`, set "
+            "SAGE_CHAT_BASE_URL in .env, or use UnifiedInferenceClient.create(embedded=True)"
+        )
+
+    @classmethod
+    def create_auto(cls, **kwargs: Any) -> UnifiedInferenceClient:
+        """:meth:`create`, or in-process engines when no endpoint is found."""
+        try:
+            return cls.create(**kwargs)
+        except GatewayError:
+            return cls.create(
+                embedded=True, **{k: v for k, v in kwargs.items() if k.startswith("default_")}
+            )
+
+    @classmethod
+    def get_instance(cls, key: str = "default", **create_kwargs: Any) -> UnifiedInferenceClient:
+        """The client registered under ``key``, created (with :meth:`create_auto`) on first use."""
+        with cls._instances_lock:
+            client = cls._instances.get(key)
+            if client is None:
+                client = cls._instances[key] = cls.create_auto(**create_kwargs)
+            return client
+
+    @staticmethod
+    def _discover(base_url: str, api_key: str | None) -> dict[str, str]:
+        """``{"llm": model, "embedding": model}`` served at ``base_url`` ({} if nothing answers)."""
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        root = base_url.rstrip("/").removesuffix("/v1")
+        try:
+            with httpx.Client(timeout=_PROBE_TIMEOUT, headers=headers) as http:
+                managed = http.get(f"{root}/v1/management/instances")
+                if managed.status_code == 200:  # a SAGE gateway: it knows each model's type
+                    kinds: dict[str, str] = {}
+                    for instance in managed.json()["instances"]:
+                        kinds.setdefault(instance["instance_type"], instance["model_name"])
+                    return kinds
+                health = http.get(f"{root}/health")
+                if health.status_code == 200 and "type" in health.json():  # a SAGE engine
+                    return {health.json()["type"]: health.json()["model"]}
+                listed = http.get(f"{root}/v1/models")
+                if listed.status_code == 200:  # any OpenAI-compatible server
+                    names = [m["id"] for m in listed.json().get("data", [])]
+                    return {"llm": names[0]} if names else {}
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        return {}
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _llm(self, model: str | None) -> tuple[str, str]:
+        name = model or self.llm_model
+        if self.llm_base_url is None or name is None:
+            raise GatewayError("no chat model is configured; pass default_llm_model or model=")
+        return self.llm_base_url, name
+
+    def _body(self, model: str, extra: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        return {"model": model, **{k: v for k, v in fields.items() if v is not None}, **extra}
+
+    def chat(
+        self,
+        messages: Messages,
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | list[str] | None = None,
+        stream: bool = False,
+        **extra: Any,
+    ) -> Any:
+        """The assistant's answer to ``messages`` (a string, or a list of role/content dicts).
+
+        Returns:
+            The answer text, or with ``stream=True`` an iterator of text pieces.
+        """
+        sampling = (max_tokens, temperature, top_p, stop)
+        return self._complete("chat", model, stream, sampling, extra, messages=_messages(messages))
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        max_tokens: int | None = 256,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: str | list[str] | None = None,
+        stream: bool = False,
+        **extra: Any,
+    ) -> Any:
+        """A plain text completion of ``prompt`` (or an iterator of pieces with ``stream``)."""
+        sampling = (max_tokens, temperature, top_p, stop)
+        return self._complete("completion", model, stream, sampling, extra, prompt=prompt)
+
+    def _complete(
+        self,
+        kind: str,
+        model: str | None,
+        stream: bool,
+        sampling: tuple[int | None, float | None, float | None, str | list[str] | None],
+        extra: dict[str, Any],
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        prompt: str | None = None,
+    ) -> Any:
+        """A ``chat`` or ``completion`` request, in this process or over HTTP."""
+        if self._embedded is not None:
+            pieces = self._embedded.stream(self._sampling(*sampling), messages, prompt)
+            return pieces if stream else "".join(pieces)
+        url, name = self._llm(model)
+        max_tokens, temperature, top_p, stop = sampling
+        body = self._body(
+            name,
+            extra,
+            messages=messages,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+        )
+        endpoint = url + _PATHS[kind]
+        if stream:
+            return self._stream(endpoint, {**body, "stream": True}, kind)
+        response = self._http.post(endpoint, content=orjson.dumps(body))
+        _raise_for(response)
+        return _answer(response.json(), kind)
+
+    def _stream(self, url: str, body: dict[str, Any], kind: str) -> Iterator[str]:
+        with self._http.stream("POST", url, content=orjson.dumps(body)) as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            for line in response.iter_lines():
+                if piece := _sse_piece(line, kind):
+                    yield piece
+
+    def embed(self, texts: str | Sequence[str], *, model: str | None = None) -> Any:
+        """One vector for one text; a list of vectors for a list of texts."""
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        if self._embedded is not None:
+            vectors = self._embedded.embed(batch)
+        else:
+            url, content = self._embedding_request(batch, model)
+            vectors = _vectors(self._http.post(url, content=content))
+        return vectors[0] if isinstance(texts, str) else vectors
+
+    def _embedding_request(self, batch: list[str], model: str | None) -> tuple[str, bytes]:
+        name = model or self.embedding_model
+        if self.embedding_base_url is None or name is None:
+            raise GatewayError("no embedding model is configured; pass default_embedding_model")
+        return f"{self.embedding_base_url}/embeddings", orjson.dumps(
+            {"model": name, "input": batch}
+        )
+
+    @staticmethod
+    def _sampling(
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        stop: str | list[str] | None,
+    ) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=max_tokens or 256,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            stop=[stop] if isinstance(stop, str) else list(stop or []),
+        )
+
+    def get_status(self) -> dict[str, Any]:
+        """Where requests go, which models, and whether the endpoints answer now."""
+        status: dict[str, Any] = {
+            "mode": self.mode,
+            "llm": {"base_url": self.llm_base_url, "model": self.llm_model},
+            "embedding": {"base_url": self.embedding_base_url, "model": self.embedding_model},
+        }
+        for part in ("llm", "embedding"):
+            url = status[part]["base_url"]
+            if url is None:
+                status[part]["healthy"] = self._embedded is not None
+                continue
+            try:
+                status[part]["healthy"] = (
+                    self._http.get(f"{url}/models", timeout=_PROBE_TIMEOUT).status_code == 200
+                )
+            except httpx.HTTPError:
+                status[part]["healthy"] = False
+        return status
+
+    # -- async twins -------------------------------------------------------------------------
+
+    def _async_client(self) -> httpx.AsyncClient:
+        if self._async_http is None:
+            self._async_http = httpx.AsyncClient(**self._async_args)  # type: ignore[arg-type]
+        return self._async_http
+
+    async def achat(self, messages: Messages, **kwargs: Any) -> Any:
+        """:meth:`chat` without blocking the event loop (``stream=True``: an async iterator)."""
+        if self._embedded is not None:
+            return await asyncio.to_thread(self.chat, messages, **kwargs)
+        return await self._acomplete("chat", kwargs, messages=_messages(messages))
+
+    async def agenerate(self, prompt: str, **kwargs: Any) -> Any:
+        """:meth:`generate` without blocking the event loop (``stream=True``: an async iterator)."""
+        if self._embedded is not None:
+            return await asyncio.to_thread(self.generate, prompt, **kwargs)
+        return await self._acomplete("completion", kwargs, prompt=prompt)
+
+    async def _acomplete(
+        self,
+        kind: str,
+        kwargs: dict[str, Any],
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        prompt: str | None = None,
+    ) -> Any:
+        stream = kwargs.pop("stream", False)
+        url, name = self._llm(kwargs.pop("model", None))
+        body = self._body(name, {}, messages=messages, prompt=prompt, **kwargs)
+        endpoint = url + _PATHS[kind]
+        if stream:
+            return self._astream(endpoint, {**body, "stream": True}, kind)
+        response = await self._async_client().post(endpoint, content=orjson.dumps(body))
+        _raise_for(response)
+        return _answer(response.json(), kind)
+
+    async def _astream(self, url: str, body: dict[str, Any], kind: str) -> AsyncIterator[str]:
+        async with self._async_client().stream("POST", url, content=orjson.dumps(body)) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for(response)
+            async for line in response.aiter_lines():
+                if piece := _sse_piece(line, kind):
+                    yield piece
+
+    async def aembed(self, texts: str | Sequence[str], *, model: str | None = None) -> Any:
+        """:meth:`embed` without blocking the event loop."""
+        if self._embedded is not None:
+            return await asyncio.to_thread(self.embed, texts, model=model)
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        url, content = self._embedding_request(batch, model)
+        vectors = _vectors(await self._async_client().post(url, content=content))
+        return vectors[0] if isinstance(texts, str) else vectors
+
+    def close(self) -> None:
+        """Close pooled connections (a closed singleton is forgotten by :meth:`get_instance`)."""
+        self._http.close()
+        with self._instances_lock:
+            for key in [k for k, c in self._instances.items() if c is self]:
+                del self._instances[key]
+
+    @staticmethod
+    def shutdown_embedded() -> None:
+        """Stop the in-process engines that embedded clients share (they restart on next use).
+
+        Called at interpreter exit; call it earlier to free the models' memory.
+        """
+        _Embedded.shutdown()
+
+    async def aclose(self) -> None:
+        """Close pooled connections (async twin)."""
+        self._http.close()
+        if self._async_http is not None:
+            await self._async_http.aclose()
+
+    def __enter__(self) -> UnifiedInferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,601 @@
+"""The dispatcher: requests wait here, in one lane per (kind, model), until an instance of
+their model has a free slot; the policy decides which waiting request leaves first.
+
+An instance never holds more than its ``max_concurrent_requests``: a request is *granted* a
+slot on one instance (the healthy one with the most capacity left) or waits. Whenever a
+slot frees, an instance changes health or a request arrives, the lane dispatches from its
+queue while it has both waiting requests and free slots. All of it runs on the gateway's
+event loop; no locks.
+
+Policies (:class:`SchedulingPolicyType`):
+
+* ``FIFO`` — arrival order; the cheapest, and fair when nobody has a deadline.
+* ``PRIORITY`` — lower ``priority`` first, aged so that waiting ``aging_s`` seconds is worth
+  one level and low priority never starves.
+* ``SLO_AWARE`` — least slack first (slack = deadline − now − predicted service time); the
+  prediction is the model's measured P95 latency per token times the request's tokens.
+  Requests that can no longer meet their SLO go after those that can (never dropped).
+  Embeddings leaving together are sent as one batched call, as in HYBRID.
+* ``HYBRID`` — for LLM and embedding traffic sharing a gateway: LLM requests by slack as in
+  SLO_AWARE; embedding requests in arrival order, merged per model into batched calls of up
+  to ``batch_max_texts`` texts. While the model has calls in flight, a batch waits up to
+  ``batch_wait_s`` to fill; an idle instance gets a request at once.
+* ``ADAPTIVE`` — every ``adaptive_interval_s`` looks at the traffic since the last look and
+  picks one of the above (see :func:`choose_policy`); ``active_policy`` says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sage.common.stats import LatencyRing, latency_figures, percentile
+from sage.inference.config import SchedulingPolicyType
+from sage.inference.control_plane.instances import Instance, InstanceRegistry
+from sage.inference.control_plane.queues import (
+    PendingRequest,
+    RequestQueue,
+    make_queue,
+)
+
+__all__ = [
+    "ClassStats",
+    "Dispatcher",
+    "Grant",
+    "NoInstance",
+    "QueueFull",
+    "Ticket",
+    "choose_policy",
+    "settle_riders",
+]
+
+logger = logging.getLogger(__name__)
+
+_BATCHING = (SchedulingPolicyType.SLO_AWARE, SchedulingPolicyType.HYBRID)
+
+
+# Request classes with metrics of their own (``x-sage-class`` or kind and priority, both
+# chosen by clients); later names are counted together under OTHER_CLASS.
+MAX_CLASSES = 256
+OTHER_CLASS = "other"
+
+
+class NoInstance(LookupError):
+    """No healthy instance serves the request's model."""
+
+
+class QueueFull(RuntimeError):
+    """The request's lane already holds ``max_queued`` waiting requests.
+
+    Attributes:
+        retry_after_s: When the queue should have room again (whole seconds, at least 1),
+            from its length, the model's measured latency and the instances' slots.
+    """
+
+    def __init__(self, model: str, queued: int, retry_after_s: int) -> None:
+        super().__init__(f"{queued} requests for {model!r} are already waiting")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False)
+class Grant:
+    """What a waiting request is given.
+
+    Attributes:
+        instance: The instance to send to, holding one slot for this request. ``None`` for
+            a request riding on another's batched call: await ``outcome`` instead.
+        riders: Requests whose embedding inputs go in this same call (HYBRID batching);
+            the holder sends them all and settles each rider's ``outcome``.
+        outcome: For a rider: the (status, body) its share of the batched call gets, or
+            ``None`` when the call failed and the request should be admitted again.
+    """
+
+    instance: Instance | None
+    riders: list[PendingRequest] = field(default_factory=list)
+    outcome: asyncio.Future[tuple[int, bytes] | None] | None = None
+
+
+@dataclass(eq=False)
+class Ticket:
+    """The dispatcher's part of a waiting request (kept in ``PendingRequest.payload``).
+
+    Attributes:
+        granted: Resolved with the :class:`Grant` when the request may go.
+        body: The request's parsed JSON body (batching reads and merges ``input``).
+        batch_key: Embedding requests with equal keys may share a call (``None``: never).
+        texts: Number of embedding inputs.
+    """
+
+    granted: asyncio.Future[Grant]
+    body: Any = None
+    batch_key: Any = None
+    texts: int = 1
+
+
+def settle_riders(riders: list[PendingRequest], outcomes: list[tuple[int, bytes]] | None) -> None:
+    """Give each rider of a batched call its share (``None``: the call failed, admit again)."""
+    for i, rider in enumerate(riders):
+        ticket: Ticket = rider.payload
+        grant = ticket.granted.result()
+        if grant.outcome is not None and not grant.outcome.done():
+            grant.outcome.set_result(None if outcomes is None else outcomes[i])
+
+
+class ClassStats:
+    """Latency, time to first token and SLO attainment of one request class."""
+
+    __slots__ = ("errors", "latency", "requests", "slo_met", "slo_total", "ttft")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.slo_total = 0
+        self.slo_met = 0
+        self.latency = LatencyRing(2048)
+        self.ttft = LatencyRing(2048)
+
+    def record(self, latency_s: float, ttft_s: float, slo_ms: float | None, failed: bool) -> None:
+        """Count one finished request."""
+        self.requests += 1
+        self.latency.add(latency_s)
+        self.ttft.add(ttft_s)
+        if failed:
+            self.errors += 1
+        if slo_ms is not None:
+            self.slo_total += 1
+            if not failed and latency_s * 1000 <= slo_ms:
+                self.slo_met += 1
+
+    def describe(self) -> dict[str, float | int | None]:
+        """JSON-ready figures (latencies in ms, attainment as a fraction or ``None``)."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            **latency_figures(self.latency, self.ttft),
+            "slo_requests": self.slo_total,
+            "slo_attainment": self.slo_met / self.slo_total if self.slo_total else None,
+        }
+
+
+class _LatencyModel:
+    """P95 service seconds per token of one model, refreshed every ``every`` samples."""
+
+    def __init__(self, every: int = 32) -> None:
+        self.ring = LatencyRing(512)
+        self.every = every
+        self.p95_per_token = 0.0
+
+    def add(self, seconds: float, tokens: int) -> None:
+        self.ring.add(seconds / max(tokens, 1))
+        if self.ring.count % self.every == 1:  # first sample, then every ``every``
+            self.p95_per_token = percentile(sorted(self.ring.values()), 0.95)
+
+
+@dataclass
+class _Traffic:
+    """What ADAPTIVE looks at: the requests that arrived since its last look."""
+
+    llm: int = 0
+    embedding: int = 0
+    with_slo: int = 0
+    priorities: set[int] = field(default_factory=set)
+
+
+def choose_policy(
+    queued: int,
+    llm: int,
+    embedding: int,
+    with_slo: int,
+    priority_levels: int,
+) -> SchedulingPolicyType:
+    """ADAPTIVE's rule: the policy for the traffic seen in the last interval.
+
+    Nothing waiting: FIFO (order does not matter and it costs least). Otherwise, mixed LLM
+    and embedding traffic, or embeddings alone: HYBRID (batching pays); requests with SLOs:
+    SLO_AWARE; several priority levels: PRIORITY; else FIFO.
+    """
+    if queued == 0:
+        return SchedulingPolicyType.FIFO
+    if embedding and (llm or not with_slo):
+        return SchedulingPolicyType.HYBRID
+    if with_slo:
+        return SchedulingPolicyType.SLO_AWARE
+    if priority_levels > 1:
+        return SchedulingPolicyType.PRIORITY
+    return SchedulingPolicyType.FIFO
+
+
+class _Lane:
+    """The waiting requests of one (kind, model)."""
+
+    __slots__ = ("key", "kind", "model", "queue", "texts", "timer")
+
+    def __init__(self, kind: str, model: str, queue: RequestQueue):
+        self.kind = kind
+        self.model = model
+        self.key = (kind, model)
+        self.queue = queue
+        self.texts = 0  # embedding inputs waiting (for batching)
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Dispatcher:
+    """Queues requests per model and grants slots by policy; see the module docstring.
+
+    Args:
+        registry: The instances.
+        policy: The scheduling policy.
+        aging_s: PRIORITY: seconds of waiting worth one priority level.
+        default_slo_s: SLO_AWARE/HYBRID: the objective of requests that carry none.
+        batch_max_texts: Embedding inputs per batched call at most.
+        batch_wait_s: HYBRID: how long a batch may wait to fill while its model is busy.
+        adaptive_interval_s: ADAPTIVE: seconds between looks at the traffic.
+        clock: Monotonic seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        policy: SchedulingPolicyType | str = SchedulingPolicyType.FIFO,
+        *,
+        aging_s: float | None = 10.0,
+        default_slo_s: float = 60.0,
+        batch_max_texts: int = 256,
+        batch_wait_s: float = 0.005,
+        adaptive_interval_s: float = 1.0,
+        max_queued: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.max_queued = max_queued
+        self._policy = SchedulingPolicyType.parse(policy)
+        self.aging_s = aging_s
+        self.default_slo_s = default_slo_s
+        self.batch_max_texts = batch_max_texts
+        self.batch_wait_s = batch_wait_s
+        self.adaptive_interval_s = adaptive_interval_s
+        self.clock = clock
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+        self._models: dict[tuple[str, str], _LatencyModel] = {}
+        self.classes: dict[str, ClassStats] = {}
+        self._traffic = _Traffic()
+        self._active = self._first_active(self._policy)
+        self._next_look = 0.0
+        self.switches = 0  # ADAPTIVE policy changes
+        self.batches = 0  # batched embedding calls sent
+        self.batched_requests = 0  # requests that rode in them
+        self.retries = 0
+        self.rejected = 0  # requests refused because their lane was full
+        registry.on_change = self.redispatch
+        registry.waiting = self.queued_in
+
+    # -- policy ------------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> SchedulingPolicyType:
+        """The configured policy."""
+        return self._policy
+
+    @property
+    def active_policy(self) -> SchedulingPolicyType:
+        """The policy ordering requests now (differs from :attr:`policy` under ADAPTIVE)."""
+        return self._active
+
+    def set_policy(self, policy: SchedulingPolicyType | str) -> SchedulingPolicyType:
+        """Switch policy; waiting requests move to the new order.
+
+        Raises:
+            ConfigError: an unknown policy name.
+        """
+        self._policy = SchedulingPolicyType.parse(policy)
+        self._switch(self._first_active(self._policy))
+        return self._policy
+
+    @staticmethod
+    def _first_active(policy: SchedulingPolicyType) -> SchedulingPolicyType:
+        return SchedulingPolicyType.FIFO if policy is SchedulingPolicyType.ADAPTIVE else policy
+
+    def _switch(self, active: SchedulingPolicyType) -> None:
+        if active is self._active:
+            return
+        logger.info("scheduling policy now %s (configured: %s)", active, self._policy)
+        self._active = active
+        now = self.clock()
+        for lane in self._lanes.values():
+            old = lane.queue
+            lane.queue = self._queue(lane.kind)
+            while (request := old.pop(now)) is not None:
+                lane.queue.push(request)
+        self.redispatch()
+
+    def _queue(self, kind: str) -> RequestQueue:
+        policy = self._active
+        if policy is SchedulingPolicyType.PRIORITY:
+            return make_queue(policy, kind, aging_s=self.aging_s)
+        if policy in _BATCHING and not (
+            policy is SchedulingPolicyType.HYBRID and kind == "embedding"
+        ):
+            return make_queue(
+                policy, kind, predict_s=self.predict_s, default_slo_s=self.default_slo_s
+            )
+        return make_queue(policy, kind)
+
+    def _look(self, now: float) -> None:
+        """ADAPTIVE: pick the policy for the traffic since the last look."""
+        self._next_look = now + self.adaptive_interval_s
+        traffic, self._traffic = self._traffic, _Traffic()
+        chosen = choose_policy(
+            self.queued,
+            traffic.llm,
+            traffic.embedding,
+            traffic.with_slo,
+            len(traffic.priorities),
+        )
+        if chosen is not self._active:
+            self.switches += 1
+            self._switch(chosen)
+
+    # -- predictions ---------------------------------------------------------------------------
+
+    def predict_s(self, request: PendingRequest) -> float:
+        """Predicted service time: the model's P95 seconds per token times its tokens."""
+        model = self._models.get((request.kind, request.model))
+        return model.p95_per_token * request.tokens if model is not None else 0.0
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def _lane(self, kind: str, model: str) -> _Lane:
+        lane = self._lanes.get((kind, model))
+        if lane is None:
+            lane = _Lane(kind, model, self._queue(kind))
+            self._lanes[(kind, model)] = lane
+        return lane
+
+    async def admit(self, request: PendingRequest, ticket: Ticket, retry: bool = False) -> Grant:
+        """Wait for ``request``'s turn and a slot; the grant.
+
+        ``request.payload`` is set to ``ticket``. A ``retry`` (its instance failed) goes back
+        to the head of its lane. Cancelling the wait takes the request out of the queue.
+
+        Raises:
+            NoInstance: no healthy instance serves the model (now, or while it waited).
+        """
+        now = self.clock()
+        if self._policy is SchedulingPolicyType.ADAPTIVE:
+            traffic = self._traffic
+            if request.kind == "llm":
+                traffic.llm += 1
+            else:
+                traffic.embedding += 1
+            if request.slo_ms is not None:
+                traffic.with_slo += 1
+            traffic.priorities.add(request.priority)
+            if now >= self._next_look:
+                self._look(now)
+        lane = self._lane(request.kind, request.model)
+        if retry:
+            self.retries += 1
+        if not len(lane.queue):  # nobody waits: straight to a free instance if there is one
+            instance = self.registry.pick(request.kind, request.model)
+            if instance is not None:
+                self.registry.take(instance)
+                return Grant(instance)
+            if not self.registry.has_healthy(request.kind, request.model):
+                raise NoInstance(request.model)
+        queued = len(lane.queue)
+        if not retry and self.max_queued is not None and queued >= self.max_queued:
+            self.rejected += 1
+            raise QueueFull(request.model, queued, self._drain_s(request, queued))
+        request.payload = ticket
+        if retry:
+            lane.queue.requeue(request)
+        else:
+            lane.queue.push(request)
+        lane.texts += ticket.texts
+        self._dispatch(lane)
+        try:
+            return await ticket.granted
+        except asyncio.CancelledError:
+            if ticket.granted.done() and not ticket.granted.cancelled():
+                self._give_back(ticket.granted.result())  # granted as it was cancelled
+            ticket.granted.cancel()  # still queued: skipped when it reaches the head
+            raise
+
+    def _drain_s(self, request: PendingRequest, queued: int) -> int:
+        """Whole seconds (>= 1) until ``queued`` requests like ``request`` have been served."""
+        slots = max(self.registry.capacity(request.kind, request.model), 1)
+        return max(1, math.ceil(queued * self.predict_s(request) / slots))
+
+    def _give_back(self, grant: Grant) -> None:
+        """Undo a grant whose request went away before using it (riders are re-admitted)."""
+        settle_riders(grant.riders, None)
+        if grant.instance is not None:
+            grant.instance.in_flight -= 1
+            self.redispatch()
+
+    def finish(
+        self,
+        request: PendingRequest,
+        instance: Instance,
+        dispatched: float,
+        *,
+        failed: bool,
+        first_byte: float | None = None,
+    ) -> None:
+        """A request granted ``instance`` at ``dispatched`` (perf_counter) is done.
+
+        A request with an SLO counts towards the instance's SLO attainment: met when it did
+        not fail and its time since arrival (queueing included, as for its class) is
+        within ``slo_ms``.
+        """
+        slo_met = None
+        if request.slo_ms is not None:
+            slo_met = not failed and (self.clock() - request.arrival) * 1000 <= request.slo_ms
+        self.registry.release(instance, dispatched, failed, first_byte, slo_met=slo_met)
+        if not failed:
+            model = self._models.get((request.kind, request.model))
+            if model is None:
+                model = self._models[(request.kind, request.model)] = _LatencyModel()
+            model.add(time.perf_counter() - dispatched, request.tokens)
+        lane = self._lanes.get((request.kind, request.model))
+        if lane is not None and len(lane.queue):
+            self._dispatch(lane)
+
+    def record(
+        self,
+        request: PendingRequest,
+        latency_s: float,
+        ttft_s: float,
+        failed: bool,
+        class_name: str | None = None,
+    ) -> None:
+        """Count a request the client got an answer for, in its class's metrics."""
+        name = class_name or f"{request.kind}:p{request.priority}"
+        stats = self.classes.get(name)
+        if stats is None:
+            if len(self.classes) >= MAX_CLASSES - 1:  # clients choose names: bound the table
+                name = OTHER_CLASS
+                stats = self.classes.get(name)
+            if stats is None:
+                stats = self.classes[name] = ClassStats()
+        stats.record(latency_s, ttft_s, request.slo_ms, failed)
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def redispatch(self) -> None:
+        """Dispatch every lane (an instance was added, removed, or changed health)."""
+        for lane in list(self._lanes.values()):
+            if len(lane.queue):
+                self._dispatch(lane)
+
+    def _dispatch(self, lane: _Lane) -> None:
+        registry, queue = self.registry, lane.queue
+        batching = lane.kind == "embedding" and self._active in _BATCHING
+        while len(queue):
+            instance = registry.pick(lane.kind, lane.model)
+            if instance is None:
+                if not registry.has_healthy(lane.kind, lane.model):
+                    self._fail_lane(lane)
+                return
+            if batching and self._hold_for_batch(lane, instance):
+                return
+            now = self.clock()
+            request = queue.pop(now)
+            if request is None:
+                return
+            ticket: Ticket = request.payload
+            lane.texts -= ticket.texts
+            if ticket.granted.done():  # its client went away while it waited
+                continue
+            grant = Grant(instance)
+            if batching and ticket.batch_key is not None:
+                grant.riders = self._riders(lane, request, now)
+            registry.take(instance)
+            ticket.granted.set_result(grant)
+
+    def _hold_for_batch(self, lane: _Lane, instance: Instance) -> bool:
+        """HYBRID: whether to let the batch fill a little longer (sets a timer if so)."""
+        if self._active is not SchedulingPolicyType.HYBRID or self.batch_wait_s <= 0:
+            return False
+        if lane.texts >= self.batch_max_texts:
+            return False
+        busy = any(i.in_flight for i in self.registry.of_model(lane.kind, lane.model))
+        if not busy:
+            return False  # an idle instance: send now
+        head = lane.queue.pop(self.clock())
+        if head is None:
+            return False
+        lane.queue.requeue(head)
+        due = head.arrival + self.batch_wait_s
+        if self.clock() >= due:
+            return False
+        if lane.timer is None:
+            loop = asyncio.get_running_loop()
+            lane.timer = loop.call_later(due - self.clock(), self._timer_fired, lane)
+        return True
+
+    def _timer_fired(self, lane: _Lane) -> None:
+        lane.timer = None
+        if len(lane.queue):
+            self._dispatch(lane)
+
+    def _riders(self, lane: _Lane, leader: PendingRequest, now: float) -> list[PendingRequest]:
+        """Waiting embedding requests that can share ``leader``'s call, in queue order."""
+        lead: Ticket = leader.payload
+        texts = lead.texts
+        riders: list[PendingRequest] = []
+        queue = lane.queue
+        while len(queue) and texts < self.batch_max_texts:
+            request = queue.pop(now)
+            if request is None:
+                break
+            ticket: Ticket = request.payload
+            if ticket.granted.done():
+                lane.texts -= ticket.texts
+                continue
+            if ticket.batch_key != lead.batch_key or texts + ticket.texts > self.batch_max_texts:
+                queue.requeue(request)
+                break
+            lane.texts -= ticket.texts
+            texts += ticket.texts
+            riders.append(request)
+            outcome: asyncio.Future[tuple[int, bytes] | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            ticket.granted.set_result(Grant(None, outcome=outcome))
+        if riders:
+            self.batches += 1
+            self.batched_requests += len(riders) + 1
+        return riders
+
+    def _fail_lane(self, lane: _Lane) -> None:
+        """No healthy instance left for the lane's model: every waiting request gets an error."""
+        now = self.clock()
+        while (request := lane.queue.pop(now)) is not None:
+            ticket: Ticket = request.payload
+            if not ticket.granted.done():
+                ticket.granted.set_exception(NoInstance(lane.model))
+        lane.texts = 0
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def _p95_ms_per_token(self, key: tuple[str, str]) -> float:
+        model = self._models.get(key)
+        return model.p95_per_token * 1e3 if model is not None else 0.0
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting now, all lanes."""
+        return sum(len(lane.queue) for lane in self._lanes.values())
+
+    def queued_in(self, kind: str, model: str) -> int:
+        """Requests waiting now in the lane of ``kind`` and ``model`` (0: no such lane)."""
+        lane = self._lanes.get((kind, model))
+        return len(lane.queue) if lane is not None else 0
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready state: policy, lanes, classes, batching and retry counters."""
+        return {
+            "policy": str(self._policy),
+            "active_policy": str(self._active),
+            "policy_switches": self.switches,
+            "queued": self.queued,
+            "lanes": [
+                {
+                    "kind": lane.kind,
+                    "model": lane.model,
+                    "queued": len(lane.queue),
+                    "p95_ms_per_token": self._p95_ms_per_token(lane.key),
+                }
+                for lane in list(self._lanes.values())
+            ],
+            "classes": {name: stats.describe() for name, stats in sorted(self.classes.items())},
+            "embedding_batches": self.batches,
+            "batched_requests": self.batched_requests,
+            "retries": self.retries,
+        }

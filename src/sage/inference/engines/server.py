@@ -1,0 +1,357 @@
+"""Serve one engine as an OpenAI-compatible HTTP server on its own port.
+
+The server validates every request with the shared wire models
+(:mod:`sage.inference.protocol`): a malformed body, a missing or wrong-typed
+field, an unknown model, ``max_tokens`` beyond the context or an empty input list gets an
+OpenAI-style 4xx naming the parameter, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from sage.common.concurrency import run_loop
+from sage.common.http import (
+    HttpError,
+    HttpServer,
+    Request,
+    Response,
+    StreamResponse,
+    json_response,
+)
+from sage.inference.engines.base import (
+    Delta,
+    EmbeddingEngine,
+    LLMEngine,
+    SamplingParams,
+)
+from sage.inference.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+    Choice,
+    ChunkChoice,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+    Usage,
+    error_from_validation,
+    new_id,
+    openai_error,
+)
+
+__all__ = ["EngineServer"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_MAX_TOKENS = 256
+
+
+def _bad(status: int, message: str, param: str | None = None, code: str | None = None) -> HttpError:
+    return HttpError(status, message, openai_error(status, message, param, code))
+
+
+def _sse(payload: BaseModel) -> bytes:
+    return b"data: " + orjson.dumps(payload.model_dump(exclude_none=True)) + b"\n\n"
+
+
+class EngineServer:
+    """An engine behind ``/v1/...`` routes.
+
+    Args:
+        engine: The LLM or embedding engine.
+        host: Address to listen on.
+        port: Port (0: any free port).
+        api_key: Require this bearer token (``None``: no key).
+    """
+
+    def __init__(
+        self,
+        engine: LLMEngine | EmbeddingEngine,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.host, self.port = host, port
+        self.api_key = api_key
+        self.requests = 0
+        self.started = time.time()
+        self._http: HttpServer | None = None
+
+    async def start(self) -> int:
+        """Load the engine and listen; return the port."""
+        await self.engine.start()
+        http = HttpServer(
+            f"sage-engine-{self.engine.model_name}", error_body=lambda s, m: openai_error(s, m)
+        )
+        if isinstance(self.engine, LLMEngine):
+            http.route("POST", "/v1/chat/completions", self._chat)
+            http.route("POST", "/v1/completions", self._completion)
+        else:
+            http.route("POST", "/v1/embeddings", self._embeddings)
+        http.route("GET", "/v1/models", self._models)
+        http.route("GET", "/health", self._health)
+        self._http = http
+        self.port = await http.start(self.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and release the engine."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        await self.engine.stop()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _check_key(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):  # constant time
+            raise _bad(401, "missing or invalid API key", code="invalid_api_key")
+
+    def _parse(self, request: Request, model: type[BaseModel]) -> Any:
+        self._check_key(request)
+        self.requests += 1
+        try:
+            parsed = model.model_validate_json(request.body)
+        except ValidationError as exc:
+            error = error_from_validation(exc)
+            raise HttpError(400, error.error.message, error.model_dump_json().encode()) from None
+        name = parsed.model  # type: ignore[attr-defined]
+        if not self.engine.accepts(name):
+            raise _bad(
+                404,
+                f"model {name!r} is not served here; this server serves {self.engine.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return parsed
+
+    def _params(
+        self, parsed: ChatCompletionRequest | CompletionRequest, max_tokens: int, prompt_tokens: int
+    ) -> SamplingParams:
+        """The engine's parameters for ``parsed`` (400 if the prompt leaves no room)."""
+        engine = self.engine
+        assert isinstance(engine, LLMEngine)
+        if prompt_tokens + max_tokens > engine.context_length:
+            raise _bad(
+                400,
+                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                f"model's context of {engine.context_length} tokens; lower max_tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        stop = parsed.stop
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if parsed.temperature is None else parsed.temperature,
+            top_p=1.0 if parsed.top_p is None else parsed.top_p,
+            stop=[stop] if isinstance(stop, str) else list(stop or []),
+            seed=parsed.seed,
+        )
+
+    # -- routes -----------------------------------------------------------------------------
+
+    async def _chat(self, request: Request) -> Response | StreamResponse:
+        parsed: ChatCompletionRequest = self._parse(request, ChatCompletionRequest)
+        engine = self.engine
+        assert isinstance(engine, LLMEngine)
+        messages = [{"role": m.role, "content": m.text()} for m in parsed.messages]
+        params = self._params(
+            parsed, parsed.token_limit(_DEFAULT_MAX_TOKENS), engine.prompt_tokens(messages, None)
+        )
+        deltas = engine.generate(params, messages=messages)
+        if parsed.stream:
+            include_usage = bool((parsed.stream_options or {}).get("include_usage"))
+            return StreamResponse(self._chat_events(deltas, parsed.model, include_usage))
+        text, last = await _collect(deltas)
+        return json_response(
+            ChatCompletionResponse(
+                model=parsed.model,
+                choices=[
+                    Choice(
+                        message=ChatMessage(role="assistant", content=text),
+                        finish_reason=last.finish_reason,  # type: ignore[arg-type]
+                    )
+                ],
+                usage=_usage(last),
+            )
+        )
+
+    async def _chat_events(
+        self, deltas: AsyncIterator[Delta], model: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        chunk_id = new_id("chatcmpl")
+        created = int(time.time())
+        yield _sse(
+            ChatCompletionChunk(
+                id=chunk_id,
+                created=created,
+                model=model,
+                choices=[ChunkChoice(delta=DeltaMessage(role="assistant", content=""))],
+            )
+        )
+        try:
+            async for delta in deltas:
+                if delta.text:
+                    yield _sse(
+                        ChatCompletionChunk(
+                            id=chunk_id,
+                            created=created,
+                            model=model,
+                            choices=[ChunkChoice(delta=DeltaMessage(content=delta.text))],
+                        )
+                    )
+                if delta.finish_reason is not None:
+                    yield _sse(
+                        ChatCompletionChunk(
+                            id=chunk_id,
+                            created=created,
+                            model=model,
+                            choices=[
+                                ChunkChoice(
+                                    delta=DeltaMessage(),
+                                    finish_reason=delta.finish_reason,  # type: ignore[arg-type]
+                                )
+                            ],
+                        )
+                    )
+                    if include_usage:
+                        yield _sse(
+                            ChatCompletionChunk(
+                                id=chunk_id,
+                                created=created,
+                                model=model,
+                                choices=[],
+                                usage=_usage(delta),
+                            )
+                        )
+            yield b"data: [DONE]\n\n"
+        finally:
+            await deltas.aclose()  # type: ignore[attr-defined]
+
+    async def _completion(self, request: Request) -> Response | StreamResponse:
+        parsed: CompletionRequest = self._parse(request, CompletionRequest)
+        engine = self.engine
+        assert isinstance(engine, LLMEngine)
+        try:
+            prompt = parsed.prompt_text()
+        except ValueError as exc:
+            raise _bad(400, str(exc), param="prompt") from None
+        params = self._params(parsed, parsed.max_tokens or 16, engine.prompt_tokens(None, prompt))
+        deltas = engine.generate(params, prompt=prompt)
+        if parsed.stream:
+            return StreamResponse(self._completion_events(deltas, parsed.model))
+        text, last = await _collect(deltas)
+        return json_response(
+            CompletionResponse(
+                model=parsed.model,
+                choices=[CompletionChoice(text=text, finish_reason=last.finish_reason)],  # type: ignore[arg-type]
+                usage=_usage(last),
+            )
+        )
+
+    async def _completion_events(
+        self, deltas: AsyncIterator[Delta], model: str
+    ) -> AsyncIterator[bytes]:
+        completion_id = new_id("cmpl")
+        try:
+            async for delta in deltas:
+                if delta.text or delta.finish_reason:
+                    yield _sse(
+                        CompletionResponse(
+                            id=completion_id,
+                            model=model,
+                            usage=None,
+                            choices=[
+                                CompletionChoice(text=delta.text, finish_reason=delta.finish_reason)  # type: ignore[arg-type]
+                            ],
+                        )
+                    )
+            yield b"data: [DONE]\n\n"
+        finally:
+            await deltas.aclose()  # type: ignore[attr-defined]
+
+    async def _embeddings(self, request: Request) -> Response:
+        parsed: EmbeddingRequest = self._parse(request, EmbeddingRequest)
+        engine = self.engine
+        assert isinstance(engine, EmbeddingEngine)
+        vectors, tokens = await engine.embed(parsed.texts())
+        if parsed.dimensions is not None:
+            if parsed.dimensions > engine.dimension:
+                raise _bad(
+                    400, f"dimensions must be at most {engine.dimension}", param="dimensions"
+                )
+            vectors = [v[: parsed.dimensions] for v in vectors]
+        data: list[EmbeddingData] = []
+        for i, vector in enumerate(vectors):
+            if parsed.encoding_format == "base64":
+                import base64
+                import struct
+
+                encoded: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            else:
+                encoded = vector
+            data.append(EmbeddingData(embedding=encoded, index=i))
+        usage = Usage(prompt_tokens=tokens, total_tokens=tokens)
+        return json_response(EmbeddingResponse(data=data, model=parsed.model, usage=usage))
+
+    async def _models(self, request: Request) -> Response:
+        self._check_key(request)
+        return json_response(ModelList(data=[ModelCard(id=self.engine.model_name)]))
+
+    async def _health(self, request: Request) -> Response:
+        kind = "llm" if isinstance(self.engine, LLMEngine) else "embedding"
+        return json_response(
+            {
+                "status": "ok",
+                "model": self.engine.model_name,
+                "type": kind,
+                "requests": self.requests,
+            }
+        )
+
+
+async def _collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:
+    parts: list[str] = []
+    last = Delta("")
+    async for delta in deltas:
+        parts.append(delta.text)
+        last = delta
+    return "".join(parts), last
+
+
+def _usage(delta: Delta) -> Usage:
+    return Usage(
+        prompt_tokens=delta.prompt_tokens,
+        completion_tokens=delta.completion_tokens,
+        total_tokens=delta.prompt_tokens + delta.completion_tokens,
+    )
+
+
+def serve_forever(server: EngineServer) -> None:
+    """Run ``server`` until interrupted (used by ``sage llm serve``'s engine processes)."""
+
+    async def main() -> None:
+        await server.start()
+        await asyncio.Event().wait()
+
+    run_loop(main())

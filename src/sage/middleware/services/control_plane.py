@@ -1,0 +1,610 @@
+"""``ControlPlaneVLLMService``: the control plane as one object a program or a job can hold.
+
+The design document (seed 003) configures it with a plain dict and drives it with three calls::
+
+    service = ControlPlaneVLLMService(
+        {
+            "scheduling_policy": "adaptive",
+            "instances": [
+                {"instance_id": "llm-1", "host": "localhost", "port": 8001,
+                 "model_name": "Qwen/Qwen2.5-7B-Instruct"},
+            ],
+        }
+    )
+    service.setup()              # logs "Registered 1 instances"
+    service.generate("Hello")    # through the gateway, placed by the policy
+    print(service.get_metrics())  # {"total_requests": 1, ...}
+    service.cleanup()
+
+``setup()`` starts an in-process :class:`UnifiedAPIServer` (the gateway, on loopback, port
+``gateway_port`` or any free one) over the listed engine servers on a background event-loop
+thread, and a :class:`UnifiedInferenceClient` pointed at it. Requests therefore take exactly the
+path they take against ``sage llm serve``: HTTP to the gateway, which queues them by the policy
+and places them on an instance. The engine servers themselves are not started here; an
+instance nobody serves shows as unhealthy in :meth:`~ControlPlaneVLLMService.get_metrics` and a
+request for its model fails with a :class:`GatewayError` that names it.
+
+As a dataflow service::
+
+    env.register_service("llm", ControlPlaneVLLMService, config)
+    ...
+    self.call_service["llm"].generate("Summarise: ...", max_tokens=64)
+
+The job calls ``setup()`` before the first record and ``cleanup()`` after the last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import difflib
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import httpx
+
+from sage.common.concurrency import LoopThread
+from sage.common.errors import ConfigError, GatewayError, ServiceError
+from sage.inference.client.unified import UnifiedInferenceClient
+from sage.inference.config import (
+    BackendInstanceConfig,
+    SchedulingPolicyType,
+    UnifiedServerConfig,
+)
+from sage.inference.gateway.server import UnifiedAPIServer
+from sage.kernel.services.base_service import BaseService
+
+__all__ = ["ControlPlaneServiceConfig", "ControlPlaneVLLMService", "parse_service_config"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_GATEWAY_HOST = "127.0.0.1"
+# Longest setup()/cleanup() waits for the gateway to start or stop (health checks of
+# unreachable instances are bounded by the gateway's own 2 s probe timeout).
+_LIFECYCLE_TIMEOUT_S = 60.0
+
+_TOP_KEYS = ("scheduling_policy", "instances", "gateway_port", "request_timeout_s")
+_INSTANCE_KEYS = (
+    "instance_id",
+    "host",
+    "port",
+    "model_name",
+    "instance_type",
+    "max_concurrent_requests",
+    "api_key",
+)
+_REQUIRED_INSTANCE_KEYS = ("port", "model_name")
+
+
+@dataclass(frozen=True)
+class ControlPlaneServiceConfig:
+    """The validated form of the service's dict config.
+
+    Attributes:
+        scheduling_policy: How the gateway orders requests.
+        instances: The engine servers behind the gateway (LLM and embedding).
+        gateway_port: Port of the in-process gateway (0: any free port); it binds loopback.
+        request_timeout_s: Longest an instance may take to answer one request.
+    """
+
+    scheduling_policy: SchedulingPolicyType
+    instances: tuple[BackendInstanceConfig, ...]
+    gateway_port: int = 0
+    request_timeout_s: float = 600.0
+
+    def server_config(self) -> UnifiedServerConfig:
+        """The gateway's configuration (fresh objects each call, so a restart starts clean)."""
+        copies = [dataclasses.replace(i) for i in self.instances]
+        return UnifiedServerConfig(
+            host=_GATEWAY_HOST,
+            port=self.gateway_port,
+            scheduling_policy=self.scheduling_policy,
+            llm_backends=[c for c in copies if c.instance_type == "llm"],
+            embedding_backends=[c for c in copies if c.instance_type == "embedding"],
+            request_timeout_s=self.request_timeout_s,
+        )
+
+
+def _unknown_key(key: object, where: str, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys are: {', '.join(valid)}")
+
+
+def _int(value: object, key: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key}={value!r} is invalid; use an integer from {low} to {high}")
+    return value
+
+
+def _text(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}={value!r} is invalid; use a non-empty string")
+    return value
+
+
+def _instance(raw: object, index: int) -> BackendInstanceConfig:
+    where = f"instances[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{where} is {type(raw).__name__}; each instance is a dict with "
+            f"{', '.join(_INSTANCE_KEYS)}"
+        )
+    for key in raw:
+        if key not in _INSTANCE_KEYS:
+            raise _unknown_key(key, where, _INSTANCE_KEYS)
+    for key in _REQUIRED_INSTANCE_KEYS:
+        if key not in raw:
+            raise ConfigError(
+                f"{where}: {key!r} is missing; every instance needs "
+                f"{' and '.join(_REQUIRED_INSTANCE_KEYS)} (e.g. 'port': 8001, "
+                "'model_name': 'Qwen/Qwen2.5-7B-Instruct')"
+            )
+    instance_id = raw.get("instance_id")
+    api_key = raw.get("api_key")
+    instance_type = raw.get("instance_type", "llm")
+    if instance_type not in ("llm", "embedding"):
+        raise ConfigError(
+            f"{where}.instance_type={instance_type!r} is invalid; use 'llm' or 'embedding'"
+        )
+    return BackendInstanceConfig(
+        host=_text(raw.get("host", "localhost"), f"{where}.host"),
+        port=_int(raw["port"], f"{where}.port", 1, 65535),
+        model_name=_text(raw["model_name"], f"{where}.model_name"),
+        instance_type=instance_type,
+        max_concurrent_requests=_int(
+            raw.get("max_concurrent_requests", 64), f"{where}.max_concurrent_requests", 1, 1 << 20
+        ),
+        instance_id=None if instance_id is None else _text(instance_id, f"{where}.instance_id"),
+        api_key=None if api_key is None else _text(api_key, f"{where}.api_key"),
+    )
+
+
+def parse_service_config(raw: Mapping[str, Any]) -> ControlPlaneServiceConfig:
+    """Validate the seed's dict config.
+
+    Keys: ``scheduling_policy`` (a :class:`SchedulingPolicyType` name, default ``fifo``),
+    ``instances`` (a non-empty list of dicts with ``port`` and ``model_name`` required and
+    ``instance_id``, ``host``, ``instance_type``, ``max_concurrent_requests``, ``api_key``
+    optional), ``gateway_port`` (default 0: any free port) and ``request_timeout_s``.
+
+    Raises:
+        ConfigError: an unknown key, a missing or wrong-typed value, an unknown policy, or two
+            instances with the same id; the message names the key and how to fix it.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"ControlPlaneVLLMService config is {type(raw).__name__}; pass a dict with "
+            f"{', '.join(_TOP_KEYS)}"
+        )
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise _unknown_key(key, "ControlPlaneVLLMService config", _TOP_KEYS)
+    try:
+        policy = SchedulingPolicyType.parse(raw.get("scheduling_policy", "fifo"))
+    except ConfigError as exc:
+        raise ConfigError(f"scheduling_policy: {exc}") from None
+    listed = raw.get("instances")
+    if not isinstance(listed, Sequence) or isinstance(listed, str) or not listed:
+        raise ConfigError(
+            f"instances={listed!r} is invalid; list at least one engine server, e.g. "
+            "'instances': [{'instance_id': 'llm-1', 'host': 'localhost', 'port': 8001, "
+            "'model_name': 'Qwen/Qwen2.5-7B-Instruct'}]"
+        )
+    instances = tuple(_instance(item, i) for i, item in enumerate(listed))
+    seen: dict[str, int] = {}
+    for index, instance in enumerate(instances):
+        if instance.id in seen:
+            raise ConfigError(
+                f"instances[{index}]: instance_id {instance.id!r} is already used by "
+                f"instances[{seen[instance.id]}]; give each instance its own instance_id"
+            )
+        seen[instance.id] = index
+    timeout = raw.get("request_timeout_s", 600.0)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ConfigError(
+            f"request_timeout_s={timeout!r} is invalid; use a positive number of seconds"
+        )
+    return ControlPlaneServiceConfig(
+        scheduling_policy=policy,
+        instances=instances,
+        gateway_port=_int(raw.get("gateway_port", 0), "gateway_port", 0, 65535),
+        request_timeout_s=float(timeout),
+    )
+
+
+async def _read_snapshot(gateway: UnifiedAPIServer) -> dict[str, Any]:
+    return gateway.metrics_snapshot()
+
+
+@dataclass
+class _Running:
+    """What ``setup()`` started; ``cleanup()`` stops it."""
+
+    loop: LoopThread
+    gateway: UnifiedAPIServer
+    client: UnifiedInferenceClient | None
+    url: str
+
+
+class ControlPlaneVLLMService(BaseService):
+    """An in-process gateway over engine servers, with generation calls through it.
+
+    Thread-safe: operators of a parallel job may call it at once (requests queue in the
+    gateway by the policy, not here), hence the high :attr:`max_concurrency`. Registered with
+    ``replicas=n``, each replica runs its own gateway: leave ``gateway_port`` at 0 then.
+
+    A sync call returns what :class:`UnifiedInferenceClient` returns; the async twins run
+    their requests on the service's own loop, so coroutines on any event loop may await them.
+
+    Args:
+        config: The seed's dict (see :func:`parse_service_config`).
+        **options: The same keys as keyword arguments; they override ``config``.
+
+    Raises:
+        ConfigError: the configuration is invalid (checked here, before anything starts).
+    """
+
+    max_concurrency: ClassVar[int] = 64
+
+    def __init__(self, config: Mapping[str, Any] | None = None, **options: Any) -> None:
+        if config is not None and not isinstance(config, Mapping):
+            raise ConfigError(
+                f"ControlPlaneVLLMService config is {type(config).__name__}; pass a dict with "
+                f"{', '.join(_TOP_KEYS)}"
+            )
+        super().__init__()
+        self.config = parse_service_config({**(config or {}), **options})
+        self._lock = threading.Lock()
+        self._running: _Running | None = None
+
+    # -- service hooks ----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Start the gateway and the client (idempotent; again after :meth:`cleanup`).
+
+        Instances that do not answer are registered anyway and shown unhealthy; the gateway's
+        health checks bring them into rotation once they answer.
+
+        Raises:
+            OSError: ``gateway_port`` is taken.
+        """
+        with self._lock:
+            if self._running is not None:
+                return
+            loop = LoopThread("sage-control-plane")
+            gateway = UnifiedAPIServer(self.config.server_config())
+            running = _Running(loop, gateway, None, "")
+            try:
+                port = loop.call(gateway.start_async(), _LIFECYCLE_TIMEOUT_S)
+                running.url = f"http://{_GATEWAY_HOST}:{port}/v1"
+                running.client = UnifiedInferenceClient.create(
+                    control_plane_url=running.url,
+                    # the first instance of each type names the default model of requests
+                    default_llm_model=self._first_model("llm"),
+                    default_embedding_model=self._first_model("embedding"),
+                    timeout=self._client_timeout_s,
+                    env_file=None,
+                )
+                instances = self._snapshot(running)["instances"]
+            except BaseException:
+                self._stop(running)
+                raise
+            self._running = running
+        self.logger.info(
+            "Registered %d instances with the control plane at %s (policy %s)",
+            len(instances),
+            running.url,
+            self.config.scheduling_policy,
+        )
+        for state in instances:
+            if state["healthy"]:
+                self.logger.info(
+                    "instance %s: %s at %s:%s, healthy",
+                    state["instance_id"],
+                    state["model_name"],
+                    state["host"],
+                    state["port"],
+                )
+            else:
+                self.logger.warning(
+                    "instance %s: %s at %s:%s is not reachable (%s); requests for it fail "
+                    "until it answers",
+                    state["instance_id"],
+                    state["model_name"],
+                    state["host"],
+                    state["port"],
+                    state["last_error"] or "no answer",
+                )
+
+    def _first_model(self, kind: str) -> str | None:
+        return next((i.model_name for i in self.config.instances if i.instance_type == kind), None)
+
+    def cleanup(self) -> None:
+        """Close the client, stop the gateway and its thread (idempotent)."""
+        with self._lock:
+            running, self._running = self._running, None
+        if running is not None:
+            self._stop(running)
+            self.logger.info("control plane at %s stopped", running.url)
+
+    @staticmethod
+    def _stop(running: _Running) -> None:
+        try:
+            if running.client is not None:
+                with contextlib.suppress(Exception):  # the gateway must stop regardless
+                    running.loop.call(running.client.aclose(), _LIFECYCLE_TIMEOUT_S)
+            running.loop.call(running.gateway.stop_async(), _LIFECYCLE_TIMEOUT_S)
+        finally:
+            running.loop.stop()
+
+    def __enter__(self) -> ControlPlaneVLLMService:
+        self.setup()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def gateway_url(self) -> str:
+        """``http://127.0.0.1:<port>/v1`` of the running gateway (for any OpenAI client).
+
+        Raises:
+            ServiceError: the service is not set up.
+        """
+        return self._require().url
+
+    def get_metrics(self) -> dict[str, Any]:
+        """The gateway's counters: ``total_requests``, ``rejected``, ``policy``,
+        ``active_policy``, ``queued`` and ``instances`` (each with ``requests``, ``healthy``,
+        ``in_flight``, latency quantiles...).
+
+        Raises:
+            ServiceError: the service is not set up.
+        """
+        return self._snapshot(self._require())
+
+    def get_status(self) -> dict[str, Any]:
+        """Whether it runs, where, with which policy and models, and each instance's health."""
+        running = self._running
+        if running is None:
+            return {
+                "running": False,
+                "gateway_url": None,
+                "scheduling_policy": str(self.config.scheduling_policy),
+                "instances": [
+                    {
+                        "instance_id": i.id,
+                        "host": i.host,
+                        "port": i.port,
+                        "model_name": i.model_name,
+                        "instance_type": i.instance_type,
+                        "healthy": None,
+                    }
+                    for i in self.config.instances
+                ],
+            }
+        snapshot = self._snapshot(running)
+        client = running.client
+        assert client is not None
+        return {
+            "running": True,
+            "gateway_url": running.url,
+            "scheduling_policy": snapshot["active_policy"],
+            "llm_model": client.llm_model,
+            "embedding_model": client.embedding_model,
+            "healthy_instances": sum(1 for i in snapshot["instances"] if i["healthy"]),
+            "instances": snapshot["instances"],
+        }
+
+    @property
+    def _client_timeout_s(self) -> float:
+        """How long the client waits for an answer: as long queued in the gateway as the
+        instance may take (``request_timeout_s``), then as long again for the instance."""
+        return 2 * self.config.request_timeout_s
+
+    def _require(self) -> _Running:
+        running = self._running
+        if running is None:
+            raise ServiceError(
+                "ControlPlaneVLLMService is not running; call setup() first (a job calls it "
+                "for services registered with env.register_service)"
+            )
+        return running
+
+    def _snapshot(self, running: _Running) -> dict[str, Any]:
+        """``metrics_snapshot()`` read on the gateway's own loop (no data race with it)."""
+        return running.loop.call(_read_snapshot(running.gateway), _LIFECYCLE_TIMEOUT_S)
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def generate(self, prompt: str, **kwargs: Any) -> Any:
+        """A completion of ``prompt`` through the gateway.
+
+        Keyword arguments are those of :meth:`UnifiedInferenceClient.generate` (``model``,
+        ``max_tokens``, ``temperature``, ``stream``...); others, such as ``priority`` and
+        ``slo_ms``, are sent as request fields for the scheduling policy.
+
+        Returns:
+            The text, or with ``stream=True`` an iterator of text pieces.
+
+        Raises:
+            GatewayError: the gateway or the instance refused or failed the request (for an
+                unreachable instance the message names it and its last error).
+            ServiceError: the service is not set up.
+        """
+        return self._call(lambda client: client.generate(prompt, **kwargs))
+
+    def chat(self, messages: Any, **kwargs: Any) -> Any:
+        """The assistant's answer to ``messages`` (a string or role/content dicts).
+
+        Keyword arguments as for :meth:`generate`.
+        """
+        return self._call(lambda client: client.chat(messages, **kwargs))
+
+    def embed(self, texts: str | Sequence[str], **kwargs: Any) -> Any:
+        """One vector for a text, a list of vectors for a list of texts (``model=`` optional)."""
+        return self._call(lambda client: client.embed(texts, **kwargs))
+
+    async def agenerate(self, prompt: str, **kwargs: Any) -> Any:
+        """:meth:`generate` for coroutines (``stream=True``: an async iterator of pieces).
+
+        The request runs on the service's own loop, so any caller loop may await it.
+        """
+        return await self._acall(lambda c: c.agenerate(prompt, **kwargs), kwargs)
+
+    async def achat(self, messages: Any, **kwargs: Any) -> Any:
+        """:meth:`chat` for coroutines (``stream=True``: an async iterator of pieces)."""
+        return await self._acall(lambda c: c.achat(messages, **kwargs), kwargs)
+
+    async def aembed(self, texts: str | Sequence[str], **kwargs: Any) -> Any:
+        """:meth:`embed` for coroutines."""
+        return await self._acall(lambda c: c.aembed(texts, **kwargs), {})
+
+    def _client(self) -> tuple[_Running, UnifiedInferenceClient]:
+        running = self._require()
+        assert running.client is not None
+        return running, running.client
+
+    def _call(self, request: Callable[[UnifiedInferenceClient], Any]) -> Any:
+        running, client = self._client()
+        try:
+            result = request(client)
+        except (GatewayError, httpx.HTTPError) as exc:
+            error = self._gateway_error(exc, running)
+            raise self._explain(error, self._states(running, error)) from exc
+        if isinstance(result, Iterator):  # a stream: errors surface while iterating
+            return self._guarded(result, running)
+        return result
+
+    def _guarded(self, pieces: Iterator[str], running: _Running) -> Iterator[str]:
+        try:
+            yield from pieces
+        except (GatewayError, httpx.HTTPError) as exc:
+            error = self._gateway_error(exc, running)
+            raise self._explain(error, self._states(running, error)) from exc
+
+    async def _acall(
+        self,
+        request: Callable[[UnifiedInferenceClient], Coroutine[Any, Any, Any]],
+        kwargs: Mapping[str, Any],
+    ) -> Any:
+        running, client = self._client()
+        if kwargs.get("stream"):
+            return self._abridge(request, running)
+        try:
+            return await asyncio.wrap_future(running.loop.submit(request(client)))
+        except (GatewayError, httpx.HTTPError) as exc:
+            error = self._gateway_error(exc, running)
+            raise self._explain(error, await self._astates(running, error)) from exc
+
+    async def _abridge(
+        self,
+        request: Callable[[UnifiedInferenceClient], Coroutine[Any, Any, Any]],
+        running: _Running,
+    ) -> AsyncIterator[str]:
+        """Relay a stream produced on the service loop to the caller's loop, piece by piece."""
+        caller = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+
+        def put(item: str | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+                caller.call_soon_threadsafe(pieces.put_nowait, item)
+
+        async def pump() -> None:
+            assert running.client is not None
+            try:
+                stream = await request(running.client)
+                async for piece in stream:
+                    put(piece)
+                put(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                put(exc)
+
+        future = running.loop.submit(pump())
+        try:
+            while (item := await pieces.get()) is not None:
+                if isinstance(item, GatewayError | httpx.HTTPError):
+                    error = self._gateway_error(item, running)
+                    raise self._explain(error, await self._astates(running, error)) from item
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            future.cancel()  # the caller stopped early: stop reading the stream
+
+    def _gateway_error(
+        self, exc: GatewayError | httpx.HTTPError, running: _Running
+    ) -> GatewayError:
+        """``exc`` as a :class:`GatewayError` (transport failures of the client included)."""
+        if isinstance(exc, GatewayError):
+            return exc
+        if isinstance(exc, httpx.TimeoutException):
+            return GatewayError(
+                f"no answer from the control plane at {running.url} within "
+                f"{self._client_timeout_s:g} s (requests queued behind others, or a slow "
+                "instance); raise request_timeout_s in the config to wait longer",
+                504,
+            )
+        return GatewayError(
+            f"the control plane at {running.url} could not be reached "
+            f"({type(exc).__name__}: {exc}); was cleanup() called meanwhile?"
+        )
+
+    @staticmethod
+    def _wants_states(exc: GatewayError) -> bool:
+        """Whether the error may come from an unreachable instance (502-504)."""
+        return exc.status in (502, 503, 504)
+
+    def _states(self, running: _Running, exc: GatewayError) -> list[dict[str, Any]]:
+        if not self._wants_states(exc):
+            return []
+        try:
+            return list(self._snapshot(running)["instances"])
+        except Exception:  # the gateway is stopping: the original error says enough
+            return []
+
+    async def _astates(self, running: _Running, exc: GatewayError) -> list[dict[str, Any]]:
+        if not self._wants_states(exc):
+            return []
+        try:
+            snapshot = await asyncio.wrap_future(
+                running.loop.submit(_read_snapshot(running.gateway))
+            )
+            return list(snapshot["instances"])
+        except Exception:  # the gateway is stopping: the original error says enough
+            return []
+
+    @staticmethod
+    def _explain(exc: GatewayError, states: list[dict[str, Any]]) -> GatewayError:
+        """``exc`` with each unhealthy instance and its last error appended (if any)."""
+        down = [
+            f"{s['instance_id']} ({s['model_name']} at {s['host']}:{s['port']}): "
+            f"{s['last_error'] or 'not answering'}"
+            for s in states
+            if not s["healthy"]
+        ]
+        if not down:
+            return exc
+        return GatewayError(
+            f"{exc}; unhealthy instances: {'; '.join(down)}. Start their engine servers "
+            "(e.g. `sage llm serve`) or fix host/port in the ControlPlaneVLLMService config",
+            exc.status,
+            exc.param,
+        )

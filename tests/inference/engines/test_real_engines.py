@@ -1,0 +1,201 @@
+"""The CPU engines with the real packaged models, served and used through every client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import openai
+import pytest
+
+from sage.common.core.functions.map_function import MapFunction
+from sage.common.errors import ConfigError
+from sage.inference import (
+    UnifiedInferenceClient,
+)
+from sage.inference.client.embedding import EmbeddingClientAdapter, EmbeddingFactory
+from sage.inference.deploy.stack import LocalStack
+from sage.inference.engines.base import SamplingParams
+from sage.kernel.api.local_environment import LocalEnvironment
+from sage.middleware.services.llm import LLMService
+
+pytestmark = pytest.mark.slow
+
+
+class RealStack(LocalStack):
+    """SmolLM2 and MiniLM engine servers behind a gateway, with the engines at hand."""
+
+    def __init__(self) -> None:
+        super().__init__("smollm2", "all-minilm-l6-v2")
+        self.start()
+        assert self.embedding_server is not None and self.embedding_port is not None
+        self.llm_engine: Any = self.llm_servers[0].engine
+        self.llm_port, self.emb_port = self.llm_ports[0], self.embedding_port
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[RealStack]:
+    with RealStack() as s:
+        yield s
+
+
+QUESTION = [{"role": "user", "content": "What is a Python list? Answer in one sentence."}]
+
+
+def test_openai_sdk_against_the_real_engines_and_the_gateway(stack: RealStack) -> None:
+    for port in (stack.port, stack.llm_port):
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0
+        )
+        chat = client.chat.completions.create(
+            model="smollm2", messages=QUESTION, max_tokens=24, temperature=0
+        )
+        text = chat.choices[0].message.content or ""
+        assert "list" in text.lower() and chat.usage is not None
+        assert chat.usage.prompt_tokens > 10 and 0 < chat.usage.completion_tokens <= 24
+        streamed = client.chat.completions.create(
+            model="smollm2", messages=QUESTION, max_tokens=24, temperature=0, stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
+        completion = client.completions.create(
+            model="smollm2", prompt="The capital of France is", max_tokens=8, temperature=0
+        )
+        assert "Paris" in completion.choices[0].text
+        assert "smollm2" in [m.id for m in client.models.list()]
+    for port in (stack.port, stack.emb_port):
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0
+        )
+        data = client.embeddings.create(
+            model="all-minilm-l6-v2", input=["a cat sat", "a kitten sat", "stock prices"]
+        ).data
+        cat, kitten, stocks = (np.array(d.embedding) for d in data)
+        assert len(cat) == 384 and abs(np.linalg.norm(cat) - 1) < 1e-4
+        assert cat @ kitten > cat @ stocks + 0.2  # real semantics, not hashing
+
+
+def test_concurrent_requests_are_batched_and_answer_as_if_alone(stack: RealStack) -> None:
+    questions = [
+        f"Give one word that rhymes with {w}."
+        for w in ("cat", "sun", "tree", "blue", "cold", "rain", "star", "moon")
+    ]
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+
+    async def ask(q: str) -> str:
+        parts = [
+            d.text
+            async for d in stack.llm_engine.generate(
+                params, messages=[{"role": "user", "content": q}]
+            )
+        ]
+        return "".join(parts)
+
+    async def sequential() -> list[str]:
+        return [await ask(q) for q in questions]
+
+    async def concurrent() -> list[str]:
+        return list(await asyncio.gather(*(ask(q) for q in questions)))
+
+    alone = stack.call(sequential(), timeout=300)
+    steps_before = stack.llm_engine.steps
+    together = stack.call(concurrent(), timeout=300)
+    assert together == alone  # greedy decoding in a batch changes nothing
+    steps = stack.llm_engine.steps - steps_before
+    assert steps < 0.5 * 8 * 12  # the 8 sequences shared their decoding steps
+
+
+def test_stop_strings_and_context_limit(stack: RealStack) -> None:
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{stack.port}/v1", api_key="none", max_retries=0
+    )
+    counted = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Count from 1 to 10 separated by commas."}],
+        max_tokens=40,
+        temperature=0,
+        stop=["5"],
+    )
+    assert "5" not in (counted.choices[0].message.content or "")
+    assert counted.choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=9000)
+    assert "context" in str(info.value)
+
+
+def test_unified_client_in_all_three_modes(
+    stack: RealStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    via_gateway = UnifiedInferenceClient.create(
+        control_plane_url=f"http://127.0.0.1:{stack.port}/v1"
+    )
+    assert (via_gateway.mode, via_gateway.llm_model, via_gateway.embedding_model) == (
+        "control_plane",
+        "smollm2",
+        "all-minilm-l6-v2",
+    )
+    answer = via_gateway.chat(QUESTION, max_tokens=16, temperature=0)
+    assert "".join(via_gateway.chat(QUESTION, max_tokens=16, temperature=0, stream=True)) == answer
+    assert len(via_gateway.embed("hello")) == 384 and len(via_gateway.embed(["a", "b"])) == 2
+    assert asyncio.run(via_gateway.achat(QUESTION, max_tokens=16, temperature=0)) == answer
+    assert via_gateway.get_status()["llm"]["healthy"] is True
+
+    # local engine ports, found without a gateway
+    monkeypatch.setenv("SAGE_GATEWAY_PORT", "1")
+    monkeypatch.setenv("SAGE_LLM_PORT", str(stack.llm_port))
+    monkeypatch.setenv("SAGE_EMBEDDING_PORT", str(stack.emb_port))
+    local = UnifiedInferenceClient.create(env_file=None)
+    assert local.mode == "local" and local.chat(QUESTION, max_tokens=16, temperature=0) == answer
+    assert np.allclose(local.embed("hello"), via_gateway.embed("hello"), atol=1e-5)
+
+    embedded = UnifiedInferenceClient.create(embedded=True)
+    try:
+        assert embedded.chat(QUESTION, max_tokens=16, temperature=0) == answer
+        assert np.allclose(embedded.embed("hello"), via_gateway.embed("hello"), atol=1e-5)
+        again = UnifiedInferenceClient.create(embedded=True)  # shares the loaded engines
+        assert "".join(again.chat(QUESTION, max_tokens=16, temperature=0, stream=True)) == answer
+    finally:
+        UnifiedInferenceClient.shutdown_embedded()
+
+
+def test_llm_service_in_a_pipeline(stack: RealStack) -> None:
+    class Answer(MapFunction):
+        def execute(self, question: str) -> tuple[str, str]:
+            return question, self.call_service["llm_service"].chat(
+                question, max_tokens=12, temperature=0
+            )
+
+    env = LocalEnvironment("llm_pipeline")
+    env.register_service(
+        "llm_service", LLMService, control_plane_url=f"http://127.0.0.1:{stack.port}/v1"
+    )
+    out: list[tuple[str, str]] = []
+    questions = ["What is 2+2?", "Name a color.", "Say hi."]
+    env.from_collection(questions).map(Answer, parallelism=3).sink(out.append)
+    env.submit()
+    assert sorted(q for q, _ in out) == sorted(questions)
+    assert all(answer for _, answer in out)
+
+
+def test_embedding_factory() -> None:
+    raw = EmbeddingFactory.create("hf", model="all-minilm-l6-v2")
+    one = raw.embed("one text")
+    assert len(one) == 384
+    batch = EmbeddingClientAdapter(raw).embed(["one text", "two texts"])
+    assert np.allclose(batch[0], one, atol=1e-5)
+    hashed = EmbeddingFactory.create("hash", dim=32)
+    assert (
+        hashed.embed("same words") == hashed.embed("same words") and len(hashed.embed("x y")) == 32
+    )
+    with pytest.raises(TypeError, match="EmbeddingClientAdapter"):
+        raw.embed(["a", "b"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="use one of hf, hash, openai"):
+        EmbeddingFactory.create("word2vec")
+
+
+def test_unknown_hub_model_is_a_clear_error() -> None:
+    from sage.inference.engines.models import resolve_model
+
+    with pytest.raises(ConfigError, match=r"not available offline.*smollm2.*local copy"):
+        resolve_model("Qwen/Qwen2.5-7B-Instruct", "llm")
