@@ -20,8 +20,8 @@ from sage.cli.main import app
 from sage.common.config.ports import SagePorts
 from sage.common.http.server import HttpServer
 from sage.dashboard.server import DashboardServer
-from sage.inference.deploy import processes, serving
 from sage.inference.config import SchedulingPolicyType, UnifiedServerConfig
+from sage.inference.deploy import processes, serving
 from sage.inference.deploy.stack import LocalStack
 from sage.inference.engines.server import EngineServer
 from sage.kernel.jobmanager import server as jobmanager
