@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -27,6 +29,8 @@ from pydantic import (
 from sage.common.config.ports import SagePorts
 
 __all__ = [
+    "CLASS_HEADER",
+    "SCHEDULING_HEADERS",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
     "ChatCompletionResponse",
@@ -45,6 +49,9 @@ __all__ = [
     "InstanceSpec",
     "ModelCard",
     "ModelList",
+    "Priority",
+    "SchedulingFields",
+    "SloMs",
     "Usage",
     "error_from_validation",
     "new_id",
@@ -124,6 +131,78 @@ def error_from_validation(exc: ValidationError) -> ErrorResponse:
     )
 
 
+# -- SAGE's scheduling fields ----------------------------------------------------------------
+
+
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # a bool is an int to Python, never a priority or an SLO
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+Priority = Annotated[
+    int | None,
+    BeforeValidator(_not_a_bool),
+    Field(
+        ge=-(2**63),
+        lt=2**63,
+        description="SAGE: scheduling priority (lower first), a 64-bit integer.",
+    ),
+]
+"""A request's ``priority`` (body field, or header ``x-sage-priority``)."""
+
+SloMs = Annotated[
+    float | None,
+    BeforeValidator(_not_a_bool),
+    Field(
+        gt=0,
+        allow_inf_nan=False,
+        description="SAGE: latency objective in ms, a finite number > 0.",
+    ),
+]
+"""A request's ``slo_ms`` (body field, or header ``x-sage-slo-ms``)."""
+
+SCHEDULING_HEADERS = {"priority": "x-sage-priority", "slo_ms": "x-sage-slo-ms"}
+"""The header that may carry each scheduling field instead of the body."""
+CLASS_HEADER = "x-sage-class"
+"""Names the request's class in the gateway's metrics (``llm:p0`` by default)."""
+
+
+class SchedulingFields(BaseModel):
+    """SAGE's scheduling fields of an API request, from its body or its headers.
+
+    The gateway reads them (and removes them from the body before forwarding); the client
+    sends them; the request models below declare them with the same types.
+
+    Example:
+        >>> SchedulingFields.of({"priority": 0}, {"x-sage-slo-ms": "2000"})
+        SchedulingFields(priority=0, slo_ms=2000.0)
+    """
+
+    priority: Priority = None
+    slo_ms: SloMs = None
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any], headers: Mapping[str, str]) -> SchedulingFields:
+        """The fields of a request: a body field wins over its header.
+
+        Raises:
+            ValidationError: a field is invalid (its ``loc`` names it).
+        """
+        raw = {
+            name: body.get(name, headers.get(header)) for name, header in SCHEDULING_HEADERS.items()
+        }
+        return cls.model_validate({name: value for name, value in raw.items() if value is not None})
+
+    def headers(self) -> dict[str, str]:
+        """The fields as headers (for a client that leaves the body alone)."""
+        return {
+            SCHEDULING_HEADERS[name]: str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
+
 class Usage(BaseModel):
     """Token counts of a request."""
 
@@ -170,13 +249,8 @@ class ChatCompletionRequest(WireModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     user: str | None = None
-    priority: int | None = Field(
-        default=None,
-        ge=-(2**63),
-        lt=2**63,
-        description="SAGE: scheduling priority (lower first), a 64-bit integer.",
-    )
-    slo_ms: float | None = Field(default=None, gt=0, description="SAGE: latency objective in ms.")
+    priority: Priority = None
+    slo_ms: SloMs = None
 
     def token_limit(self, default: int) -> int:
         """``max_completion_tokens``, else ``max_tokens``, else ``default``."""
@@ -263,13 +337,8 @@ class CompletionRequest(WireModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     user: str | None = None
-    priority: int | None = Field(
-        default=None,
-        ge=-(2**63),
-        lt=2**63,
-        description="SAGE: scheduling priority (lower first), a 64-bit integer.",
-    )
-    slo_ms: float | None = Field(default=None, gt=0, description="SAGE: latency objective in ms.")
+    priority: Priority = None
+    slo_ms: SloMs = None
 
     def prompt_text(self) -> str:
         """The prompt (a one-element list is accepted)."""
@@ -311,12 +380,8 @@ class EmbeddingRequest(WireModel):
     dimensions: int | None = Field(default=None, ge=1)
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
-    priority: int | None = Field(
-        default=None,
-        ge=-(2**63),
-        lt=2**63,
-        description="SAGE: scheduling priority (lower first), a 64-bit integer.",
-    )
+    priority: Priority = None
+    slo_ms: SloMs = None
 
     @field_validator("input")
     @classmethod

@@ -15,7 +15,7 @@ import pytest
 from sage.inference.config import BackendInstanceConfig
 from sage.inference.control_plane.instances import Instance
 from sage.inference.deploy.stack import LocalStack
-from sage.inference.gateway.server import _Relay
+from sage.inference.gateway.relay import StreamRelay
 
 CHAT = {"model": "stub-llm", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
 
@@ -84,15 +84,15 @@ def test_one_broken_instance_does_not_stop_the_health_checks_of_the_others(
     stack: LocalStack,
 ) -> None:
     gateway = stack.gateway
-    assert gateway is not None and gateway.registry is not None
-    registry = gateway.registry
+    assert gateway is not None and gateway.registry is not None and gateway.health is not None
+    registry, health = gateway.registry, gateway.health
     # registered behind the API's back, as a config file could: its probe raises TypeError
     config = BackendInstanceConfig(port=1, model_name="stub-llm", instance_id="broken")
     config.base_path = None  # type: ignore[assignment]
 
     async def add_and_check() -> Instance:
         broken = registry.add(config)
-        await gateway._check_all()  # raised before, and ended the health loop with it
+        await health.check_all()  # raised before, and ended the health loop with it
         return broken
 
     broken = stack.call(add_and_check())
@@ -158,7 +158,7 @@ def test_a_relay_closed_before_its_first_chunk_gives_its_slot_back() -> None:
     closed: list[str] = []
 
     async def run() -> None:
-        relay = _Relay(_answer(closed), lambda failed, first: settled.append((failed, first)), 5)
+        relay = StreamRelay(_answer(closed), lambda failed, first: settled.append((failed, first)), 5)
         await relay.aclose()  # the client left before the answer began
         await relay.aclose()  # idempotent
         assert [chunk async for chunk in relay] == []

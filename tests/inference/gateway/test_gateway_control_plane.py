@@ -227,6 +227,8 @@ def test_a_full_queue_gets_429_with_retry_after_and_big_max_tokens_a_400() -> No
         assert int(refused.headers["retry-after"]) >= 1
         error = refused.json()["error"]
         assert error["type"] == "rate_limit_error" and error["code"] == "queue_full"
+        snapshot = httpx.get(stack.gateway_url + "/management/metrics").json()
+        assert snapshot["rejected"] == codes.count(429)  # it was 0 whatever was refused
         too_big = httpx.post(stack.gateway_url + "/chat/completions", json=chat(max_tokens=65))
         assert too_big.status_code == 400
         assert too_big.json()["error"]["param"] == "max_tokens"

@@ -1,0 +1,225 @@
+"""Forwarding one API request: the control plane admits it (or queues it by the policy),
+it rides along a batched embedding call or goes alone to the instance it was placed on,
+runs again on another instance if that one fails before the answer started, and its
+answer is passed on (a stream relayed event by event)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from functools import partial
+from time import perf_counter
+
+import orjson
+
+from sage.common.http import BackendUnavailable, Request, Response, StreamResponse
+from sage.inference.config import UnifiedServerConfig
+from sage.inference.control_plane.batching import (
+    batch_key,
+    merge_inputs,
+    split_answer,
+    texts_of,
+)
+from sage.inference.control_plane.dispatcher import (
+    Dispatcher,
+    NoInstance,
+    QueueFull,
+    Ticket,
+    settle_riders,
+)
+from sage.inference.control_plane.instances import Instance, InstanceRegistry
+from sage.inference.control_plane.queues import PendingRequest
+from sage.inference.gateway.errors import gateway_error
+from sage.inference.gateway.relay import StreamRelay
+from sage.inference.gateway.scheduling import pending_request
+from sage.inference.protocol import CLASS_HEADER
+
+__all__ = ["KIND_OF_PATH", "Forwarder"]
+
+logger = logging.getLogger(__name__)
+
+KIND_OF_PATH = {
+    "/v1/chat/completions": "llm",
+    "/v1/completions": "llm",
+    "/v1/embeddings": "embedding",
+}
+"""The API routes the gateway forwards, and the kind of instance each needs."""
+
+
+def _split(status: int, answer: bytes, counts: list[int]) -> list[bytes] | None:
+    """A batched call's answer per member, or ``None`` if it is not a good one."""
+    if status != 200:
+        return None
+    try:
+        return split_answer(answer, counts)
+    except (ValueError, orjson.JSONDecodeError, AttributeError, TypeError):
+        logger.warning("a batched embedding answer could not be split; members go alone")
+        return None
+
+
+class Forwarder:
+    """The handler of the API routes (:data:`KIND_OF_PATH`).
+
+    Args:
+        config: The gateway's configuration.
+        registry: The instances.
+        dispatcher: The control plane's queues and policy.
+        check_key: Refuses a request without an accepted API key.
+    """
+
+    def __init__(
+        self,
+        config: UnifiedServerConfig,
+        registry: InstanceRegistry,
+        dispatcher: Dispatcher,
+        check_key: Callable[[Request], None],
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self._check_key = check_key
+        self.requests = 0
+        """API requests received."""
+
+    async def __call__(self, request: Request) -> Response | StreamResponse:
+        """Answer one API request (see the module docstring).
+
+        Raises:
+            HttpError: a 4xx naming the parameter (no key, unknown model, a field out of
+                bounds), 429 (queue full), 503 (no instance can serve it).
+        """
+        self._check_key(request)
+        registry, dispatcher = self.registry, self.dispatcher
+        kind = KIND_OF_PATH[request.path]
+        body = request.json()
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not model:
+            raise gateway_error(400, "'model' is required and must be a string", param="model")
+        if not registry.serves(kind, model):
+            served = ", ".join(registry.models(kind)) or "(none)"
+            raise gateway_error(
+                404,
+                f"model {model!r} is not served here; {kind} models: {served}",
+                param="model",
+                code="model_not_found",
+            )
+        assert isinstance(body, dict)
+        limit = self.config.max_tokens_limit
+        if limit is not None and kind == "llm":
+            for field_name in ("max_tokens", "max_completion_tokens"):
+                asked = body.get(field_name)
+                if isinstance(asked, int) and not isinstance(asked, bool) and asked > limit:
+                    raise gateway_error(
+                        400,
+                        f"'{field_name}'={asked} is more than this gateway allows ({limit}); "
+                        f"ask for at most {limit}",
+                        param=field_name,
+                        code="max_tokens_too_large",
+                    )
+        pending, payload = pending_request(
+            request, kind, model, body, self.config, dispatcher.clock()
+        )
+        class_name = request.headers.get(CLASS_HEADER) or None
+        stream = kind == "llm" and body.get("stream") is True
+        key = batch_key(body) if kind == "embedding" else None
+        texts = len(texts_of(body) or ()) if kind == "embedding" else 1
+        self.requests += 1
+        arrived = perf_counter()
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            ticket = Ticket(loop.create_future(), body, key, max(texts, 1))
+            try:
+                grant = await dispatcher.admit(pending, ticket, retry=failures > 0)
+            except NoInstance:
+                dispatcher.record(pending, perf_counter() - arrived, 0.0, True, class_name)
+                raise gateway_error(
+                    503,
+                    f"no healthy instance serves {model!r} now; retry later",
+                    code="unavailable",
+                ) from None
+            except QueueFull as full:
+                raise gateway_error(
+                    429,
+                    f"the gateway's queue for {model!r} is full ({full}); retry after "
+                    f"{full.retry_after_s} s",
+                    code="queue_full",
+                    headers={"retry-after": str(full.retry_after_s)},
+                ) from None
+            if grant.instance is None:  # riding on another request's batched call
+                assert grant.outcome is not None
+                outcome = await grant.outcome
+                if outcome is None:  # the call failed: go again, alone
+                    failures += 1
+                    key = None
+                    continue
+                status, answer = outcome
+                elapsed = perf_counter() - arrived
+                dispatcher.record(pending, elapsed, elapsed, status >= 500, class_name)
+                return Response(status=status, body=answer, content_type="application/json")
+            instance = grant.instance
+            send = payload
+            if grant.riders:
+                send, counts = merge_inputs([body, *(r.payload.body for r in grant.riders)])
+            dispatched = perf_counter()
+            try:
+                result = await asyncio.wait_for(
+                    instance.pool.request(
+                        "POST", instance.path(request.path), send, instance.headers, stream=stream
+                    ),
+                    self.config.request_timeout_s,
+                )
+            except (BackendUnavailable, TimeoutError) as exc:
+                # Nothing reached the client yet, so the request can run again elsewhere.
+                dispatcher.finish(pending, instance, dispatched, failed=True)
+                registry.mark(instance, False, str(exc) or type(exc).__name__)
+                settle_riders(grant.riders, None)
+                logger.warning("instance %s failed: %s", instance.id, exc)
+                failures += 1
+                if failures <= len(registry.of_model(kind, model)) and registry.has_healthy(
+                    kind, model
+                ):
+                    continue
+                dispatcher.record(pending, perf_counter() - arrived, 0.0, True, class_name)
+                raise gateway_error(
+                    503, f"instance {instance.id} failed: {exc}", code="unavailable"
+                ) from None
+            content_type = result.headers.get("content-type", "application/json")
+            if result.chunks is None:
+                failed = result.status >= 500
+                dispatcher.finish(pending, instance, dispatched, failed=failed)
+                answer = result.body
+                if grant.riders:
+                    parts = _split(result.status, result.body, counts)
+                    if parts is not None:
+                        answer = parts[0]
+                        settle_riders(grant.riders, [(200, part) for part in parts[1:]])
+                    else:  # let each go again alone and get its own answer
+                        settle_riders(grant.riders, None)
+                        if result.status < 500:
+                            failures += 1
+                            key = None
+                            continue
+                elapsed = perf_counter() - arrived
+                dispatcher.record(pending, elapsed, elapsed, failed, class_name)
+                return Response(status=result.status, body=answer, content_type=content_type)
+            settle = partial(self._settle, pending, instance, dispatched, arrived, class_name)
+            relay = StreamRelay(result.chunks, settle, self.config.request_timeout_s)
+            return StreamResponse(relay, result.status, content_type)
+
+    def _settle(
+        self,
+        pending: PendingRequest,
+        instance: Instance,
+        dispatched: float,
+        arrived: float,
+        class_name: str | None,
+        failed: bool,
+        first: float | None,
+    ) -> None:
+        """A streamed request ended: give back its slot and record it."""
+        dispatcher = self.dispatcher
+        dispatcher.finish(pending, instance, dispatched, failed=failed, first_byte=first)
+        end = perf_counter()
+        dispatcher.record(pending, end - arrived, (first or end) - arrived, failed, class_name)

@@ -1,0 +1,139 @@
+"""The gateway's figures: Prometheus text for scrapers, and a JSON snapshot for the
+management API and ``ControlPlaneVLLMService.get_metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sage.common.observability.prometheus import Column, MetricFamily, columns, render
+from sage.inference.config import SchedulingPolicyType, UnifiedServerConfig
+from sage.inference.control_plane.dispatcher import Dispatcher
+from sage.inference.control_plane.instances import InstanceRegistry
+
+__all__ = ["prometheus_text", "snapshot"]
+
+
+def prometheus_text(total: int, registry: InstanceRegistry, dispatcher: Dispatcher) -> bytes:
+    """Gateway totals, per-lane queues, per-class and per-instance figures.
+
+    Per instance, ``sage_instance_queued`` is the queue of its (type, model) lane, the
+    same for every instance of the model (requests wait per model, not per instance);
+    ``sage_instance_slo_attainment`` is left out for an instance that served no request
+    with an SLO.
+
+    Args:
+        total: API requests the gateway received.
+        registry: The instances.
+        dispatcher: The control plane.
+    """
+    state = dispatcher.describe()
+    requests = MetricFamily(
+        "sage_gateway_requests_total", "counter", "Requests received by the gateway."
+    )
+    requests.add(total)
+    waiting = MetricFamily("sage_gateway_waiting", "gauge", "Requests waiting for a free instance.")
+    waiting.add(state["queued"])
+    retries = MetricFamily(
+        "sage_gateway_retries_total",
+        "counter",
+        "Requests sent again after their instance failed.",
+    )
+    retries.add(state["retries"])
+    policy_active = MetricFamily(
+        "sage_gateway_policy_active", "gauge", "1 for the scheduling policy in use now."
+    )
+    for policy in SchedulingPolicyType:
+        if policy is not SchedulingPolicyType.ADAPTIVE:
+            policy_active.add(int(policy == dispatcher.active_policy), policy=policy)
+    queued = MetricFamily("sage_gateway_queued", "gauge", "Requests waiting, per lane.")
+    for lane in state["lanes"]:
+        queued.add(lane["queued"], type=lane["kind"], model=lane["model"])
+    families = [requests, waiting, retries, policy_active, queued]
+    per_class: list[Column] = [
+        ("sage_class_requests_total", "counter", "Requests answered, per class.", "requests"),
+        ("sage_class_errors_total", "counter", "Requests failed, per class.", "errors"),
+        ("sage_class_latency_p95_ms", "gauge", "p95 latency incl. queueing (ms).", "p95_ms"),
+        ("sage_class_ttft_p95_ms", "gauge", "p95 time to first token (ms).", "ttft_p95_ms"),
+        (
+            "sage_class_slo_attainment",
+            "gauge",
+            "Share of requests with an SLO that met it.",
+            "slo_attainment",
+        ),
+    ]
+    families += columns(
+        per_class, (({"class": name}, figures) for name, figures in state["classes"].items())
+    )
+    per_instance: list[Column] = [
+        (
+            "sage_instance_requests_total",
+            "counter",
+            "Requests an instance finished.",
+            "requests",
+        ),
+        ("sage_instance_errors_total", "counter", "Requests an instance failed.", "errors"),
+        ("sage_instance_in_flight", "gauge", "Requests running on an instance.", "in_flight"),
+        ("sage_instance_healthy", "gauge", "1 when the instance is in rotation.", "healthy"),
+        ("sage_instance_latency_p95_ms", "gauge", "p95 request latency (ms).", "p95_ms"),
+        ("sage_instance_ttft_p95_ms", "gauge", "p95 time to first byte (ms).", "ttft_p95_ms"),
+        (
+            "sage_instance_max_concurrent_requests",
+            "gauge",
+            "Requests an instance may run at once.",
+            "max_concurrent_requests",
+        ),
+        (
+            "sage_instance_queued",
+            "gauge",
+            "Requests waiting in the gateway for the instance's type and model.",
+            "queued",
+        ),
+        (
+            "sage_instance_slo_attainment",
+            "gauge",
+            "Share of an instance's requests with an SLO that met it.",
+            "slo_attainment",
+        ),
+    ]
+    families += columns(
+        per_instance,
+        (
+            (
+                {
+                    "instance": described["instance_id"],
+                    "model": described["model_name"],
+                    "type": described["instance_type"],
+                },
+                described,
+            )
+            for described in (i.describe() for i in registry.all())
+        ),
+    )
+    return render(families)
+
+
+def snapshot(
+    total: int,
+    registry: InstanceRegistry | None,
+    dispatcher: Dispatcher | None,
+    config: UnifiedServerConfig,
+) -> dict[str, Any]:
+    """The gateway's state as JSON-ready data (before it started: its policy only).
+
+    Keys: ``total_requests``, ``rejected`` (refused with 429: the queue was full),
+    ``policy``, ``active_policy``, ``policy_switches``, ``queued``, ``lanes`` (per kind and
+    model: queued, P95 ms per token), ``classes`` (per request class: requests, errors,
+    latency percentiles, TTFT, SLO attainment), ``embedding_batches``,
+    ``batched_requests``, ``retries`` and ``instances`` (each instance's ``describe()``).
+    """
+    instances = registry.all() if registry is not None else []
+    if dispatcher is not None:
+        state: dict[str, Any] = {"rejected": dispatcher.rejected, **dispatcher.describe()}
+    else:
+        policy = str(config.scheduling_policy)
+        state = {"rejected": 0, "policy": policy, "active_policy": policy, "queued": 0}
+    return {
+        "total_requests": total,
+        **state,
+        "instances": [i.describe() for i in instances],
+    }
