@@ -158,7 +158,9 @@ def test_a_relay_closed_before_its_first_chunk_gives_its_slot_back() -> None:
     closed: list[str] = []
 
     async def run() -> None:
-        relay = StreamRelay(_answer(closed), lambda failed, first: settled.append((failed, first)), 5)
+        relay = StreamRelay(
+            _answer(closed), lambda failed, first: settled.append((failed, first)), 5
+        )
         await relay.aclose()  # the client left before the answer began
         await relay.aclose()  # idempotent
         assert [chunk async for chunk in relay] == []
