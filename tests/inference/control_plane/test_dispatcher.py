@@ -13,13 +13,13 @@ import pytest
 
 from sage.common.errors import ConfigError
 from sage.inference.config import BackendInstanceConfig, SchedulingPolicyType
+from sage.inference.control_plane.adaptive import choose_policy
 from sage.inference.control_plane.dispatcher import (
     Dispatcher,
     Grant,
     NoInstance,
     QueueFull,
     Ticket,
-    choose_policy,
 )
 from sage.inference.control_plane.instances import InstanceRegistry
 from sage.inference.control_plane.queues import PendingRequest
@@ -402,7 +402,7 @@ def test_a_full_lane_refuses_new_requests_with_a_retry_after_but_keeps_retries()
 
 
 def test_the_per_class_table_stays_bounded_whatever_names_clients_send() -> None:
-    from sage.inference.control_plane.dispatcher import MAX_CLASSES, OTHER_CLASS
+    from sage.inference.control_plane.figures import MAX_CLASSES, OTHER_CLASS
 
     async def body() -> None:
         h = Harness("fifo", [1])

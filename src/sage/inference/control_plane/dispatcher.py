@@ -21,7 +21,7 @@ Policies (:class:`SchedulingPolicyType`):
   to ``batch_max_texts`` texts. While the model has calls in flight, a batch waits up to
   ``batch_wait_s`` to fill; an idle instance gets a request at once.
 * ``ADAPTIVE`` — every ``adaptive_interval_s`` looks at the traffic since the last look and
-  picks one of the above (see :func:`choose_policy`); ``active_policy`` says which.
+  picks one of the above (:mod:`.adaptive`); ``active_policy`` says which.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sage.common.stats import LatencyRing, latency_figures, percentile
 from sage.inference.config import SchedulingPolicyType
+from sage.inference.control_plane.adaptive import BATCHING, Traffic, first_active
+from sage.inference.control_plane.figures import ClassTable, LatencyModel
 from sage.inference.control_plane.instances import Instance, InstanceRegistry
 from sage.inference.control_plane.queues import (
     PendingRequest,
@@ -44,25 +45,15 @@ from sage.inference.control_plane.queues import (
 )
 
 __all__ = [
-    "ClassStats",
     "Dispatcher",
     "Grant",
     "NoInstance",
     "QueueFull",
     "Ticket",
-    "choose_policy",
     "settle_riders",
 ]
 
 logger = logging.getLogger(__name__)
-
-_BATCHING = (SchedulingPolicyType.SLO_AWARE, SchedulingPolicyType.HYBRID)
-
-
-# Request classes with metrics of their own (``x-sage-class`` or kind and priority, both
-# chosen by clients); later names are counted together under OTHER_CLASS.
-MAX_CLASSES = 256
-OTHER_CLASS = "other"
 
 
 class NoInstance(LookupError):
@@ -126,90 +117,6 @@ def settle_riders(riders: list[PendingRequest], outcomes: list[tuple[int, bytes]
             grant.outcome.set_result(None if outcomes is None else outcomes[i])
 
 
-class ClassStats:
-    """Latency, time to first token and SLO attainment of one request class."""
-
-    __slots__ = ("errors", "latency", "requests", "slo_met", "slo_total", "ttft")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0
-        self.slo_total = 0
-        self.slo_met = 0
-        self.latency = LatencyRing(2048)
-        self.ttft = LatencyRing(2048)
-
-    def record(self, latency_s: float, ttft_s: float, slo_ms: float | None, failed: bool) -> None:
-        """Count one finished request."""
-        self.requests += 1
-        self.latency.add(latency_s)
-        self.ttft.add(ttft_s)
-        if failed:
-            self.errors += 1
-        if slo_ms is not None:
-            self.slo_total += 1
-            if not failed and latency_s * 1000 <= slo_ms:
-                self.slo_met += 1
-
-    def describe(self) -> dict[str, float | int | None]:
-        """JSON-ready figures (latencies in ms, attainment as a fraction or ``None``)."""
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            **latency_figures(self.latency, self.ttft),
-            "slo_requests": self.slo_total,
-            "slo_attainment": self.slo_met / self.slo_total if self.slo_total else None,
-        }
-
-
-class _LatencyModel:
-    """P95 service seconds per token of one model, refreshed every ``every`` samples."""
-
-    def __init__(self, every: int = 32) -> None:
-        self.ring = LatencyRing(512)
-        self.every = every
-        self.p95_per_token = 0.0
-
-    def add(self, seconds: float, tokens: int) -> None:
-        self.ring.add(seconds / max(tokens, 1))
-        if self.ring.count % self.every == 1:  # first sample, then every ``every``
-            self.p95_per_token = percentile(sorted(self.ring.values()), 0.95)
-
-
-@dataclass
-class _Traffic:
-    """What ADAPTIVE looks at: the requests that arrived since its last look."""
-
-    llm: int = 0
-    embedding: int = 0
-    with_slo: int = 0
-    priorities: set[int] = field(default_factory=set)
-
-
-def choose_policy(
-    queued: int,
-    llm: int,
-    embedding: int,
-    with_slo: int,
-    priority_levels: int,
-) -> SchedulingPolicyType:
-    """ADAPTIVE's rule: the policy for the traffic seen in the last interval.
-
-    Nothing waiting: FIFO (order does not matter and it costs least). Otherwise, mixed LLM
-    and embedding traffic, or embeddings alone: HYBRID (batching pays); requests with SLOs:
-    SLO_AWARE; several priority levels: PRIORITY; else FIFO.
-    """
-    if queued == 0:
-        return SchedulingPolicyType.FIFO
-    if embedding and (llm or not with_slo):
-        return SchedulingPolicyType.HYBRID
-    if with_slo:
-        return SchedulingPolicyType.SLO_AWARE
-    if priority_levels > 1:
-        return SchedulingPolicyType.PRIORITY
-    return SchedulingPolicyType.FIFO
-
-
 class _Lane:
     """The waiting requests of one (kind, model)."""
 
@@ -261,10 +168,10 @@ class Dispatcher:
         self.adaptive_interval_s = adaptive_interval_s
         self.clock = clock
         self._lanes: dict[tuple[str, str], _Lane] = {}
-        self._models: dict[tuple[str, str], _LatencyModel] = {}
-        self.classes: dict[str, ClassStats] = {}
-        self._traffic = _Traffic()
-        self._active = self._first_active(self._policy)
+        self._models: dict[tuple[str, str], LatencyModel] = {}
+        self.classes = ClassTable()
+        self._traffic = Traffic()
+        self._active = first_active(self._policy)
         self._next_look = 0.0
         self.switches = 0  # ADAPTIVE policy changes
         self.batches = 0  # batched embedding calls sent
@@ -293,12 +200,8 @@ class Dispatcher:
             ConfigError: an unknown policy name.
         """
         self._policy = SchedulingPolicyType.parse(policy)
-        self._switch(self._first_active(self._policy))
+        self._switch(first_active(self._policy))
         return self._policy
-
-    @staticmethod
-    def _first_active(policy: SchedulingPolicyType) -> SchedulingPolicyType:
-        return SchedulingPolicyType.FIFO if policy is SchedulingPolicyType.ADAPTIVE else policy
 
     def _switch(self, active: SchedulingPolicyType) -> None:
         if active is self._active:
@@ -317,7 +220,7 @@ class Dispatcher:
         policy = self._active
         if policy is SchedulingPolicyType.PRIORITY:
             return make_queue(policy, kind, aging_s=self.aging_s)
-        if policy in _BATCHING and not (
+        if policy in BATCHING and not (
             policy is SchedulingPolicyType.HYBRID and kind == "embedding"
         ):
             return make_queue(
@@ -328,14 +231,8 @@ class Dispatcher:
     def _look(self, now: float) -> None:
         """ADAPTIVE: pick the policy for the traffic since the last look."""
         self._next_look = now + self.adaptive_interval_s
-        traffic, self._traffic = self._traffic, _Traffic()
-        chosen = choose_policy(
-            self.queued,
-            traffic.llm,
-            traffic.embedding,
-            traffic.with_slo,
-            len(traffic.priorities),
-        )
+        traffic, self._traffic = self._traffic, Traffic()
+        chosen = traffic.choose(self.queued)
         if chosen is not self._active:
             self.switches += 1
             self._switch(chosen)
@@ -367,14 +264,7 @@ class Dispatcher:
         """
         now = self.clock()
         if self._policy is SchedulingPolicyType.ADAPTIVE:
-            traffic = self._traffic
-            if request.kind == "llm":
-                traffic.llm += 1
-            else:
-                traffic.embedding += 1
-            if request.slo_ms is not None:
-                traffic.with_slo += 1
-            traffic.priorities.add(request.priority)
+            self._traffic.count(request)
             if now >= self._next_look:
                 self._look(now)
         lane = self._lane(request.kind, request.model)
@@ -440,7 +330,7 @@ class Dispatcher:
         if not failed:
             model = self._models.get((request.kind, request.model))
             if model is None:
-                model = self._models[(request.kind, request.model)] = _LatencyModel()
+                model = self._models[(request.kind, request.model)] = LatencyModel()
             model.add(time.perf_counter() - dispatched, request.tokens)
         lane = self._lanes.get((request.kind, request.model))
         if lane is not None and len(lane.queue):
@@ -456,14 +346,7 @@ class Dispatcher:
     ) -> None:
         """Count a request the client got an answer for, in its class's metrics."""
         name = class_name or f"{request.kind}:p{request.priority}"
-        stats = self.classes.get(name)
-        if stats is None:
-            if len(self.classes) >= MAX_CLASSES - 1:  # clients choose names: bound the table
-                name = OTHER_CLASS
-                stats = self.classes.get(name)
-            if stats is None:
-                stats = self.classes[name] = ClassStats()
-        stats.record(latency_s, ttft_s, request.slo_ms, failed)
+        self.classes.stats(name).record(latency_s, ttft_s, request.slo_ms, failed)
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -475,7 +358,7 @@ class Dispatcher:
 
     def _dispatch(self, lane: _Lane) -> None:
         registry, queue = self.registry, lane.queue
-        batching = lane.kind == "embedding" and self._active in _BATCHING
+        batching = lane.kind == "embedding" and self._active in BATCHING
         while len(queue):
             instance = registry.pick(lane.kind, lane.model)
             if instance is None:
