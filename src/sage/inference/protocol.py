@@ -46,6 +46,7 @@ __all__ = [
     "EmbeddingResponse",
     "ErrorDetail",
     "ErrorResponse",
+    "FinishReason",
     "InstanceSpec",
     "ModelCard",
     "ModelList",
@@ -203,6 +204,10 @@ class SchedulingFields(BaseModel):
         }
 
 
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+"""Why a choice ended (SAGE's engines say ``stop`` or ``length``; other servers the rest)."""
+
+
 class Usage(BaseModel):
     """Token counts of a request."""
 
@@ -269,7 +274,7 @@ class Choice(BaseModel):
 
     index: int = 0
     message: ChatMessage
-    finish_reason: Literal["stop", "length"] | None = "stop"
+    finish_reason: FinishReason | None = "stop"
 
 
 class ChatCompletionResponse(BaseModel):
@@ -288,7 +293,7 @@ class ChunkChoice(BaseModel):
 
     index: int = 0
     delta: DeltaMessage
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -355,7 +360,7 @@ class CompletionChoice(BaseModel):
     text: str
     index: int = 0
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = "stop"
+    finish_reason: FinishReason | None = "stop"
 
 
 class CompletionResponse(BaseModel):

@@ -19,9 +19,9 @@ import pytest
 
 from sage.common.errors import ConfigError
 from sage.inference.deploy.processes import SpawnError, spawn, terminate
-from sage.inference.deploy.serving import ENGINES, build_engine
 from sage.inference.deploy.stack import LocalStack
 from sage.inference.engines.base import Delta, SamplingParams
+from sage.inference.engines.factory import ENGINES, build_engine
 from sage.inference.engines.simulated import (
     SIMULATED_TEXT,
     SimulatedEmbeddingEngine,

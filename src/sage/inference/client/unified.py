@@ -21,8 +21,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import atexit
-import queue
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
@@ -30,20 +28,19 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from sage.common.concurrency import LoopThread
 from sage.common.config.ports import SagePorts
 from sage.common.config.settings import load_settings
 from sage.common.errors import GatewayError
+from sage.inference.client.answers import answer_text, raise_for, stream_piece, vectors
+from sage.inference.client.discovery import PROBE_TIMEOUT, discover
+from sage.inference.client.embedded import EmbeddedEngines
 from sage.inference.engines.base import (
-    EmbeddingEngine,
-    LLMEngine,
     SamplingParams,
 )
 
 __all__ = ["UnifiedInferenceClient"]
 
 Messages = str | Sequence[dict[str, Any]]
-_PROBE_TIMEOUT = httpx.Timeout(1.0, connect=0.3)
 
 
 def _messages(messages: Messages) -> list[dict[str, Any]]:
@@ -53,117 +50,6 @@ def _messages(messages: Messages) -> list[dict[str, Any]]:
 
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions"}
-
-
-def _answer(payload: dict[str, Any], kind: str) -> str:
-    """The text of a non-streamed ``chat`` or ``completion`` answer."""
-    choice = payload["choices"][0]
-    return str(choice["message"]["content"] if kind == "chat" else choice["text"])
-
-
-def _sse_piece(line: str, kind: str) -> str | None:
-    """The text one server-sent event line of a streamed answer carries (None: none)."""
-    if not line.startswith("data: ") or line == "data: [DONE]":
-        return None
-    choice = (orjson.loads(line[6:]).get("choices") or [{}])[0]
-    piece = choice.get("delta", {}).get("content") if kind == "chat" else choice.get("text")
-    return str(piece) if piece else None
-
-
-def _vectors(response: httpx.Response) -> list[list[float]]:
-    """The embeddings of an ``/embeddings`` answer, in input order."""
-    _raise_for(response)
-    return [d["embedding"] for d in sorted(response.json()["data"], key=lambda d: d["index"])]
-
-
-def _raise_for(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    try:
-        error = response.json().get("error", {})
-        message, param = error.get("message", response.text), error.get("param")
-    except ValueError:
-        message, param = response.text, None
-    raise GatewayError(
-        f"{response.status_code} from {response.url}: {message}", response.status_code, param
-    )
-
-
-class _Embedded:
-    """Engines in this process, on one private event-loop thread shared by embedded clients.
-
-    Each model is loaded on first use and kept (one copy per process) until :meth:`shutdown`
-    or interpreter exit, so creating many embedded clients costs nothing after the first.
-    """
-
-    _runtime: ClassVar[LoopThread | None] = None
-    _engines: ClassVar[dict[tuple[str, str], Any]] = {}
-    _lock: ClassVar[threading.RLock] = threading.RLock()
-
-    def __init__(self, llm_model: str, embedding_model: str) -> None:
-        self.llm_model, self.embedding_model = llm_model, embedding_model
-
-    @classmethod
-    def _loop_thread(cls) -> LoopThread:
-        with cls._lock:
-            if cls._runtime is None:
-                cls._runtime = LoopThread("sage-embedded-engines")
-                atexit.register(cls.shutdown)
-            return cls._runtime
-
-    @classmethod
-    def call(cls, coro: Any) -> Any:
-        return cls._loop_thread().call(coro)
-
-    @classmethod
-    def shutdown(cls) -> None:
-        """Stop every embedded engine and the loop thread (idempotent)."""
-        with cls._lock:
-            runtime = cls._runtime
-            if runtime is None:
-                return
-            for engine in cls._engines.values():
-                runtime.call(engine.stop())
-            cls._engines.clear()
-            runtime.stop()
-            cls._runtime = None
-            atexit.unregister(cls.shutdown)
-
-    def _engine(self, kind: str) -> Any:
-        from sage.inference.deploy.serving import build_engine
-
-        name = self.llm_model if kind == "llm" else self.embedding_model
-        with self._lock:
-            engine = self._engines.get((kind, name))
-            if engine is None:
-                engine = build_engine(kind, name)
-                self.call(engine.start())
-                self._engines[(kind, name)] = engine
-        return engine
-
-    def stream(self, params: SamplingParams, messages: Any, prompt: str | None) -> Iterator[str]:
-        engine: LLMEngine = self._engine("llm")
-        pieces: queue.Queue[str | BaseException | None] = queue.Queue()
-
-        async def pump() -> None:
-            try:
-                async for delta in engine.generate(params, messages=messages, prompt=prompt):
-                    if delta.text:
-                        pieces.put(delta.text)
-                pieces.put(None)
-            except BaseException as exc:
-                pieces.put(exc)
-
-        self._loop_thread().submit(pump())
-        while (item := pieces.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        engine: EmbeddingEngine = self._engine("embedding")
-        vectors, _ = self.call(engine.embed(texts))
-        return list(vectors)
 
 
 class UnifiedInferenceClient:
@@ -185,7 +71,7 @@ class UnifiedInferenceClient:
         embedding_model: str | None = None,
         api_key: str | None = None,
         timeout: float = 300.0,
-        embedded: _Embedded | None = None,
+        embedded: EmbeddedEngines | None = None,
     ) -> None:
         self.mode = mode
         self.llm_base_url = llm_base_url.rstrip("/") if llm_base_url else None
@@ -231,11 +117,14 @@ class UnifiedInferenceClient:
             llm = default_llm_model or "smollm2"
             emb = default_embedding_model or "all-minilm-l6-v2"
             return cls(
-                mode="embedded", llm_model=llm, embedding_model=emb, embedded=_Embedded(llm, emb)
+                mode="embedded",
+                llm_model=llm,
+                embedding_model=emb,
+                embedded=EmbeddedEngines(llm, emb),
             )
         key = api_key or settings.SAGE_API_KEY or settings.SAGE_CHAT_API_KEY
         if control_plane_url:
-            models = cls._discover(control_plane_url, key)
+            models = discover(control_plane_url, key)
             return cls(
                 mode="control_plane",
                 llm_base_url=control_plane_url,
@@ -249,7 +138,7 @@ class UnifiedInferenceClient:
         if prefer_local:
             gateway = f"http://127.0.0.1:{settings.SAGE_GATEWAY_PORT}/v1"
             tried.append(gateway)
-            models = cls._discover(gateway, key)
+            models = discover(gateway, key)
             if models:
                 return cls(
                     mode="gateway",
@@ -266,7 +155,7 @@ class UnifiedInferenceClient:
             for port in dict.fromkeys([*llm_ports, *emb_ports]):
                 url = f"http://127.0.0.1:{port}/v1"
                 tried.append(url)
-                for kind, model in cls._discover(url, key).items():
+                for kind, model in discover(url, key).items():
                     found.setdefault(kind, (url, model))
             if found:
                 llm_url, llm_name = found.get("llm", (None, None))
@@ -314,30 +203,6 @@ class UnifiedInferenceClient:
             if client is None:
                 client = cls._instances[key] = cls.create_auto(**create_kwargs)
             return client
-
-    @staticmethod
-    def _discover(base_url: str, api_key: str | None) -> dict[str, str]:
-        """``{"llm": model, "embedding": model}`` served at ``base_url`` ({} if nothing answers)."""
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        root = base_url.rstrip("/").removesuffix("/v1")
-        try:
-            with httpx.Client(timeout=_PROBE_TIMEOUT, headers=headers) as http:
-                managed = http.get(f"{root}/v1/management/instances")
-                if managed.status_code == 200:  # a SAGE gateway: it knows each model's type
-                    kinds: dict[str, str] = {}
-                    for instance in managed.json()["instances"]:
-                        kinds.setdefault(instance["instance_type"], instance["model_name"])
-                    return kinds
-                health = http.get(f"{root}/health")
-                if health.status_code == 200 and "type" in health.json():  # a SAGE engine
-                    return {health.json()["type"]: health.json()["model"]}
-                listed = http.get(f"{root}/v1/models")
-                if listed.status_code == 200:  # any OpenAI-compatible server
-                    names = [m["id"] for m in listed.json().get("data", [])]
-                    return {"llm": names[0]} if names else {}
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        return {}
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -416,28 +281,26 @@ class UnifiedInferenceClient:
         endpoint = url + _PATHS[kind]
         if stream:
             return self._stream(endpoint, {**body, "stream": True}, kind)
-        response = self._http.post(endpoint, content=orjson.dumps(body))
-        _raise_for(response)
-        return _answer(response.json(), kind)
+        return answer_text(self._http.post(endpoint, content=orjson.dumps(body)), kind)
 
     def _stream(self, url: str, body: dict[str, Any], kind: str) -> Iterator[str]:
         with self._http.stream("POST", url, content=orjson.dumps(body)) as response:
             if response.status_code >= 400:
                 response.read()
-                _raise_for(response)
+                raise_for(response)
             for line in response.iter_lines():
-                if piece := _sse_piece(line, kind):
+                if piece := stream_piece(line, kind, url):
                     yield piece
 
     def embed(self, texts: str | Sequence[str], *, model: str | None = None) -> Any:
         """One vector for one text; a list of vectors for a list of texts."""
         batch = [texts] if isinstance(texts, str) else list(texts)
         if self._embedded is not None:
-            vectors = self._embedded.embed(batch)
+            found = self._embedded.embed(batch)
         else:
             url, content = self._embedding_request(batch, model)
-            vectors = _vectors(self._http.post(url, content=content))
-        return vectors[0] if isinstance(texts, str) else vectors
+            found = vectors(self._http.post(url, content=content))
+        return found[0] if isinstance(texts, str) else found
 
     def _embedding_request(self, batch: list[str], model: str | None) -> tuple[str, bytes]:
         name = model or self.embedding_model
@@ -475,7 +338,7 @@ class UnifiedInferenceClient:
                 continue
             try:
                 status[part]["healthy"] = (
-                    self._http.get(f"{url}/models", timeout=_PROBE_TIMEOUT).status_code == 200
+                    self._http.get(f"{url}/models", timeout=PROBE_TIMEOUT).status_code == 200
                 )
             except httpx.HTTPError:
                 status[part]["healthy"] = False
@@ -515,16 +378,15 @@ class UnifiedInferenceClient:
         if stream:
             return self._astream(endpoint, {**body, "stream": True}, kind)
         response = await self._async_client().post(endpoint, content=orjson.dumps(body))
-        _raise_for(response)
-        return _answer(response.json(), kind)
+        return answer_text(response, kind)
 
     async def _astream(self, url: str, body: dict[str, Any], kind: str) -> AsyncIterator[str]:
         async with self._async_client().stream("POST", url, content=orjson.dumps(body)) as response:
             if response.status_code >= 400:
                 await response.aread()
-                _raise_for(response)
+                raise_for(response)
             async for line in response.aiter_lines():
-                if piece := _sse_piece(line, kind):
+                if piece := stream_piece(line, kind, url):
                     yield piece
 
     async def aembed(self, texts: str | Sequence[str], *, model: str | None = None) -> Any:
@@ -533,8 +395,8 @@ class UnifiedInferenceClient:
             return await asyncio.to_thread(self.embed, texts, model=model)
         batch = [texts] if isinstance(texts, str) else list(texts)
         url, content = self._embedding_request(batch, model)
-        vectors = _vectors(await self._async_client().post(url, content=content))
-        return vectors[0] if isinstance(texts, str) else vectors
+        found = vectors(await self._async_client().post(url, content=content))
+        return found[0] if isinstance(texts, str) else found
 
     def close(self) -> None:
         """Close pooled connections (a closed singleton is forgotten by :meth:`get_instance`)."""
@@ -549,7 +411,7 @@ class UnifiedInferenceClient:
 
         Called at interpreter exit; call it earlier to free the models' memory.
         """
-        _Embedded.shutdown()
+        EmbeddedEngines.shutdown()
 
     async def aclose(self) -> None:
         """Close pooled connections (async twin)."""

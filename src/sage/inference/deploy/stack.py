@@ -113,7 +113,7 @@ class LocalStack:
             ConfigError: a model is not available offline.
             OSError: a port is taken.
         """
-        from sage.inference.deploy.serving import build_engine
+        from sage.inference.engines.factory import build_engine
 
         self._loop = LoopThread("sage-local-stack")
         try:
