@@ -102,3 +102,13 @@ def test_sage_common_holds_no_inference_code_only_the_seed_paths() -> None:
     assert {path for path in bad if not path.startswith("common/components/")} == set()
     components = SRC / "common" / "components"
     assert sorted(p.name for p in components.rglob("*.py")) == ["__init__.py"] * 3
+
+
+def test_no_module_of_the_inference_package_holds_more_than_one_concepts_worth() -> None:
+    """About 500 lines at most: a longer module has grown a second concept to split off."""
+    long = {
+        str(path.relative_to(SRC)): n
+        for path in (SRC / "inference").rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > 520
+    }
+    assert long == {}

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
+from sage.inference.protocol import InstanceSpec
 
 __all__ = [
     "BackendInstanceConfig",
@@ -49,9 +54,45 @@ class SchedulingPolicyType(StrEnum):
             raise ConfigError(f"unknown scheduling policy {value!r}; use one of: {names}") from None
 
 
+def _hint(field_name: str) -> str:
+    """How to fix ``field_name`` of an instance, from its schema (one source of the bounds)."""
+    schema = InstanceSpec.model_json_schema()["properties"].get(field_name, {})
+    options = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
+    first = options[0] if options else {}
+    if "enum" in first:
+        return "use " + " or ".join(repr(v) for v in first["enum"])
+    if first.get("type") == "integer" and "minimum" in first and "maximum" in first:
+        return f"use an integer from {first['minimum']} to {first['maximum']}"
+    if "const" in first:
+        return f"use {first['const']!r}"
+    described = schema.get("description")
+    return f"use {first.get('type', 'a valid value')}" + (f" ({described})" if described else "")
+
+
+def _invalid(exc: ValidationError, raw: Mapping[str, Any], where: str) -> ConfigError:
+    """The first problem of an instance's fields, named as ``where.field`` with its fix."""
+    problem = exc.errors()[0]
+    field_name = str(problem["loc"][0]) if problem.get("loc") else "?"
+    if problem["type"] == "extra_forbidden":
+        valid = list(InstanceSpec.model_fields)
+        close = difflib.get_close_matches(field_name, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return ConfigError(
+            f"{where}: unknown key {field_name!r}{hint}; valid keys are: {', '.join(valid)}"
+        )
+    return ConfigError(
+        f"{where}.{field_name}={raw.get(field_name)!r} is invalid ({problem['msg']}); "
+        f"{_hint(field_name)}"
+    )
+
+
 @dataclass
 class BackendInstanceConfig:
     """One engine server the gateway sends requests to.
+
+    Checked on construction against :class:`~sage.inference.protocol.InstanceSpec`, the
+    one definition of an instance's fields (the management API checks new instances with
+    it too).
 
     Attributes:
         host: Host of the engine's OpenAI-compatible server.
@@ -63,6 +104,9 @@ class BackendInstanceConfig:
         api_key: Sent as a bearer token to the instance, if it needs one.
         tls: Connect with HTTPS (remote endpoints).
         base_path: Path prefix of its API (``/v1``).
+
+    Raises:
+        ConfigError: a field is invalid (the message names it and the fix).
     """
 
     host: str = "127.0.0.1"
@@ -76,18 +120,48 @@ class BackendInstanceConfig:
     base_path: str = "/v1"
 
     def __post_init__(self) -> None:
-        if self.instance_type not in ("llm", "embedding"):
-            raise ConfigError(
-                f"instance_type={self.instance_type!r} is invalid; use 'llm' or 'embedding'"
-            )
-        if self.max_concurrent_requests < 1:
-            raise ConfigError(
-                f"max_concurrent_requests={self.max_concurrent_requests} must be at least 1"
-            )
+        fields = asdict(self)
+        try:
+            InstanceSpec.model_validate(fields, strict=True)
+        except ValidationError as exc:
+            raise _invalid(exc, fields, "instance") from None
         if self.host == "localhost":
             self.host = "127.0.0.1"  # skip the resolver: loopback by address
         if self.instance_id is None:
             self.instance_id = f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_mapping(
+        cls, raw: Any, where: str = "instance", *, required: tuple[str, ...] = ()
+    ) -> BackendInstanceConfig:
+        """An instance from a dict of its fields (a config file's, a service's config).
+
+        Args:
+            raw: The fields.
+            where: How errors name it (``"instances[2]"``).
+            required: Fields that must be given (the others have defaults).
+
+        Raises:
+            ConfigError: ``raw`` is not a dict, has an unknown or missing key, or a value
+                that is invalid; the message names it and the fix.
+        """
+        if not isinstance(raw, Mapping):
+            raise ConfigError(
+                f"{where} is {type(raw).__name__}; each instance is a dict with "
+                f"{', '.join(InstanceSpec.model_fields)}"
+            )
+        for key in required:
+            if key not in raw:
+                raise ConfigError(
+                    f"{where}: {key!r} is missing; every instance needs "
+                    f"{' and '.join(required)} (e.g. 'port': 8001, "
+                    "'model_name': 'Qwen/Qwen2.5-7B-Instruct')"
+                )
+        try:
+            spec = InstanceSpec.model_validate(dict(raw), strict=True)
+        except ValidationError as exc:
+            raise _invalid(exc, raw, where) from None
+        return cls(**spec.model_dump())
 
     @property
     def id(self) -> str:

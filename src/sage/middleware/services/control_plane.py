@@ -71,15 +71,6 @@ _GATEWAY_HOST = "127.0.0.1"
 _LIFECYCLE_TIMEOUT_S = 60.0
 
 _TOP_KEYS = ("scheduling_policy", "instances", "gateway_port", "request_timeout_s")
-_INSTANCE_KEYS = (
-    "instance_id",
-    "host",
-    "port",
-    "model_name",
-    "instance_type",
-    "max_concurrent_requests",
-    "api_key",
-)
 _REQUIRED_INSTANCE_KEYS = ("port", "model_name")
 
 
@@ -124,49 +115,6 @@ def _int(value: object, key: str, low: int, high: int) -> int:
     return value
 
 
-def _text(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key}={value!r} is invalid; use a non-empty string")
-    return value
-
-
-def _instance(raw: object, index: int) -> BackendInstanceConfig:
-    where = f"instances[{index}]"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            f"{where} is {type(raw).__name__}; each instance is a dict with "
-            f"{', '.join(_INSTANCE_KEYS)}"
-        )
-    for key in raw:
-        if key not in _INSTANCE_KEYS:
-            raise _unknown_key(key, where, _INSTANCE_KEYS)
-    for key in _REQUIRED_INSTANCE_KEYS:
-        if key not in raw:
-            raise ConfigError(
-                f"{where}: {key!r} is missing; every instance needs "
-                f"{' and '.join(_REQUIRED_INSTANCE_KEYS)} (e.g. 'port': 8001, "
-                "'model_name': 'Qwen/Qwen2.5-7B-Instruct')"
-            )
-    instance_id = raw.get("instance_id")
-    api_key = raw.get("api_key")
-    instance_type = raw.get("instance_type", "llm")
-    if instance_type not in ("llm", "embedding"):
-        raise ConfigError(
-            f"{where}.instance_type={instance_type!r} is invalid; use 'llm' or 'embedding'"
-        )
-    return BackendInstanceConfig(
-        host=_text(raw.get("host", "localhost"), f"{where}.host"),
-        port=_int(raw["port"], f"{where}.port", 1, 65535),
-        model_name=_text(raw["model_name"], f"{where}.model_name"),
-        instance_type=instance_type,
-        max_concurrent_requests=_int(
-            raw.get("max_concurrent_requests", 64), f"{where}.max_concurrent_requests", 1, 1 << 20
-        ),
-        instance_id=None if instance_id is None else _text(instance_id, f"{where}.instance_id"),
-        api_key=None if api_key is None else _text(api_key, f"{where}.api_key"),
-    )
-
-
 def parse_service_config(raw: Mapping[str, Any]) -> ControlPlaneServiceConfig:
     """Validate the seed's dict config.
 
@@ -198,7 +146,12 @@ def parse_service_config(raw: Mapping[str, Any]) -> ControlPlaneServiceConfig:
             "'instances': [{'instance_id': 'llm-1', 'host': 'localhost', 'port': 8001, "
             "'model_name': 'Qwen/Qwen2.5-7B-Instruct'}]"
         )
-    instances = tuple(_instance(item, i) for i, item in enumerate(listed))
+    instances = tuple(
+        BackendInstanceConfig.from_mapping(
+            item, f"instances[{i}]", required=_REQUIRED_INSTANCE_KEYS
+        )
+        for i, item in enumerate(listed)
+    )
     seen: dict[str, int] = {}
     for index, instance in enumerate(instances):
         if instance.id in seen:
