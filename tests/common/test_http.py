@@ -81,14 +81,14 @@ def build(server: HttpServer) -> None:
         return StreamResponse(chunks())
 
     async def item(request: Request) -> Response:
-        return json_response({"id": request.path.rsplit("/", 1)[-1]})
+        return json_response({"id": request.params["item_id"]})
 
     server.route("POST", "/echo", echo)
     server.route("GET", "/crash", crash)
     server.route("GET", "/teapot", teapot)
     server.route("GET", "/events", events)
     server.route("GET", "/broken", broken)
-    server.route("DELETE", "/items/", item, prefix=True)
+    server.route("DELETE", "/items/{item_id}", item)
 
 
 @pytest.fixture
@@ -180,3 +180,30 @@ def test_a_stream_whose_producer_fails_is_cut_off_not_left_hanging(running: Runn
             for _ in answer.iter_lines():
                 pass
         assert client.post("/echo", json=2).json()["got"] == 2  # still serving
+
+
+def test_a_stalled_body_gets_408_and_errors_are_sage_errors() -> None:
+    from sage.common.errors import SageError
+
+    assert issubclass(HttpError, SageError)
+    thread = LoopThread("test-http-stall")
+    server = HttpServer("stall", read_timeout_s=0.3)
+
+    async def echo(request: Request) -> Response:
+        return json_response({"size": len(request.body)})
+
+    server.route("POST", "/echo", echo)
+    port = thread.call(server.start(), timeout=10)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            raw.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            reply = b""
+            while chunk := raw.recv(4096):  # until the server closes it
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 408")
+        assert httpx.post(f"http://127.0.0.1:{port}/echo", content=b"0123456789").json() == {
+            "size": 10
+        }
+    finally:
+        thread.call(server.close(), timeout=10)
+        thread.stop()

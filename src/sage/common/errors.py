@@ -13,7 +13,8 @@ layer, so callers can catch as broadly or narrowly as they need::
     ├── ServiceError         a service could not be created, called or cleaned up
     │   ├── UnknownServiceError  no service or method of that name (lists what exists)
     │   └── ServiceTimeoutError  a call did not finish in time and no fallback took it
-    └── GatewayError         an inference server answered with an error, or none was found
+    ├── GatewayError         an inference server answered with an error, or none was found
+    └── HttpError            a server's answer with an HTTP status (sage.common.http)
 
 Warnings SAGE issues derive from :class:`SageWarning` (a ``UserWarning``), so they can be
 filtered as one: ``warnings.simplefilter("error", SageWarning)``.

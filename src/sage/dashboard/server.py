@@ -140,7 +140,7 @@ class DashboardServer(BackgroundServer):
         self._changed = asyncio.Event()
         http = HttpServer("sage-dashboard", max_body=MAX_SNAPSHOT_BYTES, authorize=self._authorize)
         http.route("GET", "/", self._index)
-        http.route("GET", "/static/", self._static_file, prefix=True)
+        http.route("GET", "/static/{name}", self._static_file)
         http.route("GET", "/api/state", self._state_route)
         http.route("GET", "/events", self._events)
         http.route("POST", INGEST_PATH, self._ingest)
@@ -268,7 +268,7 @@ class DashboardServer(BackgroundServer):
         return _asset("index.html")
 
     async def _static_file(self, request: Request) -> Response:
-        return _asset(request.path.removeprefix("/static/"))
+        return _asset(request.params["name"])
 
     async def _state_route(self, request: Request) -> Response:
         body = orjson.dumps(self.state(), option=orjson.OPT_SERIALIZE_NUMPY)

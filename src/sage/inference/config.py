@@ -241,6 +241,13 @@ class UnifiedServerConfig:
             larger one gets 400 naming the limit.
         shutdown_grace_s: On stop, how long requests in progress may take to finish (new
             ones get 503 with ``Retry-After`` meanwhile) before connections are closed.
+        stream_chunk_timeout_s: Longest an instance may pause between two events of a
+            streamed answer; past it the stream is cut (the client sees it end early) and
+            the instance's slot is given back.
+        header_timeout_s: A request's head must arrive within this long (else 408).
+        idle_timeout_s: A client connection idle this long is closed.
+        enable_cors: Answer browsers' CORS preflights and allow ``cors_origins``.
+        cors_origins: Origins a browser may call from when ``enable_cors`` (``["*"]``: any).
     """
 
     host: str = "127.0.0.1"
@@ -264,9 +271,24 @@ class UnifiedServerConfig:
     max_queued_requests: int | None = 4096
     max_tokens_limit: int | None = None
     shutdown_grace_s: float = 30.0
+    stream_chunk_timeout_s: float = 120.0
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+    enable_cors: bool = False
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
 
     def __post_init__(self) -> None:
         self.scheduling_policy = SchedulingPolicyType.parse(self.scheduling_policy)
+        for name in ("stream_chunk_timeout_s", "header_timeout_s", "idle_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"{name}={value!r} is invalid; use a number of seconds > 0")
+        origins: Any = self.cors_origins  # a config file may give anything
+        if isinstance(origins, str) or not all(isinstance(o, str) and o for o in origins):
+            raise ConfigError(
+                f"cors_origins={self.cors_origins!r} is invalid; use a list of origins such "
+                "as ['https://app.example.com'], or ['*'] for any"
+            )
         RequestDefaults(self.default_priority, self.default_slo_ms)  # validates both
         self.model_defaults = {k: RequestDefaults.of(v) for k, v in self.model_defaults.items()}
         self.api_key_defaults = {k: RequestDefaults.of(v) for k, v in self.api_key_defaults.items()}

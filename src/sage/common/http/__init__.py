@@ -2,6 +2,7 @@
 
 from sage.common.http.client import BackendUnavailable, HttpPool, HttpResult
 from sage.common.http.server import (
+    REQUEST_ID,
     HttpError,
     HttpServer,
     Request,
@@ -11,6 +12,7 @@ from sage.common.http.server import (
 )
 
 __all__ = [
+    "REQUEST_ID",
     "BackendUnavailable",
     "HttpError",
     "HttpPool",

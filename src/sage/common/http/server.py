@@ -5,8 +5,16 @@ latency as possible, and a general ASGI stack costs several times the work of th
 itself (a FastAPI + httpx pass-through manages ~600 requests/s on two cores, this ~10x that).
 This module does only what SAGE's servers need:
 
-* keep-alive connections, requests handled one after another per connection;
-* routes by method and path (exact, or a prefix for ``/v1/management/instances/<id>``);
+* keep-alive connections, requests handled one after another per connection; an idle
+  connection is closed after ``idle_timeout_s``, one whose request head does not arrive
+  within ``header_timeout_s`` (or whose body stalls for ``read_timeout_s``) gets 408 and
+  is closed, so slow or stuck clients cannot hold connections for ever;
+* routes by method and path, with path parameters (``/v1/jobs/{job_id}``, in
+  ``request.params``, percent-decoded);
+* a request id: ``x-request-id`` as the client sent it (or a new one), in ``request.id``
+  and on the answer;
+* optional CORS (``cors_origins``): preflight ``OPTIONS`` answered, allowed origins named
+  on every answer;
 * JSON responses written in one ``write`` call, with ``Content-Length``;
 * streamed responses (server-sent events) with chunked encoding and write backpressure;
 * a body limit: a larger body is read and discarded, then answered with 413, so the client
@@ -23,14 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
 import orjson
+
+from sage.common.errors import SageError
 
 __all__ = [
     "Authorizer",
@@ -46,12 +59,24 @@ logger = logging.getLogger(__name__)
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _DISCARD_LIMIT = 64 * 1024 * 1024  # beyond this a too-large or refused body is cut off, not drained
+REQUEST_ID = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # what a client's id may be
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    """The id a client gave its request in ``x-request-id`` (if it is a sane one: up to
+    128 printable characters, no spaces), else a new one."""
+    given = headers.get(REQUEST_ID)
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 class Request:
-    """One HTTP request: method, path, query, lower-cased header names, body bytes."""
+    """One HTTP request: method, path, query, lower-cased header names, body bytes, its
+    path parameters (``params``) and its id (``id``: ``x-request-id``, sent or made)."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query")
+    __slots__ = ("body", "headers", "id", "keep_alive", "method", "params", "path", "query")
 
     def __init__(
         self,
@@ -68,6 +93,8 @@ class Request:
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.params: dict[str, str] = {}
+        self.id = request_id(headers)
 
     def json(self) -> Any:
         """The body parsed as JSON.
@@ -101,7 +128,7 @@ class StreamResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class HttpError(Exception):
+class HttpError(SageError):
     """Raised by a handler (or the server) to answer with ``status`` and a JSON body."""
 
     def __init__(
@@ -153,13 +180,41 @@ class _Connection(asyncio.Protocol):
         # requests in arrival order, each with the error to answer instead of running it
         self.pending: deque[tuple[Request, HttpError | None]] = deque()
         self.dropping = False  # a refused body follows: nothing more is parsed, only dropped
+        self.closed_after_answer = False  # a pipelined request stalled: close after this one
         self.busy = False
         self.idle = asyncio.Event()  # set while no request is being handled
         self.idle.set()
         self.closed = False
         self.can_write = asyncio.Event()
         self.can_write.set()
+        self.timer: asyncio.TimerHandle | None = None  # the one deadline armed now, if any
         self._reset()
+
+    # -- deadlines: one timer per connection, re-armed as it moves between states -----------
+
+    def _arm(self, seconds: float | None, fire: Callable[[], None]) -> None:
+        self._disarm()
+        if seconds is not None and not self.closed:
+            self.timer = self.server._loop.call_later(seconds, fire)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _idle_expired(self) -> None:
+        """Nothing came on a kept-alive connection for ``idle_timeout_s``: close it."""
+        self.timer = None
+        if self.transport is not None and not self.busy and not self.closed:
+            self.transport.close()
+
+    def _read_expired(self) -> None:
+        """A request's head (or its body) did not arrive in time: 408, then close."""
+        self.timer = None
+        if not self.busy:
+            self._fail(408, "the request did not arrive in time; send it whole, without pauses")
+        else:  # answering an earlier request: close once it is out
+            self.closed_after_answer = True
 
     def _reset(self) -> None:
         self.url = b""
@@ -175,9 +230,11 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server._connections.add(self)
+        self._arm(self.server.idle_timeout_s, self._idle_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._disarm()
         self.can_write.set()
         if not self.busy:
             self.idle.set()
@@ -205,6 +262,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self._arm(self.server.header_timeout_s, self._read_expired)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -216,10 +274,11 @@ class _Connection(asyncio.Protocol):
         parsed = httptools.parse_url(self.url)
         self.path = parsed.path.decode("latin-1")
         self.query = (parsed.query or b"").decode("latin-1")
+        self._arm(self.server.read_timeout_s, self._read_expired)  # until the body is in
         authorize = self.server.authorize
-        if authorize is None:
-            return
         method = self.parser.get_method().decode()
+        if authorize is None or self.server.is_preflight(method, self.headers):
+            return  # a CORS preflight carries no credentials: it is answered without them
         try:
             self.refusal = authorize(method, self.path, self.headers)
         except HttpError as exc:
@@ -237,6 +296,8 @@ class _Connection(asyncio.Protocol):
             raise _Refused
 
     def on_body(self, body: bytes) -> None:
+        if self.timer is not None:  # the body is still coming: it has read_timeout_s again
+            self._arm(self.server.read_timeout_s, self._read_expired)
         self.size += len(body)
         if self.size <= self.server.max_body:
             self.body.append(body)
@@ -244,6 +305,7 @@ class _Connection(asyncio.Protocol):
             self._fail(413, f"request body over {self.server.max_body} bytes")
 
     def on_message_complete(self) -> None:
+        self._disarm()
         if self.closed:
             return
         max_body = self.server.max_body
@@ -280,6 +342,8 @@ class _Connection(asyncio.Protocol):
         else:
             self.busy = False
             self.idle.set()
+            if self.timer is None:  # no request being read: the connection is idle
+                self._arm(self.server.idle_timeout_s, self._idle_expired)
 
     async def _handle(self, request: Request, refusal: HttpError | None) -> None:
         server = self.server
@@ -299,9 +363,11 @@ class _Connection(asyncio.Protocol):
         except HttpError as exc:
             response = self._error_response(exc)
         except Exception as exc:  # a handler bug must not take the server down
-            logger.exception("%s %s failed", request.method, request.path)
+            logger.exception("%s %s failed (request %s)", request.method, request.path, request.id)
             response = Response(status=500, body=server.error_body(500, f"internal error: {exc}"))
-        if server.draining:
+        response.headers[REQUEST_ID] = request.id
+        server.add_cors(request, response.headers)
+        if server.draining or self.closed_after_answer:
             request.keep_alive = False  # the answer is the connection's last
         try:
             if isinstance(response, StreamResponse):
@@ -403,11 +469,26 @@ class _Connection(asyncio.Protocol):
         return self.closed
 
     def _fail(self, status: int, message: str) -> None:
+        self._disarm()
         if self.transport is not None and not self.closed:
             body = self.server.error_body(status, message)
             self._write(Response(status=status, body=body), keep_alive=False)
             self.transport.close()
         self.closed = True
+
+
+_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _pattern(path: str) -> re.Pattern[str] | None:
+    """The regular expression of a route with ``{name}`` segments (``None``: a plain path)."""
+    if "{" not in path:
+        return None
+    parts = _PARAMETER.split(path)  # text, name, text, name, ..., text
+    regex = "".join(
+        re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)" for i, part in enumerate(parts)
+    )
+    return re.compile(f"^{regex}$")
 
 
 class HttpServer:
@@ -419,6 +500,13 @@ class HttpServer:
         error_body: Builds the JSON body of an error from (status, message).
         authorize: Sees each request's head before its body is read, and may refuse it
             (see :data:`Authorizer`); ``None``: every request goes to its handler.
+        header_timeout_s: A request's head must arrive within this many seconds of its
+            first byte (else 408 and the connection closes); ``None``: no limit.
+        read_timeout_s: Longest pause while a request's body arrives (else 408).
+        idle_timeout_s: A kept-alive connection with no request for this long is closed
+            (longer than the 5 s clients such as httpx keep idle connections).
+        cors_origins: Origins allowed to call from a browser (``["*"]``: any); ``None``:
+            no CORS headers and no preflight answers.
     """
 
     def __init__(
@@ -428,40 +516,96 @@ class HttpServer:
         max_body: int = 8 * 1024 * 1024,
         error_body: ErrorBody = _default_error_body,
         authorize: Authorizer | None = None,
+        header_timeout_s: float | None = 10.0,
+        read_timeout_s: float | None = 60.0,
+        idle_timeout_s: float | None = 75.0,
+        cors_origins: Sequence[str] | None = None,
     ) -> None:
         self.name = name
         self.max_body = max_body
         self.error_body = error_body
         self.authorize = authorize
+        self.header_timeout_s = header_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.cors_origins = None if cors_origins is None else frozenset(cors_origins)
         self._routes: dict[tuple[str, str], Handler] = {}
-        self._prefixes: list[tuple[str, str, Handler]] = []
+        self._patterns: list[tuple[str, re.Pattern[str], Handler]] = []
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self.draining = False  # close() began: requests in progress finish, new ones get 503
         self._loop: asyncio.AbstractEventLoop  # the loop ``start`` runs on (set there)
 
-    def route(self, method: str, path: str, handler: Handler, *, prefix: bool = False) -> None:
-        """Send ``method path`` (or, with ``prefix``, every path under it) to ``handler``."""
-        if prefix:
-            self._prefixes.append((method, path, handler))
-            self._prefixes.sort(key=lambda r: -len(r[1]))
-        else:
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        """Send ``method path`` to ``handler``; ``{name}`` segments of ``path`` match one
+        path segment each and reach the handler in ``request.params``."""
+        pattern = _pattern(path)
+        if pattern is None:
             self._routes[(method, path)] = handler
+        else:
+            self._patterns.append((method, pattern, handler))
+
+    def _methods(self, path: str) -> set[str]:
+        """The methods some route answers on ``path``."""
+        methods = {m for m, p in self._routes if p == path}
+        methods.update(m for m, pattern, _ in self._patterns if pattern.match(path))
+        return methods
 
     async def _dispatch(self, request: Request) -> Response | StreamResponse:
+        if self.is_preflight(request.method, request.headers):
+            return self._preflight(request)
         handler = self._routes.get((request.method, request.path))
         if handler is None:
-            for method, prefix, candidate in self._prefixes:
-                if request.method == method and request.path.startswith(prefix):
+            for method, pattern, candidate in self._patterns:
+                if method == request.method and (found := pattern.match(request.path)):
+                    request.params = {k: unquote(v) for k, v in found.groupdict().items()}
                     handler = candidate
                     break
         if handler is None:
-            if any(p == request.path for _, p in self._routes) or any(
-                request.path.startswith(p) for _, p, _ in self._prefixes
-            ):
+            if self._methods(request.path):
                 raise HttpError(405, f"method {request.method} is not allowed on {request.path}")
             raise HttpError(404, f"no route {request.method} {request.path}")
         return await handler(request)
+
+    # -- CORS ------------------------------------------------------------------------------
+
+    def is_preflight(self, method: str, headers: Mapping[str, str]) -> bool:
+        """Whether a request is a CORS preflight this server answers."""
+        return (
+            self.cors_origins is not None
+            and method == "OPTIONS"
+            and "access-control-request-method" in headers
+        )
+
+    def _allowed_origin(self, headers: Mapping[str, str]) -> str | None:
+        origin = headers.get("origin")
+        allowed = self.cors_origins
+        if origin is None or allowed is None:
+            return None
+        if "*" in allowed:
+            return "*"
+        return origin if origin in allowed else None
+
+    def add_cors(self, request: Request, headers: dict[str, str]) -> None:
+        """Name the request's origin on its answer when it is allowed (CORS)."""
+        origin = self._allowed_origin(request.headers)
+        if origin is not None:
+            headers["access-control-allow-origin"] = origin
+            headers["access-control-expose-headers"] = REQUEST_ID
+            if origin != "*":
+                headers["vary"] = "origin"
+
+    def _preflight(self, request: Request) -> Response:
+        methods = self._methods(request.path)
+        if self._allowed_origin(request.headers) is None or not methods:
+            return Response(status=403, body=self.error_body(403, "origin or path not allowed"))
+        asked = request.headers.get("access-control-request-headers", "")
+        headers = {
+            "access-control-allow-methods": ", ".join(sorted(methods)),
+            "access-control-allow-headers": asked or "authorization, content-type",
+            "access-control-max-age": "600",
+        }
+        return Response(status=204, headers=headers)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on ``host:port`` (0: any free port); return the port.

@@ -13,7 +13,7 @@ from time import perf_counter
 
 import orjson
 
-from sage.common.http import BackendUnavailable, Request, Response, StreamResponse
+from sage.common.http import REQUEST_ID, BackendUnavailable, Request, Response, StreamResponse
 from sage.inference.config import UnifiedServerConfig
 from sage.inference.control_plane.batching import (
     batch_key,
@@ -166,7 +166,11 @@ class Forwarder:
             try:
                 result = await asyncio.wait_for(
                     instance.pool.request(
-                        "POST", instance.path(request.path), send, instance.headers, stream=stream
+                        "POST",
+                        instance.path(request.path),
+                        send,
+                        {**instance.headers, REQUEST_ID: request.id},
+                        stream=stream,
                     ),
                     self.config.request_timeout_s,
                 )
@@ -175,7 +179,7 @@ class Forwarder:
                 dispatcher.finish(pending, instance, dispatched, failed=True)
                 registry.mark(instance, False, str(exc) or type(exc).__name__)
                 settle_riders(grant.riders, None)
-                logger.warning("instance %s failed: %s", instance.id, exc)
+                logger.warning("instance %s failed (request %s): %s", instance.id, request.id, exc)
                 failures += 1
                 if failures <= len(registry.of_model(kind, model)) and registry.has_healthy(
                     kind, model
@@ -205,7 +209,12 @@ class Forwarder:
                 dispatcher.record(pending, elapsed, elapsed, failed, class_name)
                 return Response(status=result.status, body=answer, content_type=content_type)
             settle = partial(self._settle, pending, instance, dispatched, arrived, class_name)
-            relay = StreamRelay(result.chunks, settle, self.config.request_timeout_s)
+            relay = StreamRelay(
+                result.chunks,
+                settle,
+                self.config.request_timeout_s,
+                self.config.stream_chunk_timeout_s,
+            )
             return StreamResponse(relay, result.status, content_type)
 
     def _settle(

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
-from urllib.parse import unquote
 
 from pydantic import ValidationError
 
@@ -84,8 +83,7 @@ class Management:
 
     async def remove_instance(self, request: Request) -> Response:
         self._check_key(request)
-        # the id as the client wrote it before percent-encoding it into the path
-        instance_id = unquote(request.path[len(INSTANCES_PATH) + 1 :])
+        instance_id = request.params["instance_id"]  # as the client wrote it (decoded)
         try:
             await self.registry.remove(instance_id)
         except KeyError:

@@ -23,6 +23,8 @@ class StreamRelay:
         chunks: The instance's streamed body.
         settle: Called once, with whether the stream failed and when its first chunk came.
         timeout_s: Longest to wait for the instance's first chunk when closing unstarted.
+        chunk_timeout_s: Longest to wait for each chunk; past it the stream fails (an
+            instance that stalls mid-answer must not hold the slot and the client for ever).
     """
 
     def __init__(
@@ -30,10 +32,12 @@ class StreamRelay:
         chunks: AsyncIterator[bytes],
         settle: Callable[[bool, float | None], None],
         timeout_s: float,
+        chunk_timeout_s: float | None = None,
     ) -> None:
         self._chunks = chunks
         self._settle = settle
         self._timeout_s = timeout_s
+        self._chunk_timeout_s = chunk_timeout_s
         self._started = False
         self._first: float | None = None
         self._closed = False
@@ -46,7 +50,7 @@ class StreamRelay:
             raise StopAsyncIteration
         self._started = True
         try:
-            chunk = await anext(self._chunks)
+            chunk = await asyncio.wait_for(anext(self._chunks), self._chunk_timeout_s)
         except StopAsyncIteration:
             await self._close(failed=False)
             raise

@@ -170,7 +170,14 @@ class UnifiedAPIServer:
         manage = Management(
             config, registry, dispatcher, health, self._check_key, self.metrics_snapshot
         )
-        http = HttpServer("sage-gateway", max_body=config.max_body_bytes, error_body=error_body)
+        http = HttpServer(
+            "sage-gateway",
+            max_body=config.max_body_bytes,
+            error_body=error_body,
+            header_timeout_s=config.header_timeout_s,
+            idle_timeout_s=config.idle_timeout_s,
+            cors_origins=config.cors_origins if config.enable_cors else None,
+        )
         for path in KIND_OF_PATH:
             http.route("POST", path, forward)
         http.route("GET", "/v1/models", self._models)
@@ -178,7 +185,7 @@ class UnifiedAPIServer:
         http.route("GET", "/metrics", self._metrics)
         http.route("GET", INSTANCES_PATH, manage.list_instances)
         http.route("POST", INSTANCES_PATH, manage.add_instance)
-        http.route("DELETE", INSTANCES_PATH + "/", manage.remove_instance, prefix=True)
+        http.route("DELETE", INSTANCES_PATH + "/{instance_id}", manage.remove_instance)
         http.route("GET", "/v1/management/policy", manage.get_policy)
         http.route("PUT", "/v1/management/policy", manage.set_policy)
         http.route("GET", "/v1/management/metrics", manage.metrics)

@@ -87,7 +87,6 @@ __all__ = [
     "error_info",
     "job_path",
     "metrics_from_dict",
-    "parse_job_path",
     "rebuild_error",
 ]
 
@@ -270,15 +269,6 @@ class Health(BaseModel):
 def job_path(job_id: str, action: str = "") -> str:
     """``/v1/jobs/{id}`` or ``/v1/jobs/{id}/{action}``."""
     return f"{JOBS_PATH}/{job_id}" + (f"/{action}" if action else "")
-
-
-def parse_job_path(path: str) -> tuple[str, str] | None:
-    """``(job_id, action)`` of a path under ``/v1/jobs/``, or ``None`` if it is not one."""
-    rest = path[len(JOBS_PATH) + 1 :] if path.startswith(JOBS_PATH + "/") else ""
-    job_id, _, action = rest.partition("/")
-    if not job_id or action not in JOB_ACTIONS:
-        return None
-    return job_id, action
 
 
 def chunk_mac(token: str, job_id: str, seq: int, collector: str, payload: bytes) -> str:

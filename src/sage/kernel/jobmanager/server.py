@@ -726,8 +726,9 @@ class JobManagerServer(BackgroundServer):
         http.route("GET", METRICS_PATH, self._metrics)
         http.route("GET", JOBS_PATH, self._list)
         http.route("POST", JOBS_PATH, self._submit)
-        http.route("GET", JOBS_PATH + "/", self._job_get, prefix=True)
-        http.route("POST", JOBS_PATH + "/", self._job_post, prefix=True)
+        http.route("GET", JOBS_PATH + "/{job_id}", self._job_get)
+        http.route("GET", JOBS_PATH + "/{job_id}/{action}", self._job_get)
+        http.route("POST", JOBS_PATH + "/{job_id}/{action}", self._job_post)
         self.port = await http.start(self.host, self.port)
         self._http = http
         logger.info(
@@ -832,11 +833,16 @@ class JobManagerServer(BackgroundServer):
             raise HttpError(503, str(exc)) from None
         return json_response(entry.info(), status=201)
 
+    @staticmethod
+    def _action(request: Request) -> tuple[str, str]:
+        """The job id and the action of a request under ``/v1/jobs/{job_id}``."""
+        action = request.params.get("action", "")
+        if protocol.JOB_ACTIONS.get(action) != request.method:
+            raise HttpError(404, f"no route {request.method} {request.path}")
+        return request.params["job_id"], action
+
     async def _job_get(self, request: Request) -> Response:
-        parsed = protocol.parse_job_path(request.path)
-        if parsed is None or protocol.JOB_ACTIONS[parsed[1]] != "GET":
-            raise HttpError(404, f"no route GET {request.path}")
-        job_id, action = parsed
+        job_id, action = self._action(request)
         entry = self._entry(job_id)
         if action == "wait":
             timeout = min(_query(request, "timeout", MAX_WAIT_S), MAX_WAIT_S)
@@ -891,10 +897,7 @@ class JobManagerServer(BackgroundServer):
         )
 
     async def _job_post(self, request: Request) -> Response:
-        parsed = protocol.parse_job_path(request.path)
-        if parsed is None or protocol.JOB_ACTIONS[parsed[1]] != "POST":
-            raise HttpError(404, f"no route POST {request.path}")
-        job_id, action = parsed
+        job_id, action = self._action(request)
         self._entry(job_id)
         control = self.manager.stop if action == "stop" else self.manager.cancel
         entry = await asyncio.get_running_loop().run_in_executor(None, control, job_id)
