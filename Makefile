@@ -60,14 +60,16 @@ $(VENV)/.stamp-bench: pyproject.toml $(VENV)/.stamp-llm
 	$(PIP) install -e '.[bench,services,ray]'
 	@touch $@
 
-# The routers benchmarks/inference.py compares the gateway with, in their own virtualenv so
-# their dependencies never meet SAGE's (LiteLLM pins many). LiteLLM 1.107.0 was a compromised
+# The routers benchmarks/inference.py compares the gateway with (and the frameworks of the
+# pass-through baselines), in their own virtualenv so their dependencies never meet SAGE's
+# (LiteLLM pins many). LiteLLM 1.107.0 was a compromised
 # release: keep the pin off it.
 PEERS := .venv-peers
 $(PEERS)/.stamp: Makefile | $(PY)
 	$(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip --disable-pip-version-check --quiet install \
-		vllm-router==0.1.17 'litellm[proxy]==1.100.0'
+		vllm-router==0.1.17 'litellm[proxy]==1.100.0' \
+		aiohttp starlette 'uvicorn[standard]' httpx
 	@touch $@
 
 demo: $(VENV)/.stamp-llm

@@ -180,6 +180,8 @@ class SchedulingFields(BaseModel):
         SchedulingFields(priority=0, slo_ms=2000.0)
     """
 
+    model_config = ConfigDict(frozen=True)
+
     priority: Priority = None
     slo_ms: SloMs = None
 
@@ -191,9 +193,11 @@ class SchedulingFields(BaseModel):
             ValidationError: a field is invalid (its ``loc`` names it).
         """
         raw = {
-            name: body.get(name, headers.get(header)) for name, header in SCHEDULING_HEADERS.items()
+            name: value
+            for name, header in SCHEDULING_HEADERS.items()
+            if (value := body.get(name, headers.get(header))) is not None
         }
-        return cls.model_validate({name: value for name, value in raw.items() if value is not None})
+        return cls.model_validate(raw) if raw else _NO_FIELDS  # most requests give none
 
     def headers(self) -> dict[str, str]:
         """The fields as headers (for a client that leaves the body alone)."""
@@ -206,6 +210,9 @@ class SchedulingFields(BaseModel):
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 """Why a choice ended (SAGE's engines say ``stop`` or ``length``; other servers the rest)."""
+
+
+_NO_FIELDS = SchedulingFields()
 
 
 class Usage(BaseModel):

@@ -8,7 +8,10 @@ This module does only what SAGE's servers need:
 * keep-alive connections, requests handled one after another per connection; an idle
   connection is closed after ``idle_timeout_s``, one whose request head does not arrive
   within ``header_timeout_s`` (or whose body stalls for ``read_timeout_s``) gets 408 and
-  is closed, so slow or stuck clients cannot hold connections for ever;
+  is closed, so slow or stuck clients cannot hold connections for ever. Each connection
+  keeps one deadline (a timestamp: nothing to create per request); one sweeper task per
+  server, ticking at a quarter of the shortest timeout (at most once a second), closes
+  the connections past theirs;
 * routes by method and path, with path parameters (``/v1/jobs/{job_id}``, in
   ``request.params``, percent-decoded);
 * a request id: ``x-request-id`` as the client sent it (or a new one), in ``request.id``
@@ -30,6 +33,7 @@ This module does only what SAGE's servers need:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import uuid
@@ -63,13 +67,18 @@ REQUEST_ID = "x-request-id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # what a client's id may be
 
 
+_ID_PREFIX = uuid.uuid4().hex[:16]  # this process's: ids are unique across processes
+_ID_COUNTER = itertools.count()
+
+
 def request_id(headers: Mapping[str, str]) -> str:
     """The id a client gave its request in ``x-request-id`` (if it is a sane one: up to
-    128 printable characters, no spaces), else a new one."""
+    128 printable characters, no spaces), else a new one (32 hex digits: a random prefix
+    of this process and a counter, cheaper than a UUID per request)."""
     given = headers.get(REQUEST_ID)
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class Request:
@@ -187,30 +196,31 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.can_write = asyncio.Event()
         self.can_write.set()
-        self.timer: asyncio.TimerHandle | None = None  # the one deadline armed now, if any
+        # The connection's one deadline (loop time; None: none) and what passing it means;
+        # the server's sweeper calls ``expire`` once the deadline has passed.
+        self.deadline: float | None = None
+        self.expire: Callable[[], None] = self._idle_expired
         self._reset()
 
-    # -- deadlines: one timer per connection, re-armed as it moves between states -----------
+    # -- deadlines: re-set as the connection moves between reading, handling and idle ------
 
-    def _arm(self, seconds: float | None, fire: Callable[[], None]) -> None:
-        self._disarm()
-        if seconds is not None and not self.closed:
-            self.timer = self.server._loop.call_later(seconds, fire)
+    def _arm(self, seconds: float | None, expire: Callable[[], None]) -> None:
+        if seconds is None or self.closed:
+            self.deadline = None
+        else:
+            self.deadline = self.server._loop.time() + seconds
+            self.expire = expire
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = None
 
     def _idle_expired(self) -> None:
         """Nothing came on a kept-alive connection for ``idle_timeout_s``: close it."""
-        self.timer = None
         if self.transport is not None and not self.busy and not self.closed:
             self.transport.close()
 
     def _read_expired(self) -> None:
         """A request's head (or its body) did not arrive in time: 408, then close."""
-        self.timer = None
         if not self.busy:
             self._fail(408, "the request did not arrive in time; send it whole, without pauses")
         else:  # answering an earlier request: close once it is out
@@ -296,7 +306,7 @@ class _Connection(asyncio.Protocol):
             raise _Refused
 
     def on_body(self, body: bytes) -> None:
-        if self.timer is not None:  # the body is still coming: it has read_timeout_s again
+        if self.deadline is not None:  # the body is still coming: it has read_timeout_s again
             self._arm(self.server.read_timeout_s, self._read_expired)
         self.size += len(body)
         if self.size <= self.server.max_body:
@@ -342,7 +352,7 @@ class _Connection(asyncio.Protocol):
         else:
             self.busy = False
             self.idle.set()
-            if self.timer is None:  # no request being read: the connection is idle
+            if self.deadline is None:  # no request being read: the connection is idle
                 self._arm(self.server.idle_timeout_s, self._idle_expired)
 
     async def _handle(self, request: Request, refusal: HttpError | None) -> None:
@@ -532,6 +542,7 @@ class HttpServer:
         self._routes: dict[tuple[str, str], Handler] = {}
         self._patterns: list[tuple[str, re.Pattern[str], Handler]] = []
         self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._connections: set[_Connection] = set()
         self.draining = False  # close() began: requests in progress finish, new ones get 503
         self._loop: asyncio.AbstractEventLoop  # the loop ``start`` runs on (set there)
@@ -622,7 +633,26 @@ class HttpServer:
             raise OSError(
                 exc.errno, f"{self.name}: cannot listen on {host}:{port}: {exc.strerror}"
             ) from exc
+        timeouts = [
+            t for t in (self.header_timeout_s, self.read_timeout_s, self.idle_timeout_s) if t
+        ]
+        if timeouts:
+            tick = min(max(min(timeouts) / 4, 0.01), 1.0)
+            self._sweeper = loop.create_task(self._sweep(tick))
         return int(self._server.sockets[0].getsockname()[1])
+
+    async def _sweep(self, tick: float) -> None:
+        """Every ``tick`` seconds, expire the connections past their deadline (one task per
+        server: a deadline costs a timestamp, not a timer, on the request path)."""
+        loop = self._loop
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for connection in list(self._connections):
+                deadline = connection.deadline
+                if deadline is not None and now >= deadline:
+                    connection.deadline = None
+                    connection.expire()
 
     @property
     def connections(self) -> int:
@@ -640,6 +670,9 @@ class HttpServer:
             return
         self.draining = True
         self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         busy = [c.idle.wait() for c in self._connections if c.busy]
         if busy:
             await asyncio.wait([asyncio.ensure_future(w) for w in busy], timeout=grace_s)

@@ -164,16 +164,16 @@ class Forwarder:
                 send, counts = merge_inputs([body, *(r.payload.body for r in grant.riders)])
             dispatched = perf_counter()
             try:
-                result = await asyncio.wait_for(
-                    instance.pool.request(
+                async with asyncio.timeout(
+                    self.config.request_timeout_s
+                ):  # no task, unlike wait_for
+                    result = await instance.pool.request(
                         "POST",
                         instance.path(request.path),
                         send,
                         {**instance.headers, REQUEST_ID: request.id},
                         stream=stream,
-                    ),
-                    self.config.request_timeout_s,
-                )
+                    )
             except (BackendUnavailable, TimeoutError) as exc:
                 # Nothing reached the client yet, so the request can run again elsewhere.
                 dispatcher.finish(pending, instance, dispatched, failed=True)
