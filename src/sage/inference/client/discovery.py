@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import httpx
 
+from sage.inference.protocol import InstanceList
+
 __all__ = ["PROBE_TIMEOUT", "discover"]
 
 PROBE_TIMEOUT = httpx.Timeout(1.0, connect=0.3)
@@ -20,8 +22,8 @@ def discover(base_url: str, api_key: str | None) -> dict[str, str]:
             managed = http.get(f"{root}/v1/management/instances")
             if managed.status_code == 200:  # a SAGE gateway: it knows each model's type
                 kinds: dict[str, str] = {}
-                for instance in managed.json()["instances"]:
-                    kinds.setdefault(instance["instance_type"], instance["model_name"])
+                for instance in InstanceList.model_validate_json(managed.content).instances:
+                    kinds.setdefault(instance.instance_type, instance.model_name)
                 return kinds
             health = http.get(f"{root}/health")
             if health.status_code == 200 and "type" in health.json():  # a SAGE engine
@@ -30,6 +32,6 @@ def discover(base_url: str, api_key: str | None) -> dict[str, str]:
             if listed.status_code == 200:  # any OpenAI-compatible server
                 names = [m["id"] for m in listed.json().get("data", [])]
                 return {"llm": names[0]} if names else {}
-    except (httpx.HTTPError, ValueError, KeyError):
+    except (httpx.HTTPError, ValueError, KeyError):  # pydantic's ValidationError is one
         pass
     return {}

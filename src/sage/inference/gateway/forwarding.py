@@ -32,19 +32,13 @@ from sage.inference.control_plane.instances import Instance, InstanceRegistry
 from sage.inference.control_plane.queues import PendingRequest
 from sage.inference.gateway.errors import gateway_error
 from sage.inference.gateway.relay import StreamRelay
+from sage.inference.gateway.routes import API_KINDS
 from sage.inference.gateway.scheduling import pending_request
 from sage.inference.protocol import CLASS_HEADER
 
-__all__ = ["KIND_OF_PATH", "Forwarder"]
+__all__ = ["Forwarder"]
 
 logger = logging.getLogger(__name__)
-
-KIND_OF_PATH = {
-    "/v1/chat/completions": "llm",
-    "/v1/completions": "llm",
-    "/v1/embeddings": "embedding",
-}
-"""The API routes the gateway forwards, and the kind of instance each needs."""
 
 
 def _split(status: int, answer: bytes, counts: list[int]) -> list[bytes] | None:
@@ -59,7 +53,7 @@ def _split(status: int, answer: bytes, counts: list[int]) -> list[bytes] | None:
 
 
 class Forwarder:
-    """The handler of the API routes (:data:`KIND_OF_PATH`).
+    """The handler of the API routes (:data:`~.routes.API_KINDS`).
 
     Args:
         config: The gateway's configuration.
@@ -91,7 +85,7 @@ class Forwarder:
         """
         self._check_key(request)
         registry, dispatcher = self.registry, self.dispatcher
-        kind = KIND_OF_PATH[request.path]
+        kind = API_KINDS[request.path]
         body = request.json()
         model = body.get("model") if isinstance(body, dict) else None
         if not isinstance(model, str) or not model:

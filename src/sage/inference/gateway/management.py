@@ -16,11 +16,18 @@ from sage.inference.control_plane.dispatcher import Dispatcher
 from sage.inference.control_plane.instances import InstanceRegistry
 from sage.inference.gateway.errors import gateway_error
 from sage.inference.gateway.health import HealthChecks
-from sage.inference.protocol import InstanceSpec, error_from_validation
+from sage.inference.protocol import (
+    GatewayMetrics,
+    InstanceAdded,
+    InstanceList,
+    InstanceRemoved,
+    InstanceSpec,
+    InstanceState,
+    PolicyState,
+    error_from_validation,
+)
 
-__all__ = ["INSTANCES_PATH", "Management"]
-
-INSTANCES_PATH = "/v1/management/instances"
+__all__ = ["Management"]
 
 
 class Management:
@@ -53,11 +60,12 @@ class Management:
 
     async def metrics(self, request: Request) -> Response:
         self._check_key(request)
-        return json_response(self._snapshot())
+        return json_response(GatewayMetrics.model_validate(self._snapshot()))
 
     async def list_instances(self, request: Request) -> Response:
         self._check_key(request)
-        return json_response({"instances": [i.describe() for i in self.registry.all()]})
+        states = [InstanceState.model_validate(i.describe()) for i in self.registry.all()]
+        return json_response(InstanceList(instances=states))
 
     async def add_instance(self, request: Request) -> Response:
         self._check_key(request)
@@ -77,9 +85,8 @@ class Management:
         except ConfigError as exc:
             raise gateway_error(400, f"invalid instance: {exc}", param="instance_id") from None
         await self._health.check(instance)
-        return json_response(
-            {"instance": instance.describe(), "config": asdict(config)}, status=201
-        )
+        state = InstanceState.model_validate(instance.describe())
+        return json_response(InstanceAdded(instance=state, config=asdict(config)), status=201)
 
     async def remove_instance(self, request: Request) -> Response:
         self._check_key(request)
@@ -88,11 +95,13 @@ class Management:
             await self.registry.remove(instance_id)
         except KeyError:
             raise gateway_error(404, f"no instance {instance_id!r}", param="instance_id") from None
-        return json_response({"removed": instance_id})
+        return json_response(InstanceRemoved(removed=instance_id))
 
-    def _policy_state(self) -> dict[str, str]:
+    def _policy_state(self) -> PolicyState:
         dispatcher = self.dispatcher
-        return {"policy": str(dispatcher.policy), "active_policy": str(dispatcher.active_policy)}
+        return PolicyState.model_validate(
+            {"policy": str(dispatcher.policy), "active_policy": str(dispatcher.active_policy)}
+        )
 
     async def get_policy(self, request: Request) -> Response:
         self._check_key(request)

@@ -1,11 +1,11 @@
-"""The gateway's OpenAPI 3.1 document (``GET /openapi.json``), built from the wire models.
+"""The gateway's OpenAPI 3.1 document (``GET /openapi.json``), generated from the route
+table (:mod:`.routes`) and the wire models.
 
-Request and response bodies are the pydantic models of
-:mod:`~sage.inference.protocol` (one wire schema for servers, client and
-tests); the management routes' answers are described by the small models below, which
-follow what :class:`~sage.inference.gateway.server.UnifiedAPIServer` sends. Every
-model's JSON schema comes from pydantic, with its ``$defs`` placed under
-``components/schemas`` and its references pointing there. Errors are OpenAI-style
+Request and response bodies are the pydantic models of :mod:`~sage.inference.protocol`
+(one wire schema for servers, client, document and tests). Every model's JSON schema comes
+from pydantic, with its ``$defs`` placed under ``components/schemas`` and its references
+pointing there; the scheduling headers come from
+:class:`~sage.inference.protocol.SchedulingFields`. Errors are OpenAI-style
 :class:`~sage.inference.protocol.ErrorResponse` bodies.
 
 Example:
@@ -17,139 +17,23 @@ Example:
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from sage.inference.gateway.routes import ROUTES, Route
 from sage.inference.protocol import (
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    CompletionRequest,
-    CompletionResponse,
-    EmbeddingRequest,
-    EmbeddingResponse,
+    CLASS_HEADER,
+    SCHEDULING_HEADERS,
     ErrorResponse,
-    InstanceSpec,
-    ModelList,
+    SchedulingFields,
 )
 
-__all__ = [
-    "GatewayHealth",
-    "GatewayMetrics",
-    "InstanceAdded",
-    "InstanceList",
-    "InstanceRemoved",
-    "InstanceState",
-    "PolicyChange",
-    "PolicyState",
-    "openapi_document",
-    "openapi_json",
-]
+__all__ = ["openapi_document", "openapi_json"]
 
 _REF = "#/components/schemas/{model}"
-
-PolicyName = Literal["fifo", "priority", "slo_aware", "hybrid", "adaptive"]
-
-
-class GatewayHealth(BaseModel):
-    """``GET /health``: the gateway is up; how many of its instances are in rotation."""
-
-    status: Literal["ok"]
-    instances: int = Field(ge=0)
-    healthy: int = Field(ge=0)
-    policy: PolicyName
-    active_policy: PolicyName | None
-
-
-class InstanceState(BaseModel):
-    """One instance as the management routes describe it."""
-
-    instance_id: str
-    host: str
-    port: int
-    model_name: str
-    instance_type: Literal["llm", "embedding"]
-    max_concurrent_requests: int
-    healthy: bool
-    in_flight: int
-    requests: int
-    errors: int
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    ttft_p95_ms: float | None
-    last_error: str
-
-
-class InstanceList(BaseModel):
-    """``GET /v1/management/instances``."""
-
-    instances: list[InstanceState]
-
-
-class InstanceAdded(BaseModel):
-    """``POST /v1/management/instances`` (201): the new instance and its configuration."""
-
-    instance: InstanceState
-    config: dict[str, Any]
-
-
-class InstanceRemoved(BaseModel):
-    """``DELETE /v1/management/instances/{instance_id}``."""
-
-    removed: str
-
-
-class PolicyState(BaseModel):
-    """``GET|PUT /v1/management/policy``: the configured policy and the one in use now
-    (they differ under ``adaptive``)."""
-
-    policy: PolicyName
-    active_policy: PolicyName
-
-
-class PolicyChange(BaseModel):
-    """``PUT /v1/management/policy`` (names are case-insensitive; ``hybrid_slo`` is
-    ``hybrid``)."""
-
-    policy: PolicyName | Literal["hybrid_slo"]
-
-
-class GatewayMetrics(BaseModel):
-    """``GET /v1/management/metrics``: counters, queues, per-class and per-instance figures
-    (``UnifiedAPIServer.metrics_snapshot``)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    total_requests: int
-    rejected: int
-    policy: PolicyName
-    active_policy: PolicyName
-    queued: int
-    instances: list[InstanceState]
-
-
-# (model, mode): requests are described as pydantic validates them, answers as it writes them.
-_MODELS: tuple[tuple[type[BaseModel], JsonSchemaMode], ...] = (
-    (ChatCompletionRequest, "validation"),
-    (ChatCompletionResponse, "serialization"),
-    (CompletionRequest, "validation"),
-    (CompletionResponse, "serialization"),
-    (EmbeddingRequest, "validation"),
-    (EmbeddingResponse, "serialization"),
-    (ModelList, "serialization"),
-    (ErrorResponse, "serialization"),
-    (GatewayHealth, "serialization"),
-    (InstanceSpec, "validation"),
-    (InstanceList, "serialization"),
-    (InstanceAdded, "serialization"),
-    (InstanceRemoved, "serialization"),
-    (PolicyChange, "validation"),
-    (PolicyState, "serialization"),
-    (GatewayMetrics, "serialization"),
-)
 
 _ERRORS = {
     "400": "Invalid request: malformed JSON or a field of the wrong type or value",
@@ -161,29 +45,46 @@ _ERRORS = {
     "503": "No healthy instance serves the model now, or the gateway is shutting down",
 }
 
-_SCHEDULING_HEADERS: list[dict[str, Any]] = [
-    {
-        "name": "x-sage-priority",
-        "in": "header",
-        "required": False,
-        "description": "Scheduling priority, lower first (the body's 'priority' wins).",
-        "schema": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
-    },
-    {
-        "name": "x-sage-slo-ms",
-        "in": "header",
-        "required": False,
-        "description": "Latency objective in ms (the body's 'slo_ms' wins).",
-        "schema": {"type": "number", "exclusiveMinimum": 0},
-    },
-    {
-        "name": "x-sage-class",
-        "in": "header",
-        "required": False,
-        "description": "Name of the request's class in the gateway's metrics.",
-        "schema": {"type": "string"},
-    },
-]
+
+def _models() -> tuple[tuple[type[BaseModel], JsonSchemaMode], ...]:
+    """(model, mode) of every body and answer in the route table, and the error body:
+    requests as pydantic validates them, answers as it writes them."""
+    found: dict[type[BaseModel], JsonSchemaMode] = {ErrorResponse: "serialization"}
+    for route in ROUTES:
+        if route.body is not None:
+            found[route.body] = "validation"
+        if route.answer is not None:
+            found.setdefault(route.answer, "serialization")
+    return tuple(found.items())
+
+
+def _scheduling_headers() -> list[dict[str, Any]]:
+    """The headers that may carry the scheduling fields, with their fields' schemas."""
+    fields = SchedulingFields.model_json_schema()["properties"]
+    parameters = []
+    for name, header in SCHEDULING_HEADERS.items():
+        schema = {k: v for k, v in fields[name].items() if k not in ("title", "default")}
+        options = [o for o in schema.pop("anyOf", [schema]) if o.get("type") != "null"]
+        description = schema.pop("description", "")
+        parameters.append(
+            {
+                "name": header,
+                "in": "header",
+                "required": False,
+                "description": f"{description} (the body's {name!r} wins)",
+                "schema": {**schema, **options[0]},
+            }
+        )
+    parameters.append(
+        {
+            "name": CLASS_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "Name of the request's class in the gateway's metrics.",
+            "schema": {"type": "string"},
+        }
+    )
+    return parameters
 
 
 _SSE_EVENT: dict[str, Any] = {
@@ -201,7 +102,7 @@ def _schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     pydantic puts every model's schema under ``$defs``; the references point to
     ``#/components/schemas/<Model>``, where the document keeps those definitions.
     """
-    refs, definitions = models_json_schema(_MODELS, ref_template=_REF)
+    refs, definitions = models_json_schema(_models(), ref_template=_REF)
     by_name = {model.__name__: schema for (model, _mode), schema in refs.items()}
     return by_name, dict(definitions.get("$defs", {}))
 
@@ -222,29 +123,46 @@ def _errors(*statuses: str) -> dict[str, Any]:
     return responses
 
 
-def _operation(
-    summary: str,
-    answer: dict[str, Any],
-    errors: tuple[str, ...],
-    *,
-    body: dict[str, Any] | None = None,
-    parameters: list[dict[str, Any]] | None = None,
-    status: str = "200",
-    stream: bool = False,
-    secured: bool = True,
-) -> dict[str, Any]:
-    content = _json(answer)
-    if stream:  # OpenAPI 3.1: the schema of one event
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    parameters = _scheduling_headers() if route.scheduled else []
+    for name in _path_names(route.path):
+        parameters.append(
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "minLength": 1},
+            }
+        )
+    return parameters
+
+
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+
+
+def _operation(route: Route, refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if route.answer is not None:
+        content = _json(refs[route.answer.__name__])
+    elif route.content_type == "application/json":
+        content = _json({"type": "object"})
+    else:
+        content = {route.content_type: {"schema": {"type": "string"}}}
+    if route.stream:  # OpenAPI 3.1: the schema of one event
         content["text/event-stream"] = {"schema": _SSE_EVENT}
     operation: dict[str, Any] = {
-        "summary": summary,
-        "responses": {status: {"description": "OK", "content": content}, **_errors(*errors)},
+        "summary": route.summary,
+        "responses": {
+            route.status: {"description": "OK", "content": content},
+            **_errors(*route.errors),
+        },
     }
-    if body is not None:
-        operation["requestBody"] = {"required": True, "content": _json(body)}
+    if route.body is not None:
+        operation["requestBody"] = {"required": True, "content": _json(refs[route.body.__name__])}
+    parameters = _parameters(route)
     if parameters:
         operation["parameters"] = parameters
-    if not secured:
+    if not route.secured:
         operation["security"] = []
     return operation
 
@@ -266,100 +184,9 @@ def _document_json(title: str, version: str, max_tokens: int | None) -> bytes:
     if max_tokens is not None:
         _limit_max_tokens(definitions, max_tokens)
 
-    def ref(model: type[BaseModel]) -> dict[str, Any]:
-        return refs[model.__name__]
-
-    generation = ("400", "401", "404", "413", "429", "503")
-    management = ("400", "401", "413")
-    paths: dict[str, Any] = {
-        "/v1/chat/completions": {
-            "post": _operation(
-                "Chat completion (streamed as server-sent events with stream=true)",
-                ref(ChatCompletionResponse),
-                generation,
-                body=ref(ChatCompletionRequest),
-                parameters=_SCHEDULING_HEADERS,
-                stream=True,
-            )
-        },
-        "/v1/completions": {
-            "post": _operation(
-                "Text completion (streamed as server-sent events with stream=true)",
-                ref(CompletionResponse),
-                generation,
-                body=ref(CompletionRequest),
-                parameters=_SCHEDULING_HEADERS,
-                stream=True,
-            )
-        },
-        "/v1/embeddings": {
-            "post": _operation(
-                "Embeddings of one text or a list of texts",
-                ref(EmbeddingResponse),
-                generation,
-                body=ref(EmbeddingRequest),
-                parameters=_SCHEDULING_HEADERS,
-            )
-        },
-        "/v1/models": {"get": _operation("Models served", ref(ModelList), ("401",))},
-        "/health": {"get": _operation("Gateway health", ref(GatewayHealth), (), secured=False)},
-        "/v1/management/instances": {
-            "get": _operation("Instances and their state", ref(InstanceList), ("401",)),
-            "post": _operation(
-                "Add an instance (health-checked at once)",
-                ref(InstanceAdded),
-                management,
-                body=ref(InstanceSpec),
-                status="201",
-            ),
-        },
-        "/v1/management/instances/{instance_id}": {
-            "delete": _operation(
-                "Remove an instance",
-                ref(InstanceRemoved),
-                ("401", "404"),
-                parameters=[
-                    {
-                        "name": "instance_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "minLength": 1},
-                    }
-                ],
-            )
-        },
-        "/v1/management/policy": {
-            "get": _operation("The scheduling policy", ref(PolicyState), ("401",)),
-            "put": _operation(
-                "Change the scheduling policy (409 when the control plane is off)",
-                ref(PolicyState),
-                (*management, "409"),
-                body=ref(PolicyChange),
-            ),
-        },
-        "/v1/management/metrics": {
-            "get": _operation("Gateway metrics as JSON", ref(GatewayMetrics), ("401",))
-        },
-    }
-    paths["/metrics"] = {
-        "get": {
-            "summary": "Prometheus metrics",
-            "security": [],
-            "responses": {
-                "200": {
-                    "description": "OK",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
-        }
-    }
-    paths["/openapi.json"] = {
-        "get": {
-            "summary": "This document",
-            "security": [],
-            "responses": {"200": {"description": "OK", "content": _json({"type": "object"})}},
-        }
-    }
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, refs)
     document = {
         "openapi": "3.1.0",
         "info": {

@@ -33,18 +33,20 @@ from typing import Any, ClassVar
 
 from sage.common.concurrency import run_loop
 from sage.common.http import HttpServer, Request, Response, json_response
+from sage.common.http.server import Handler
 from sage.common.observability.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from sage.inference.config import UnifiedServerConfig
 from sage.inference.control_plane.dispatcher import Dispatcher
 from sage.inference.control_plane.instances import InstanceRegistry
 from sage.inference.gateway.auth import KeyCheck, accepted_keys
 from sage.inference.gateway.errors import error_body
-from sage.inference.gateway.forwarding import KIND_OF_PATH, Forwarder
+from sage.inference.gateway.forwarding import Forwarder
 from sage.inference.gateway.health import HealthChecks
-from sage.inference.gateway.management import INSTANCES_PATH, Management
+from sage.inference.gateway.management import Management
 from sage.inference.gateway.metrics import prometheus_text, snapshot
 from sage.inference.gateway.openapi import openapi_json
-from sage.inference.protocol import ModelCard, ModelList
+from sage.inference.gateway.routes import ROUTES
+from sage.inference.protocol import GatewayHealth, ModelCard, ModelList
 
 __all__ = ["UnifiedAPIServer"]
 
@@ -178,18 +180,21 @@ class UnifiedAPIServer:
             idle_timeout_s=config.idle_timeout_s,
             cors_origins=config.cors_origins if config.enable_cors else None,
         )
-        for path in KIND_OF_PATH:
-            http.route("POST", path, forward)
-        http.route("GET", "/v1/models", self._models)
-        http.route("GET", "/health", self._health)
-        http.route("GET", "/metrics", self._metrics)
-        http.route("GET", INSTANCES_PATH, manage.list_instances)
-        http.route("POST", INSTANCES_PATH, manage.add_instance)
-        http.route("DELETE", INSTANCES_PATH + "/{instance_id}", manage.remove_instance)
-        http.route("GET", "/v1/management/policy", manage.get_policy)
-        http.route("PUT", "/v1/management/policy", manage.set_policy)
-        http.route("GET", "/v1/management/metrics", manage.metrics)
-        http.route("GET", "/openapi.json", self._openapi)
+        handlers: dict[str, Handler] = {
+            "forward": forward,
+            "models": self._models,
+            "health": self._health,
+            "metrics": self._metrics,
+            "openapi": self._openapi,
+            "list_instances": manage.list_instances,
+            "add_instance": manage.add_instance,
+            "remove_instance": manage.remove_instance,
+            "get_policy": manage.get_policy,
+            "set_policy": manage.set_policy,
+            "management_metrics": manage.metrics,
+        }
+        for route in ROUTES:  # the table the OpenAPI document is made from
+            http.route(route.method, route.path, handlers[route.name])
         self._http = http
         self._stopping = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -241,15 +246,15 @@ class UnifiedAPIServer:
         assert self.registry is not None
         instances = self.registry.all()
         healthy = sum(1 for i in instances if i.healthy)
-        return json_response(
-            {
-                "status": "ok",
-                "instances": len(instances),
-                "healthy": healthy,
-                "policy": str(self.config.scheduling_policy),
-                "active_policy": str(self.dispatcher.active_policy) if self.dispatcher else None,
-            }
+        active = self.dispatcher.active_policy if self.dispatcher else None
+        health = GatewayHealth(
+            status="ok",
+            instances=len(instances),
+            healthy=healthy,
+            policy=self.config.scheduling_policy,  # type: ignore[arg-type]
+            active_policy=active,  # type: ignore[arg-type]
         )
+        return json_response(health)
 
     async def _metrics(self, request: Request) -> Response:
         """Prometheus text (:func:`~.metrics.prometheus_text`)."""

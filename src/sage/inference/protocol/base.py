@@ -1,0 +1,182 @@
+"""What every part of the wire format shares: the request models' base (unknown fields
+kept and logged), OpenAI-style errors, SAGE's scheduling fields, token usage."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def new_id(prefix: str) -> str:
+    """``"chatcmpl-3f2a..."``: an id in OpenAI's style."""
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+class WireModel(BaseModel):
+    """Base of every request model: unknown fields are kept, logged once, and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _log_unknown(self) -> WireModel:
+        extra = self.model_extra
+        if extra:
+            logger.debug("%s: ignoring unsupported fields %s", type(self).__name__, sorted(extra))
+        return self
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of an OpenAI error response."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """``{"error": {...}}`` with an HTTP status alongside."""
+
+    error: ErrorDetail
+
+    @staticmethod
+    def of(
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> ErrorResponse:
+        return ErrorResponse(error=ErrorDetail(message=message, type=type, param=param, code=code))
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> bytes:
+    """The body of an OpenAI-style error answer with HTTP ``status``."""
+    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return orjson.dumps(
+        {"error": {"message": message, "type": kind, "param": param, "code": code or str(status)}}
+    )
+
+
+def error_from_validation(exc: ValidationError) -> ErrorResponse:
+    """The first validation problem as an OpenAI-style error naming the parameter."""
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first.get("loc", ())) or None
+    return ErrorResponse.of(
+        f"{param}: {first.get('msg', 'invalid value')}" if param else str(exc), param=param
+    )
+
+
+# -- SAGE's scheduling fields ----------------------------------------------------------------
+
+
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # a bool is an int to Python, never a priority or an SLO
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+Priority = Annotated[
+    int | None,
+    BeforeValidator(_not_a_bool),
+    Field(
+        ge=-(2**63),
+        lt=2**63,
+        description="SAGE: scheduling priority (lower first), a 64-bit integer.",
+    ),
+]
+"""A request's ``priority`` (body field, or header ``x-sage-priority``)."""
+
+SloMs = Annotated[
+    float | None,
+    BeforeValidator(_not_a_bool),
+    Field(
+        gt=0,
+        allow_inf_nan=False,
+        description="SAGE: latency objective in ms, a finite number > 0.",
+    ),
+]
+"""A request's ``slo_ms`` (body field, or header ``x-sage-slo-ms``)."""
+
+SCHEDULING_HEADERS = {"priority": "x-sage-priority", "slo_ms": "x-sage-slo-ms"}
+"""The header that may carry each scheduling field instead of the body."""
+CLASS_HEADER = "x-sage-class"
+"""Names the request's class in the gateway's metrics (``llm:p0`` by default)."""
+
+
+class SchedulingFields(BaseModel):
+    """SAGE's scheduling fields of an API request, from its body or its headers.
+
+    The gateway reads them (and removes them from the body before forwarding); the client
+    sends them; the request models below declare them with the same types.
+
+    Example:
+        >>> SchedulingFields.of({"priority": 0}, {"x-sage-slo-ms": "2000"})
+        SchedulingFields(priority=0, slo_ms=2000.0)
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    priority: Priority = None
+    slo_ms: SloMs = None
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any], headers: Mapping[str, str]) -> SchedulingFields:
+        """The fields of a request: a body field wins over its header.
+
+        Raises:
+            ValidationError: a field is invalid (its ``loc`` names it).
+        """
+        raw = {
+            name: value
+            for name, header in SCHEDULING_HEADERS.items()
+            if (value := body.get(name, headers.get(header))) is not None
+        }
+        return cls.model_validate(raw) if raw else _NO_FIELDS  # most requests give none
+
+    def headers(self) -> dict[str, str]:
+        """The fields as headers (for a client that leaves the body alone)."""
+        return {
+            SCHEDULING_HEADERS[name]: str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+"""Why a choice ended (SAGE's engines say ``stop`` or ``length``; other servers the rest)."""
+
+
+_NO_FIELDS = SchedulingFields()
+
+
+class Usage(BaseModel):
+    """Token counts of a request."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0

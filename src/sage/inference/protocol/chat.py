@@ -1,0 +1,111 @@
+"""``POST /v1/chat/completions``: the request, the answer, and a streamed answer's events."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    Field,
+)
+
+from sage.inference.protocol.base import (
+    FinishReason,
+    Priority,
+    SloMs,
+    Usage,
+    WireModel,
+    new_id,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ChatMessage(WireModel):
+    """One message of a conversation."""
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The text of the message (text parts joined, for content given as parts)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(
+            str(part.get("text", "")) for part in self.content if part.get("type") == "text"
+        )
+
+
+class ChatCompletionRequest(WireModel):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    user: str | None = None
+    priority: Priority = None
+    slo_ms: SloMs = None
+
+    def token_limit(self, default: int) -> int:
+        """``max_completion_tokens``, else ``max_tokens``, else ``default``."""
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+class DeltaMessage(BaseModel):
+    """The increment of a streamed message."""
+
+    role: str | None = None
+    content: str | None = None
+
+
+class Choice(BaseModel):
+    """One completed chat choice."""
+
+    index: int = 0
+    message: ChatMessage
+    finish_reason: FinishReason | None = "stop"
+
+
+class ChatCompletionResponse(BaseModel):
+    """The answer to a non-streamed chat request."""
+
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage = Field(default_factory=Usage)
+
+
+class ChunkChoice(BaseModel):
+    """One choice of a streamed chunk."""
+
+    index: int = 0
+    delta: DeltaMessage
+    finish_reason: FinishReason | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat answer."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None

@@ -1,0 +1,80 @@
+"""``POST /v1/completions``: the request and the answer (also each streamed event)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    Field,
+    WithJsonSchema,
+)
+
+from sage.inference.protocol.base import (
+    FinishReason,
+    Priority,
+    SloMs,
+    Usage,
+    WireModel,
+    new_id,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# What the validators below accept, for the JSON schema (OpenAPI) of the requests.
+_ONE_PROMPT_SCHEMA: dict[str, Any] = {
+    "title": "Prompt",
+    "description": "The prompt, or a list holding exactly one prompt.",
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+    ],
+}
+
+
+class CompletionRequest(WireModel):
+    """``POST /v1/completions`` (one prompt string per request)."""
+
+    model: str
+    prompt: Annotated[str | list[str], WithJsonSchema(_ONE_PROMPT_SCHEMA)]
+    max_tokens: int | None = Field(default=16, ge=1)
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    user: str | None = None
+    priority: Priority = None
+    slo_ms: SloMs = None
+
+    def prompt_text(self) -> str:
+        """The prompt (a one-element list is accepted)."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise ValueError("prompt: one prompt per request is supported")
+        return self.prompt[0]
+
+
+class CompletionChoice(BaseModel):
+    """One completed text choice."""
+
+    text: str
+    index: int = 0
+    logprobs: None = None
+    finish_reason: FinishReason | None = "stop"
+
+
+class CompletionResponse(BaseModel):
+    """The answer to a completion request (also each streamed event)."""
+
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = Field(default_factory=Usage)

@@ -1,0 +1,153 @@
+"""The gateway's management API and health: an instance to add, instances and their
+state, the scheduling policy, the gateway's figures."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+from sage.common.config.ports import SagePorts
+
+logger = logging.getLogger(__name__)
+
+
+class InstanceSpec(BaseModel):
+    """``POST /v1/management/instances``: an engine server to put behind the gateway.
+
+    The fields of ``BackendInstanceConfig``, checked before anything is registered: a host
+    or key that cannot go into an HTTP request, a port out of range or a non-positive limit
+    gets 400 naming the field. Unknown fields are refused (a typo must not go unnoticed).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9._:%-]+$",
+        description="Host name or IP address of the engine's OpenAI-compatible server.",
+    )
+    port: int = Field(default=SagePorts.LLM_DEFAULT, ge=1, le=65535)
+    model_name: str = Field(default="smollm2", min_length=1, description="The model it serves.")
+    instance_type: Literal["llm", "embedding"] = "llm"
+    max_concurrent_requests: int = Field(default=64, ge=1, le=1_000_000)
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^\x00-\x20/\x7f]+$",
+        description="Unique name, without '/' or whitespace, not '.' or '..' (which no URL "
+        "can name); default host:port.",
+        json_schema_extra={"not": {"enum": [".", ".."]}},
+    )
+    api_key: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^[!-~]+$",
+        description="Bearer token sent to the instance (printable ASCII, no spaces).",
+    )
+    tls: bool = False
+    base_path: str = Field(
+        default="/v1",
+        pattern=r"^(/[!-~]*)?$",
+        description="Path prefix of its API: empty or starting with '/', no spaces.",
+    )
+
+    @field_validator("instance_id")
+    @classmethod
+    def _addressable(cls, value: str | None) -> str | None:
+        if value in (".", ".."):  # a URL path normalises these away: it could not be removed
+            raise ValueError("instance_id must not be '.' or '..'")
+        return value
+
+
+PolicyName = Literal["fifo", "priority", "slo_aware", "hybrid", "adaptive"]
+
+
+class GatewayHealth(BaseModel):
+    """``GET /health``: the gateway is up; how many of its instances are in rotation."""
+
+    status: Literal["ok"]
+    instances: int = Field(ge=0)
+    healthy: int = Field(ge=0)
+    policy: PolicyName
+    active_policy: PolicyName | None
+
+
+class InstanceState(BaseModel):
+    """One instance as the management routes describe it."""
+
+    instance_id: str
+    host: str
+    port: int
+    model_name: str
+    instance_type: Literal["llm", "embedding"]
+    max_concurrent_requests: int
+    healthy: bool
+    in_flight: int
+    queued: int = Field(description="Requests waiting in the gateway for its type and model.")
+    requests: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    ttft_p95_ms: float | None
+    slo_requests: int = Field(description="Requests it served that carried an SLO.")
+    slo_attainment: float | None = Field(description="Share of those that met it.")
+    last_error: str
+
+
+class InstanceList(BaseModel):
+    """``GET /v1/management/instances``."""
+
+    instances: list[InstanceState]
+
+
+class InstanceAdded(BaseModel):
+    """``POST /v1/management/instances`` (201): the new instance and its configuration."""
+
+    instance: InstanceState
+    config: dict[str, Any]
+
+
+class InstanceRemoved(BaseModel):
+    """``DELETE /v1/management/instances/{instance_id}``."""
+
+    removed: str
+
+
+class PolicyState(BaseModel):
+    """``GET|PUT /v1/management/policy``: the configured policy and the one in use now
+    (they differ under ``adaptive``)."""
+
+    policy: PolicyName
+    active_policy: PolicyName
+
+
+class PolicyChange(BaseModel):
+    """``PUT /v1/management/policy`` (names are case-insensitive; ``hybrid_slo`` is
+    ``hybrid``)."""
+
+    policy: PolicyName | Literal["hybrid_slo"]
+
+
+class GatewayMetrics(BaseModel):
+    """``GET /v1/management/metrics``: counters, queues, per-class and per-instance figures
+    (``UnifiedAPIServer.metrics_snapshot``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    total_requests: int
+    rejected: int
+    policy: PolicyName
+    active_policy: PolicyName
+    queued: int
+    instances: list[InstanceState]
