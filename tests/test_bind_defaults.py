@@ -24,6 +24,7 @@ from sage.inference.config import SchedulingPolicyType, UnifiedServerConfig
 from sage.inference.deploy import processes, serving
 from sage.inference.deploy.stack import LocalStack
 from sage.inference.engines.server import EngineServer
+from sage.kernel.jobmanager import daemon as jobmanager_daemon
 from sage.kernel.jobmanager import server as jobmanager
 from sage.middleware.services.control_plane import ControlPlaneServiceConfig
 
@@ -35,7 +36,7 @@ LOOPBACK = "127.0.0.1"
     [
         HttpServer.start,  # every SAGE HTTP server listens through it
         jobmanager.JobManagerServer.__init__,
-        jobmanager.serve,
+        jobmanager_daemon.serve,
         DashboardServer.__init__,  # `sage dashboard`
         EngineServer.__init__,
         LocalStack.__init__,  # its engine servers and gateway
@@ -94,7 +95,7 @@ def parser_of(main: Callable[[list[str]], None]) -> argparse.ArgumentParser:
 
 
 def test_the_server_processes_default_to_loopback() -> None:
-    jobmanager_args = parser_of(jobmanager.main).parse_args([])
+    jobmanager_args = parser_of(jobmanager_daemon.main).parse_args([])
     assert jobmanager_args.host == LOOPBACK  # python -m sage.kernel.jobmanager
     engine_args = parser_of(serving.main).parse_args(
         ["engine", "--kind", "llm", "--model", "m", "--port", "0"]

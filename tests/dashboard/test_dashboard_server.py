@@ -17,7 +17,8 @@ from metric_names import missing
 from sage.common.errors import ConfigError
 from sage.common.observability.discovery import find_dashboard
 from sage.dashboard.server import DashboardServer
-from sage.kernel.jobmanager.server import JobManagerServer, LocalJobFactory
+from sage.kernel.jobmanager.factories import LocalJobFactory
+from sage.kernel.jobmanager.server import JobManagerServer
 
 
 def wait_for(read: Callable[[], Any], timeout: float = 30.0) -> Any:

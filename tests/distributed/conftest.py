@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from jobmanager_helpers import CountingFactory, private_home, running_jobmanager
 
-from sage.kernel.jobmanager.server import JobFactory, JobManagerServer, RayJobFactory
+from sage.kernel.jobmanager.factories import JobFactory, RayJobFactory
+from sage.kernel.jobmanager.server import JobManagerServer
 
 LOOPBACK = "127.0.0.1"
 

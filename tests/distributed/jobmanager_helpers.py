@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from sage.kernel.api.base_environment import Job
+from sage.kernel.jobmanager.factories import JobFactory, LocalJobFactory, LogFn
 from sage.kernel.jobmanager.protocol import Submission
-from sage.kernel.jobmanager.server import JobFactory, JobManagerServer, LocalJobFactory, LogFn
+from sage.kernel.jobmanager.server import JobManagerServer
 from sage.kernel.jobmanager.token import TOKEN_ENV
 from sage.kernel.runtime.output import OutputSink
 

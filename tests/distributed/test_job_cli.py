@@ -18,7 +18,8 @@ from helpers import FileSink, read_parts
 from sage.cli.main import app
 from sage.common.config.ports import SagePorts
 from sage.kernel.api.remote_environment import RemoteEnvironment
-from sage.kernel.jobmanager.server import JobManagerServer, log_file, state_file
+from sage.kernel.jobmanager.daemon import log_file, state_file
+from sage.kernel.jobmanager.server import JobManagerServer
 
 runner = CliRunner()
 

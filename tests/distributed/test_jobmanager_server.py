@@ -16,6 +16,8 @@ from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError, JobError
 from sage.kernel.api.local_environment import LocalEnvironment
 from sage.kernel.jobmanager.client import JobManagerClient
+from sage.kernel.jobmanager.managed import ManagedJob
+from sage.kernel.jobmanager.manager import JobManager
 from sage.kernel.jobmanager.pickling import dumps_submission
 from sage.kernel.jobmanager.protocol import (
     HEALTH_PATH,
@@ -26,7 +28,7 @@ from sage.kernel.jobmanager.protocol import (
     bearer,
     job_path,
 )
-from sage.kernel.jobmanager.server import JobManager, JobManagerServer, ManagedJob
+from sage.kernel.jobmanager.server import JobManagerServer
 from sage.kernel.jobmanager.token import TOKEN_ENV, client_token, token_file
 
 pytestmark = pytest.mark.usefixtures("home")  # a fresh $SAGE_HOME, so a fresh token

@@ -21,7 +21,8 @@ from sage.common.core.functions.source_function import SourceFunction
 from sage.common.errors import ConfigError, OperatorError, ServiceError
 from sage.kernel.api.local_environment import LocalEnvironment
 from sage.kernel.api.remote_environment import RemoteEnvironment
-from sage.kernel.jobmanager.server import JobManagerServer, RayJobFactory
+from sage.kernel.jobmanager.factories import RayJobFactory
+from sage.kernel.jobmanager.server import JobManagerServer
 from sage.kernel.jobmanager.token import TOKEN_ENV
 from sage.kernel.runtime.output import OutputLine
 from sage.kernel.runtime.ray.executor import RayJob

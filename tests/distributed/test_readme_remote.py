@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from jobmanager_helpers import running_jobmanager
 
-from sage.kernel.jobmanager.server import RayJobFactory
+from sage.kernel.jobmanager.factories import RayJobFactory
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 LOCAL_IMPORT = "from sage.kernel.api.local_environment import LocalEnvironment"

@@ -217,7 +217,7 @@ print("collected", sorted(squares))
 def test_a_script_run_from_a_terminal_shows_the_jobs_prints(
     ray_cluster: Any, tmp_path: Path
 ) -> None:
-    from sage.kernel.jobmanager.server import RayJobFactory
+    from sage.kernel.jobmanager.factories import RayJobFactory
 
     script = tmp_path / "pipeline.py"
     with running_jobmanager(RayJobFactory(ray_cluster.address)) as server:

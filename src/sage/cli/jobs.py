@@ -27,8 +27,8 @@ from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError, SageError
 from sage.common.processes import SpawnError, is_running, spawn_module, terminate
 from sage.kernel.jobmanager.client import JobManagerClient
+from sage.kernel.jobmanager.daemon import log_file, read_state, state_file
 from sage.kernel.jobmanager.protocol import ENDED, MAX_WAIT_S, JobInfo, metrics_from_dict
-from sage.kernel.jobmanager.server import log_file, read_state, state_file
 from sage.kernel.jobmanager.token import TOKEN_ENV, token_file
 
 __all__ = ["job_app", "jobmanager_app"]
@@ -150,7 +150,7 @@ def jobmanager_start(
     if ray_address:
         args += ["--ray-address", ray_address]
     if foreground:
-        from sage.kernel.jobmanager.server import main
+        from sage.kernel.jobmanager.daemon import main
 
         console.print(f"JobManager on {host}:{port}; Ctrl-C stops it")
         main(args)

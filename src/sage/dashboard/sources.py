@@ -52,7 +52,7 @@ def _llm_state() -> dict[str, Any] | None:
 
 
 def _jobmanager_state() -> dict[str, Any] | None:
-    from sage.kernel.jobmanager.server import read_state
+    from sage.kernel.jobmanager.daemon import read_state
 
     return read_state()
 

@@ -18,12 +18,11 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from time import monotonic, perf_counter
+from time import perf_counter
 
 from sage.common.errors import JobCancelledError, JobError, ServiceError
 from sage.kernel.checkpoint.coordinator import CheckpointCoordinator
 from sage.kernel.checkpoint.policy import FaultTolerance
-from sage.kernel.checkpoint.restart import RestartsExhaustedError
 from sage.kernel.checkpoint.store import Checkpoint, CheckpointStore
 from sage.kernel.config import ErrorMode, JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
@@ -43,6 +42,7 @@ from sage.kernel.runtime.output import (
 )
 from sage.kernel.runtime.publisher import publisher
 from sage.kernel.runtime.status import JobStatus
+from sage.kernel.runtime.supervisor import Supervisor
 from sage.kernel.runtime.task import ControlFlags, TaskLoop
 from sage.kernel.services.registry import ServiceRegistry
 from sage.kernel.services.spec import ServiceSpec
@@ -124,6 +124,45 @@ class LocalJobControl(ControlFlags):
                 self.finished.set()
 
 
+class _Attempts:
+    """A local job's attempts, as its :class:`~sage.kernel.runtime.supervisor.Supervisor`
+    drives them."""
+
+    def __init__(self, job: LocalJob) -> None:
+        self.job = job
+
+    def await_attempt(self) -> BaseException | None:
+        """Block until the current attempt's tasks have all ended; its error."""
+        control = self.job._control
+        control.finished.wait()
+        return control.error
+
+    def commit(self) -> None:
+        """The job finished: its final checkpoint lets every sink commit."""
+        if self.job._coordinator is not None:
+            self.job._coordinator.finish()
+
+    def end_attempt(self) -> None:
+        """Wake what waits for a checkpoint of the failed attempt; join its threads."""
+        if self.job._coordinator is not None:
+            self.job._coordinator.abort()
+        self.job._join(_JOIN_GRACE_S)
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The latest complete checkpoint (``None``: restart from the start)."""
+        coordinator = self.job._coordinator
+        return None if coordinator is None else coordinator.store.latest()
+
+    def start_attempt(self, restore: Checkpoint | None) -> None:
+        """Build a new attempt from ``restore`` and start its threads."""
+        self.job._build_attempt(restore)
+        self.job._start_attempt(None)
+
+    def log(self, line: str) -> None:
+        """A restart of the job (a warning: it failed)."""
+        logger.warning("job %r: %s", self.job.name, line)
+
+
 class LocalJob:
     """A compiled pipeline running on threads of this process.
 
@@ -184,10 +223,9 @@ class LocalJob:
         self._supervised = self.fault_tolerance.restart is not None
         self._done = threading.Event() if self._supervised else self._control.finished
         self._final_error: BaseException | None = None
+        self.supervisor = Supervisor(self.name, _Attempts(self), self.fault_tolerance.restart)
         self._finished_at: float | None = None
-        self._cancel_requested = threading.Event()
         self._stop_requested = False
-        self.restarts = 0
         self._started_at: float | None = None
         self._status = JobStatus.CREATED
         self._reported = False
@@ -319,47 +357,8 @@ class LocalJob:
         gate.set()
 
     def _supervise(self) -> None:
-        """Restart failed attempts as the restart strategy allows; end the job otherwise."""
-        strategy, coordinator = self.fault_tolerance.restart, self._coordinator
-        assert strategy is not None
-        while True:
-            control = self._control
-            control.finished.wait()
-            error = control.error
-            if error is None:
-                if coordinator is not None:
-                    coordinator.finish()  # the final states: commit everything
-                break
-            if coordinator is not None:
-                coordinator.abort()
-            self._join(_JOIN_GRACE_S)
-            if self._cancel_requested.is_set():
-                break
-            delay = strategy.on_failure(monotonic())
-            if delay is None:
-                error = RestartsExhaustedError.of(self.name, self.restarts, strategy, error)
-                break
-            latest = None if coordinator is None else coordinator.store.latest()
-            logger.warning(
-                "job %r: %s: %s; restarting in %.3g s from %s (restart %d, %s)",
-                self.name,
-                type(error).__name__,
-                error,
-                delay,
-                "the start" if latest is None else f"checkpoint {latest.id}",
-                self.restarts + 1,
-                strategy.describe(),
-            )
-            if self._cancel_requested.wait(delay):  # the strategy's delay, cut short by cancel
-                break
-            self.restarts += 1
-            try:
-                self._build_attempt(latest)
-            except Exception as exc:
-                error = exc
-                break
-            self._start_attempt(None)
-        self._final_error = error
+        """The supervisor's thread: attempts until one finishes or the strategy gives up."""
+        self._final_error = self.supervisor.supervise()
         self._finished_at = perf_counter()
         self._done.set()
 
@@ -405,7 +404,7 @@ class LocalJob:
     def cancel(self) -> None:
         """End the job now, dropping records in flight; ``wait`` then raises JobCancelledError."""
         if self._status in (JobStatus.RUNNING, JobStatus.STOPPING):
-            self._cancel_requested.set()
+            self.supervisor.cancel()
             self._control.cancel(JobCancelledError(f"job {self.name!r} was cancelled"))
 
     def close(self) -> None:
@@ -473,6 +472,11 @@ class LocalJob:
         return None if self._collect is None else self._collect.take(max_records, timeout)
 
     # -- observation ------------------------------------------------------------------
+
+    @property
+    def restarts(self) -> int:
+        """Attempts started after a failure."""
+        return self.supervisor.restarts
 
     @property
     def status(self) -> JobStatus:

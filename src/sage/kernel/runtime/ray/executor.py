@@ -25,12 +25,11 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from time import monotonic, perf_counter
+from time import perf_counter
 from typing import Any
 
 from sage.common.errors import ConfigError, JobCancelledError, JobError, ServiceError
 from sage.kernel.checkpoint.policy import FaultTolerance
-from sage.kernel.checkpoint.restart import RestartsExhaustedError
 from sage.kernel.checkpoint.store import Checkpoint
 from sage.kernel.config import JobConfig
 from sage.kernel.graph.plan import PhysicalPlan
@@ -44,6 +43,7 @@ from sage.kernel.runtime.ray.relay import CollectRelay, OutputRelay
 from sage.kernel.runtime.ray.services import RemoteServices
 from sage.kernel.runtime.ray.task_actor import Assignment, TaskOutcome
 from sage.kernel.runtime.status import JobStatus
+from sage.kernel.runtime.supervisor import Supervisor
 from sage.kernel.services.metrics import ServiceMetrics
 from sage.kernel.services.spec import ServiceSpec
 
@@ -99,6 +99,51 @@ def _merge_services(rows: Sequence[tuple[ServiceMetrics, ...]]) -> tuple[Service
     return tuple(merged.values())
 
 
+class _Attempts:
+    """A Ray job's attempts, as its :class:`~sage.kernel.runtime.supervisor.Supervisor`
+    drives them."""
+
+    def __init__(self, job: RayJob) -> None:
+        self.job = job
+
+    def await_attempt(self) -> BaseException | None:
+        """Watch the attempt's tasks to their end and wait for their last lines; its error."""
+        job = self.job
+        job._watch(job._runs)
+        relay = job._output_relay
+        if relay is not None and not relay.join(_OUTPUT_GRACE_S):
+            job._log(f"the output of the tasks did not all come back in {_OUTPUT_GRACE_S:g}s")
+        return job._attempt_error
+
+    def commit(self) -> None:
+        """The job finished: its final checkpoint lets every sink commit."""
+        import ray
+
+        if self.job._coordinator is not None:
+            ray.get(self.job._coordinator.finish.remote())
+
+    def end_attempt(self) -> None:
+        """Give the failed attempt's hosts back (or end the stuck ones)."""
+        self.job._release_hosts()
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The latest checkpoint the coordinator completed (``None``: the start)."""
+        import ray
+
+        coordinator = self.job._coordinator
+        return None if coordinator is None else ray.get(coordinator.latest.remote())
+
+    def start_attempt(self, restore: Checkpoint | None) -> None:
+        """Place, wire and start a new attempt, resumed from ``restore``."""
+        job = self.job
+        job._key = f"{job._run_id}:{job.supervisor.restarts}"
+        job._runs = job._start_attempt(restore)
+
+    def log(self, line: str) -> None:
+        """An event of the job, in its log."""
+        self.job._log(line)
+
+
 class RayJob:
     """A compiled pipeline running on a Ray cluster (see the module docstring).
 
@@ -143,9 +188,9 @@ class RayJob:
         self._run_id = f"{plan.job_name}:{uuid.uuid4().hex[:12]}"
         self._key = f"{self._run_id}:0"  # names this attempt in host calls
         self._coordinator: Any = None  # the checkpoint coordinator's actor
-        self.restarts = 0
+        self.supervisor = Supervisor(self.name, _Attempts(self), self.fault_tolerance.restart)
+        self._runs: dict[Any, str] = {}  # the current attempt's run calls, by task id
         self._attempt_error: BaseException | None = None
-        self._cancel_requested = threading.Event()
         self._stop_requested = False
         self._hosts: dict[str, Host] = {}
         self._sources: list[Any] = []
@@ -218,9 +263,9 @@ class RayJob:
                 ft.checkpoint_dir,
                 ft.checkpoint_interval_s,
             )
-        runs = self._start_attempt(None)
+        self._runs = self._start_attempt(None)
         self._watcher = threading.Thread(
-            target=self._supervise, args=(runs,), name=f"sage-{self.name}-ray-watch", daemon=True
+            target=self._supervise, name=f"sage-{self.name}-ray-watch", daemon=True
         )
         self._watcher.start()
 
@@ -380,52 +425,22 @@ class RayJob:
         except BaseException as exc:  # pragma: no cover - the watcher must always end the job
             self._fail(JobError(f"job {self.name!r}: lost track of its tasks: {exc!r}"))
 
-    def _supervise(self, runs: dict[Any, str]) -> None:
-        """Watch each attempt; restart a failed one as the restart strategy allows."""
+    def _supervise(self) -> None:
+        """The watcher thread: attempts until one finishes or the strategy gives up, then
+        the job's end (hosts back to the pool, services cleaned up)."""
         import ray
 
-        strategy, coordinator = self.fault_tolerance.restart, self._coordinator
         error: BaseException | None = None
         try:
-            while True:
-                self._watch(runs)
-                relay = self._output_relay
-                if relay is not None and not relay.join(_OUTPUT_GRACE_S):
-                    self._log(
-                        f"the output of the tasks did not all come back in {_OUTPUT_GRACE_S:g}s"
-                    )
-                error = self._attempt_error
-                if error is None:
-                    if coordinator is not None:
-                        ray.get(coordinator.finish.remote())  # final states: sinks commit
-                    break
-                if strategy is None or self._cancel_requested.is_set():
-                    break
-                delay = strategy.on_failure(monotonic())
-                if delay is None:
-                    error = RestartsExhaustedError.of(self.name, self.restarts, strategy, error)
-                    break
-                self._release_hosts()
-                latest = None if coordinator is None else ray.get(coordinator.latest.remote())
-                self._log(
-                    f"restarting in {delay:.3g}s from "
-                    f"{'the start' if latest is None else f'checkpoint {latest.id}'} "
-                    f"(restart {self.restarts + 1}, {strategy.describe()}) after: {error}"
-                )
-                if self._cancel_requested.wait(delay):  # the strategy's delay; cancel cuts it
-                    error = JobCancelledError(f"job {self.name!r} was cancelled")
-                    break
-                self.restarts += 1
-                self._key = f"{self._run_id}:{self.restarts}"
-                runs = self._start_attempt(latest)
-        except BaseException as exc:
-            error = error or exc
+            error = self.supervisor.supervise()
+        except BaseException as exc:  # the watcher must always end the job
+            error = exc
         finally:
             with self._lock:
                 self._error = error
             self._teardown()
-            if coordinator is not None:
-                ray.kill(coordinator, no_restart=True)
+            if self._coordinator is not None:
+                ray.kill(self._coordinator, no_restart=True)
             self._ended_at = perf_counter()
             self._finished.set()
             self._log(f"ended: {self.status.value} after {self.elapsed_s:.2f}s")
@@ -509,7 +524,7 @@ class RayJob:
     def cancel(self) -> None:
         """End the job now, dropping records in flight; ``wait`` then raises JobCancelledError."""
         if not self._finished.is_set():
-            self._cancel_requested.set()
+            self.supervisor.cancel()
             self._fail(JobCancelledError(f"job {self.name!r} was cancelled"))
 
     def close(self) -> None:
@@ -525,6 +540,11 @@ class RayJob:
             self._watcher.join(_GRACE_S)
 
     # -- observation ------------------------------------------------------------------
+
+    @property
+    def restarts(self) -> int:
+        """Attempts started after a failure."""
+        return self.supervisor.restarts
 
     @property
     def status(self) -> JobStatus:
