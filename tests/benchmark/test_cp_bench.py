@@ -301,8 +301,8 @@ def test_an_unknown_policy_is_an_error_listing_the_valid_names() -> None:
 def test_the_cli_exits_2_on_an_unknown_policy_and_lists_the_valid_names(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", "--policy", "fastest", "--output", str(tmp_path)])
     assert result.exit_code == 2
-    assert "unknown scheduling policy 'fastest'" in result.output
-    assert "slo_aware" in result.output
+    assert "unknown scheduling policy 'fastest'" in result.stderr
+    assert "slo_aware" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -317,7 +317,7 @@ def test_the_cli_exits_2_on_an_unknown_policy_and_lists_the_valid_names(tmp_path
 def test_the_cli_exits_2_on_bad_options(args: list[str], tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--output", str(tmp_path)])
     assert result.exit_code == 2, result.output
-    assert "error:" in result.output
+    assert result.stderr.startswith("error:")
 
 
 def test_endpoint_urls() -> None:

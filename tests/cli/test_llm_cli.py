@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -107,7 +108,8 @@ def _serve_status_stop(stack: Stack, model: str, *extra: str) -> None:
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
     again = stack.sage("status", timeout=60)
-    assert again.returncode != 0 and "nothing is running" in again.stdout
+    assert again.returncode == 1 and again.stdout == ""  # a runtime failure, on stderr
+    assert again.stderr.startswith("error: nothing is running")
 
 
 def test_serve_status_stop_with_stub_engines(stack: Stack) -> None:
@@ -149,8 +151,8 @@ def test_a_busy_port_is_a_clear_error_naming_a_free_one(stack: Stack) -> None:
         busy.bind(("127.0.0.1", stack.gateway))
         busy.listen()
         served = stack.serve("--engine", "stub")
-    assert served.returncode == 2
-    message = " ".join(served.stdout.split())
+    assert served.returncode == 1  # the command could not run here: not a usage error
+    message = " ".join(served.stderr.split())
     assert f"port {stack.gateway} (gateway) is in use" in message
     assert "--gateway-port" in message
     assert not (stack.home / "llm" / "state.json").exists()
@@ -160,14 +162,97 @@ def test_a_model_that_is_not_available_offline_fails_before_starting_anything(
     stack: Stack,
 ) -> None:
     served = stack.serve("--model", "Qwen/Qwen2.5-7B-Instruct")
-    assert served.returncode == 2
-    message = " ".join(served.stdout.split())
+    assert served.returncode == 2  # a wrong --model: a usage error
+    message = " ".join(served.stderr.split())
     assert "not available offline" in message and "smollm2" in message
 
 
 def test_engine_vllm_without_a_gpu_says_what_to_use_and_starts_nothing(stack: Stack) -> None:
     served = stack.serve("--engine", "vllm", "--gpu-memory", "0.5")
-    assert served.returncode == 2
-    message = " ".join(served.stdout.split())
+    assert served.returncode == 1  # this machine cannot run it: a runtime failure
+    message = " ".join(served.stderr.split())
     assert "--engine vllm needs" in message and "--engine cpu" in message
     assert not (stack.home / "llm" / "state.json").exists()
+
+
+def test_the_ports_come_from_the_seeds_variables(stack: Stack) -> None:
+    env = {**stack.env, "SAGE_LLM_PORT": str(stack.llm), "SAGE_GATEWAY_PORT": str(stack.gateway)}
+    served = subprocess.run(
+        [*SAGE, "llm", "serve", "--engine", "stub"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert served.returncode == 0, served.stdout + served.stderr
+    state = json.loads((stack.home / "llm" / "state.json").read_text())
+    assert state["ports"]["llm"] == stack.llm and state["ports"]["gateway"] == stack.gateway
+    assert httpx.get(f"http://127.0.0.1:{stack.llm}/health", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--engine", "gpu"), "'gpu' is not one of"),
+        (("--dtype", "int4"), "'int4' is not one of"),
+        (("--dtype", "half"), "--dtype half is for vLLM"),
+        (("--sim-profile", "{}"), "--sim-profile is for --engine simulated"),
+    ],
+)
+def test_a_wrong_option_is_a_usage_error_on_stderr(
+    stack: Stack, args: tuple[str, ...], expected: str
+) -> None:
+    served = stack.serve(*args)
+    assert served.returncode == 2 and expected in " ".join(served.stderr.split())
+    assert not (stack.home / "llm" / "state.json").exists()
+
+
+def test_foreground_serves_until_ctrl_c_and_stops_everything(stack: Stack) -> None:
+    process = subprocess.Popen(
+        [
+            *SAGE,
+            *("llm", "serve", "--engine", "stub", "--foreground"),
+            *("--port", str(stack.llm), "--gateway-port", str(stack.gateway)),
+        ],
+        env={**stack.env, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # the engines' and the gateway's logs, then "ready"
+            if "ready" in line:
+                break
+        pids = stack.pids()
+        assert all(map(_alive, pids.values()))
+        assert httpx.get(f"http://127.0.0.1:{stack.gateway}/health", timeout=10).status_code == 200
+        process.send_signal(signal.SIGINT)
+        assert process.wait(120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not [name for name, pid in pids.items() if _alive(pid)]
+    assert not (stack.home / "llm" / "state.json").exists()
+
+
+def test_stop_never_signals_a_process_that_reused_a_pid(stack: Stack) -> None:
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        state = {
+            "pids": {"gateway": bystander.pid},
+            "started": {"gateway": 1.0},  # the stack's gateway started long before it
+            "host": "127.0.0.1",
+            "ports": {"gateway": stack.gateway},
+        }
+        (stack.home / "llm").mkdir(parents=True)
+        (stack.home / "llm" / "state.json").write_text(json.dumps(state))
+        stopped = stack.sage("stop", timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "had already exited" in stopped.stdout
+        assert bystander.poll() is None  # untouched
+    finally:
+        bystander.kill()
+        bystander.wait()

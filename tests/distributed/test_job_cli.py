@@ -92,9 +92,9 @@ def test_job_stop_and_cancel(server: JobManagerServer) -> None:
 
 def test_an_unknown_job_is_an_error_without_a_traceback(server: JobManagerServer) -> None:
     result = sage("job", "status", "nope-000000", "--port", str(server.port))
-    assert result.exit_code == 2
-    assert "no job 'nope-000000'" in result.output and "sage job list" in result.output
-    assert "Traceback" not in result.output
+    assert result.exit_code == 1
+    assert "no job 'nope-000000'" in result.stderr and "sage job list" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
 
 
 def test_jobmanager_status_against_a_running_and_a_missing_jobmanager(
@@ -107,9 +107,9 @@ def test_jobmanager_status_against_a_running_and_a_missing_jobmanager(
     free = str(SagePorts.any_free_port())
     missing = sage("jobmanager", "status", "--port", free)
     assert missing.exit_code == 1
-    assert f"sage jobmanager start --host 127.0.0.1 --port {free}" in missing.output
+    assert f"sage jobmanager start --host 127.0.0.1 --port {free}" in missing.stderr
     job_list = sage("job", "list", "--port", free)
-    assert job_list.exit_code == 2 and "sage jobmanager start" in job_list.output
+    assert job_list.exit_code == 1 and "sage jobmanager start" in job_list.stderr
 
 
 # -- real processes ---------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def test_start_submit_status_stop_as_processes(home: Path, tmp_path: Path) -> No
         assert log_file().exists()
 
         again = cli("jobmanager", "start", "--port", str(port))
-        assert again.returncode == 2 and "already running" in again.stdout
+        assert again.returncode == 1 and "already running" in again.stderr
 
         out = tmp_path / "out"
         out.mkdir()
@@ -166,4 +166,4 @@ def test_start_submit_status_stop_as_processes(home: Path, tmp_path: Path) -> No
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not state_file().exists()
     gone = cli("jobmanager", "status", "--port", str(port))
-    assert gone.returncode == 1 and "sage jobmanager start" in gone.stdout
+    assert gone.returncode == 1 and "sage jobmanager start" in gone.stderr

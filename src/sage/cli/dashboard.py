@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from sage.cli.errors import fail, usage
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
 from sage.common.processes import serve_until_signalled
@@ -55,16 +56,14 @@ def dashboard(
             interval_s=interval,
         )
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise usage(str(exc)) from None
 
     async def start() -> int:
         try:
             bound = await server.start_async()
         except OSError as exc:
             free = SagePorts.find_free_port(port + 1, host)
-            console.print(f"[red]error:[/red] {exc}; try --port {free}")
-            raise typer.Exit(2) from None
+            raise fail(f"{exc}; try --port {free}") from None
         console.print(f"SAGE dashboard at [bold]http://{host}:{bound}/[/bold] (Ctrl-C to stop)")
         return bound
 

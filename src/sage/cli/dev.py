@@ -24,6 +24,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sage.cli.errors import fail, usage
+
 PROJECT_NAME = "sage-flow"
 """``[project] name`` in the pyproject.toml that marks the root of the SAGE checkout."""
 
@@ -89,18 +91,12 @@ def missing_modules(modules: Iterable[str]) -> list[str]:
     return sorted({m for m in modules if importlib.util.find_spec(m) is None})
 
 
-def _fail(message: str) -> typer.Exit:
-    # soft_wrap: a path in the message stays on one line, whole for copying.
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
-
-
 def _resolve_root(root: Path | None) -> Path:
     """The checkout's root: ``--root`` if it is one, else found from the current directory."""
     if root is None:
         found = find_project_root(Path.cwd())
         if found is None:
-            raise _fail(
+            raise usage(
                 f"no SAGE checkout found in {Path.cwd()} or above it (a pyproject.toml with "
                 f'name = "{PROJECT_NAME}"); run sage-dev inside the SAGE checkout or pass '
                 "--root PATH"
@@ -113,7 +109,7 @@ def _resolve_root(root: Path | None) -> Path:
     enclosing = find_project_root(root)
     if enclosing is not None:
         hint = f"did you mean --root {enclosing}?"
-    raise _fail(
+    raise usage(
         f"--root {root} is not the SAGE checkout's root (it has no pyproject.toml with "
         f'name = "{PROJECT_NAME}"); {hint}'
     )
@@ -127,13 +123,13 @@ def _resolve_paths(root: Path, paths: list[Path] | None) -> list[str]:
     if not paths:
         found = [p for p in DEFAULT_PATHS if (root / p).exists()]
         if not found:
-            raise _fail(f"none of {', '.join(DEFAULT_PATHS)} exists in {root}; pass the paths")
+            raise usage(f"none of {', '.join(DEFAULT_PATHS)} exists in {root}; pass the paths")
         return found
     resolved: list[str] = []
     for path in paths:
         full = path.expanduser().resolve()
         if not full.exists():
-            raise _fail(f"{path} does not exist (paths are relative to the current directory)")
+            raise usage(f"{path} does not exist (paths are relative to the current directory)")
         resolved.append(str(full.relative_to(root)) if full.is_relative_to(root) else str(full))
     return resolved
 
@@ -194,7 +190,7 @@ def quality(
     missing = missing_modules(s.module for s in steps)
     if missing:
         one = len(missing) == 1
-        raise _fail(
+        raise fail(
             f"{' and '.join(missing)} {'is' if one else 'are'} not installed for "
             f"{sys.executable}; run make quality (or pip install -e '.[quality]') to install "
             f"{'it' if one else 'them'}"

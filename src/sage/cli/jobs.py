@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sage.cli.errors import fail
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError, SageError
 from sage.common.processes import SpawnError, is_running, spawn_module, terminate
@@ -63,16 +64,10 @@ class Runtime(StrEnum):
     LOCAL = "local"
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    # soft_wrap: a command in the message stays on one line, to copy and paste
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
 def _running_state() -> dict[str, Any] | None:
     """The state file of a JobManager started from this ``$SAGE_HOME`` that still runs."""
     state = read_state()
-    return state if state and is_running(int(state["pid"])) else None
+    return state if state and is_running(int(state["pid"]), state.get("started")) else None
 
 
 def _address(host: str | None, port: int | None) -> tuple[str, int]:
@@ -89,7 +84,7 @@ def _client(host: str | None, port: int | None) -> Iterator[JobManagerClient]:
         with JobManagerClient(*_address(host, port)) as client:
             yield client
     except SageError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _status(status: str) -> str:
@@ -139,13 +134,13 @@ def jobmanager_start(
     """Start the JobManager (in the background unless --foreground)."""
     state = _running_state()
     if state:
-        raise _fail(
+        raise fail(
             f"a JobManager is already running at {state['host']}:{state['port']} "
             f"(pid {state['pid']}); stop it with `sage jobmanager stop`"
         )
     if not SagePorts.is_port_free(port, host):
         free = SagePorts.find_free_port(port + 1, host)
-        raise _fail(f"port {port} on {host} is in use; pick a free one, e.g. --port {free}")
+        raise fail(f"port {port} on {host} is in use; pick a free one, e.g. --port {free}")
     args = ["--host", host, "--port", str(port), "--runtime", runtime.value]
     if ray_address:
         args += ["--ray-address", ray_address]
@@ -161,7 +156,7 @@ def jobmanager_start(
         with console.status("starting the JobManager..."):
             pid, bound = spawn_module(SERVER_MODULE, args, log, timeout)
     except SpawnError as exc:
-        raise _fail(f"the JobManager {exc}") from None
+        raise fail(f"the JobManager {exc}") from None
     with _client(host, bound) as client:
         health = client.health()
     token = f"${TOKEN_ENV}" if os.environ.get(TOKEN_ENV, "").strip() else str(token_file())
@@ -190,7 +185,7 @@ def jobmanager_stop(
         return
     pid = int(state["pid"])
     with console.status(f"stopping the JobManager (pid {pid})..."):
-        graceful = terminate(pid, timeout, group=False)
+        graceful = terminate(pid, timeout, group=False, started=state.get("started"))
     state_file().unlink(missing_ok=True)
     how = "stopped" if graceful else f"killed (it did not exit within {timeout:g} s)"
     console.print(f"{how} the JobManager at {state['host']}:{state['port']} (pid {pid})")
@@ -205,9 +200,9 @@ def jobmanager_status(host: HostOption = None, port: PortOption = None) -> None:
             health = client.health()
             jobs = client.list()
     except ConfigError as exc:  # it runs, but refuses this client's token
-        raise _fail(str(exc), code=1) from None
+        raise fail(str(exc)) from None
     except SageError as exc:
-        raise _fail(f"not running: {exc}", code=1) from None
+        raise fail(f"not running: {exc}") from None
     state = _running_state()
     pid = f" (pid {state['pid']})" if state and int(state["port"]) == address[1] else ""
     counts: dict[str, int] = {}
@@ -299,10 +294,9 @@ def job_stop(
     if info.ended or timeout <= 0:
         console.print(f"{info.job_id}: {_status(info.status)} {_error_text(info)}")
     else:
-        raise _fail(
+        raise fail(
             f"{job_id} is still {info.status} after {timeout:g} s; "
             f"`sage job cancel {job_id}` ends it now",
-            code=1,
         )
 
 

@@ -9,8 +9,11 @@ live in ``$SAGE_HOME/llm`` (default ``~/.sage/llm``).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,10 +21,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sage.cli.errors import fail, stderr, usage
 from sage.common.config.paths import sage_home
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
-from sage.common.processes import is_running
+from sage.common.processes import is_running, started_at
 from sage.inference.deploy.processes import (
     SpawnError,
     spawn_engine,
@@ -50,15 +54,32 @@ def load_state() -> dict[str, Any] | None:
         return None
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(2)
+class Engine(StrEnum):
+    """What serves the chat model."""
+
+    CPU = "cpu"
+    VLLM = "vllm"
+    STUB = "stub"
+    SIMULATED = "simulated"
+
+
+class Dtype(StrEnum):
+    """Weights' precision (the CPU engine takes float32 or bfloat16)."""
+
+    AUTO = "auto"
+    HALF = "half"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT32 = "float32"
+
+
+_CPU_DTYPES = (Dtype.FLOAT32, Dtype.BFLOAT16)
 
 
 def _check_port(port: int, what: str, option: str, host: str) -> None:
     if not SagePorts.is_port_free(port, host):
         free = SagePorts.find_free_port(port + 1, host)
-        raise _fail(f"port {port} ({what}) is in use; pick a free one, e.g. {option} {free}")
+        raise fail(f"port {port} ({what}) is in use; pick a free one, e.g. {option} {free}")
 
 
 def _start_engine(
@@ -67,7 +88,7 @@ def _start_engine(
     engine: str,
     host: str,
     port: int,
-    logs: Path,
+    logs: Path | None,
     timeout_s: float,
     *extra: str,
 ) -> tuple[int, str]:
@@ -77,15 +98,70 @@ def _start_engine(
             kind,
             model,
             engine,
-            logs / f"{kind}.log",
+            None if logs is None else logs / f"{kind}.log",
             host=host,
             port=port,
             timeout_s=timeout_s,
             extra=extra,
         )
     except SpawnError as exc:
-        raise _fail(f"{kind} {exc}") from None
+        raise fail(f"{kind} {exc}") from None
     return pid, name
+
+
+def _check_models(
+    engine: Engine,
+    model: str,
+    embedding_model: str | None,
+    host: str,
+    port: int,
+    gpu_memory: float | None,
+    dtype: Dtype | None,
+) -> None:
+    """Refuse (exit 2) a model or an option the engine cannot take, before starting anything;
+    exit 1 if vLLM is asked for where it cannot run."""
+    from sage.inference.engines.models import resolve_model
+
+    if dtype is not None and engine is Engine.CPU and dtype not in _CPU_DTYPES:
+        raise usage(f"--dtype {dtype} is for vLLM; the CPU engine takes float32 or bfloat16")
+    try:
+        if engine is Engine.CPU:
+            resolve_model(model, "llm")
+        elif engine is Engine.VLLM:
+            from sage.inference.engines.vllm import vllm_command
+
+            vllm_command(model, host, port, gpu_memory, None if dtype is None else str(dtype))
+        if embedding_model is not None:
+            resolve_model(embedding_model, "embedding")
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    if engine is Engine.VLLM:
+        from sage.inference.engines.vllm import check_vllm_available
+
+        try:
+            check_vllm_available()
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+
+
+def _write_state(state: dict[str, Any]) -> None:
+    _state_file().parent.mkdir(parents=True, exist_ok=True)
+    _state_file().write_text(json.dumps(state), encoding="utf-8")
+
+
+def _wait_for_a_signal(pids: dict[str, int]) -> None:
+    """Block until Ctrl-C or SIGTERM, or until one of ``pids`` exits (``--foreground``)."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
+    try:
+        while True:
+            pid, _ = os.wait()  # wakes on a child's exit, or with the signal's exception
+            ended = [name for name, p in pids.items() if p == pid]
+            if ended:
+                raise fail(f"the {ended[0]} process exited; stopping the others")
+    except KeyboardInterrupt:
+        stderr.print("stopping...")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @llm_app.command()
@@ -99,26 +175,35 @@ def serve(
     ] = None,
     with_embedding: Annotated[bool, typer.Option(help="Also serve the embedding model.")] = False,
     port: Annotated[
-        int | None, typer.Option(help="LLM engine port (default 8001, 8901 on WSL2).")
+        int | None,
+        typer.Option(envvar="SAGE_LLM_PORT", help="LLM engine port (default 8001, 8901 on WSL2)."),
     ] = None,
     embedding_port: Annotated[
-        int, typer.Option(help="Embedding engine port.")
+        int, typer.Option(envvar="SAGE_EMBEDDING_PORT", help="Embedding engine port.")
     ] = SagePorts.EMBEDDING_DEFAULT,
-    gateway_port: Annotated[int, typer.Option(help="Gateway port.")] = SagePorts.GATEWAY_DEFAULT,
+    gateway_port: Annotated[
+        int, typer.Option(envvar="SAGE_GATEWAY_PORT", help="Gateway port.")
+    ] = SagePorts.GATEWAY_DEFAULT,
     engine: Annotated[
-        str,
+        Engine,
         typer.Option(
             help="cpu (transformers), vllm (GPU), stub (answers at once; for testing), or "
             "simulated (a simulator of a batched GPU engine's timing; any model name)."
         ),
-    ] = "cpu",
+    ] = Engine.CPU,
     gpu_memory: Annotated[
         float | None, typer.Option(help="vLLM --gpu-memory-utilization (0-1).")
     ] = None,
     dtype: Annotated[
+        Dtype | None,
+        typer.Option(help="vLLM --dtype; the CPU engine takes float32 or bfloat16."),
+    ] = None,
+    api_key: Annotated[
         str | None,
         typer.Option(
-            help="vLLM --dtype (auto, half, bfloat16...); CPU engine: float32 or bfloat16."
+            envvar="SAGE_API_KEY",
+            help="Key the gateway requires (Authorization: Bearer); none: the API is open.",
+            show_default=False,
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -130,69 +215,76 @@ def serve(
             """e.g. '{"max_batch": 8, "decode_base_ms": 20}'."""
         ),
     ] = None,
+    foreground: Annotated[
+        bool,
+        typer.Option(
+            "--foreground",
+            help="Stay in the foreground: the processes log to this terminal, Ctrl-C (or "
+            "SIGTERM) stops them all.",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds each process may take to start.")] = 600.0,
 ) -> None:
-    """Start the engines and the gateway in the background; return when all are ready."""
+    """Start the engines and the gateway; return when all are ready (with --foreground,
+    when they are stopped)."""
     state = load_state()
-    if state and any(is_running(p) for p in state["pids"].values()):
-        raise _fail("the stack is already running (see sage llm status); run sage llm stop first")
-    if engine not in ("cpu", "vllm", "stub", "simulated"):
-        raise _fail(f"--engine {engine!r} is unknown; use cpu, vllm, stub or simulated")
+    if state and any(_alive(state, name) for name in state["pids"]):
+        raise fail("the stack is already running (see sage llm status); run sage llm stop first")
     sim_args: list[str] = []
     if sim_profile is not None:
-        if engine != "simulated":
-            raise _fail("--sim-profile is for --engine simulated")
+        if engine is not Engine.SIMULATED:
+            raise usage("--sim-profile is for --engine simulated")
         from sage.inference.engines.simulated import SimulatorProfile
 
         try:
             sim_args = ["--sim-profile", SimulatorProfile.from_json(sim_profile).to_json()]
         except ConfigError as exc:
-            raise _fail(f"--sim-profile: {exc}") from None
+            raise usage(f"--sim-profile: {exc}") from None
     llm_port = port or SagePorts.get_recommended_llm_port()
     serve_embedding = with_embedding or embedding_model is not None
     embedding_model = embedding_model or "all-minilm-l6-v2"
-    if engine not in ("stub", "simulated"):  # these serve any name; nothing is loaded
-        from sage.inference.engines.models import resolve_model
-
-        try:
-            if engine == "cpu":
-                resolve_model(model, "llm")
-            else:
-                from sage.inference.engines.vllm import (
-                    check_vllm_available,
-                    vllm_command,
-                )
-
-                vllm_command(model, host, llm_port, gpu_memory, dtype)  # validates the options
-                check_vllm_available()
-            if serve_embedding:
-                resolve_model(embedding_model, "embedding")
-        except ConfigError as exc:
-            raise _fail(str(exc)) from None
+    if engine not in (Engine.STUB, Engine.SIMULATED):  # these serve any name; nothing is loaded
+        _check_models(
+            engine,
+            model,
+            embedding_model if serve_embedding else None,
+            host,
+            llm_port,
+            gpu_memory,
+            dtype,
+        )
     _check_port(llm_port, "LLM engine", "--port", host)
     if serve_embedding:
         _check_port(embedding_port, "embedding engine", "--embedding-port", host)
     _check_port(gateway_port, "gateway", "--gateway-port", host)
 
-    logs = state_dir() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs: Path | None = None if foreground else state_dir() / "logs"
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
+    state_dir().mkdir(parents=True, exist_ok=True)
     pids: dict[str, int] = {}
     llm_name = model  # vLLM serves the model under the name it was given
     try:
         with console.status("starting the LLM engine (loading the model)..."):
-            if engine == "vllm":
+            if engine is Engine.VLLM:
                 from sage.inference.engines.vllm import launch_vllm
 
                 try:
                     pids["llm"] = launch_vllm(
-                        model, host, llm_port, logs / "llm.log", gpu_memory, dtype, timeout
+                        model,
+                        host,
+                        llm_port,
+                        state_dir() / "llm.log",
+                        gpu_memory,
+                        None if dtype is None else str(dtype),
+                        timeout,
                     )
                 except ConfigError as exc:
-                    raise _fail(str(exc)) from None
+                    raise fail(str(exc)) from None
             else:
                 cpu_args = ["--max-batch", str(max_batch), *sim_args]
-                if dtype and engine == "cpu":
-                    cpu_args += ["--dtype", dtype]
+                if dtype and engine is Engine.CPU:
+                    cpu_args += ["--dtype", str(dtype)]
                 pids["llm"], llm_name = _start_engine(
                     "llm", model, engine, host, llm_port, logs, timeout, *cpu_args
                 )
@@ -200,9 +292,10 @@ def serve(
             "llm_backends": [{"host": host, "port": llm_port, "model_name": llm_name}],
             "embedding_backends": [],
         }
+        emb_name = None
         if serve_embedding:
             with console.status("starting the embedding engine..."):
-                emb_engine = engine if engine in ("stub", "simulated") else "cpu"
+                emb_engine = engine if engine in (Engine.STUB, Engine.SIMULATED) else "cpu"
                 pids["embedding"], emb_name = _start_engine(
                     "embedding",
                     embedding_model,
@@ -221,40 +314,60 @@ def serve(
                     "instance_type": "embedding",
                 }
             ]
+        gateway_config: dict[str, Any] = {"host": host, "port": gateway_port, **backends}
+        if api_key:
+            gateway_config["api_key"] = api_key
         with console.status("starting the gateway..."):
             try:
                 pids["gateway"], _ = spawn_gateway(
-                    {"host": host, "port": gateway_port, **backends},
+                    gateway_config,
                     state_dir() / "gateway.json",
-                    logs / "gateway.log",
+                    None if logs is None else logs / "gateway.log",
                 )
             except SpawnError as exc:
-                raise _fail(f"gateway {exc}") from None
-    except BaseException:
-        for pid in pids.values():
-            terminate(pid)
-        raise
-    _state_file().write_text(
-        json.dumps(
+                raise fail(f"gateway {exc}") from None
+        _write_state(
             {
                 "pids": pids,
+                "started": {name: started_at(pid) for name, pid in pids.items()},
                 "host": host,
                 "ports": {
                     "llm": llm_port,
                     "embedding": embedding_port if serve_embedding else None,
                     "gateway": gateway_port,
                 },
-                "models": {"llm": llm_name, "embedding": emb_name if serve_embedding else None},
+                "models": {"llm": llm_name, "embedding": emb_name},
                 "started_at": time.time(),
+                "foreground": foreground,
             }
-        ),
-        encoding="utf-8",
-    )
-    console.print(
-        f"[green]ready[/green]: gateway http://{host}:{gateway_port}/v1 "
-        f"(LLM {llm_name} on {llm_port}"
-        + (f", embeddings {emb_name} on {embedding_port})" if serve_embedding else ")")
-    )
+        )
+        console.print(
+            f"[green]ready[/green]: gateway http://{host}:{gateway_port}/v1 "
+            f"(LLM {llm_name} on {llm_port}"
+            + (f", embeddings {emb_name} on {embedding_port})" if serve_embedding else ")")
+            + ("; Ctrl-C stops them" if foreground else "")
+        )
+        if foreground:
+            _wait_for_a_signal(pids)
+    except BaseException:
+        _stop_all(pids)
+        raise
+    if foreground:
+        _stop_all(pids)
+
+
+def _stop_all(pids: dict[str, int]) -> None:
+    """Stop the processes just started (in reverse order), and forget them."""
+    for pid in reversed(pids.values()):
+        terminate(pid)
+    _state_file().unlink(missing_ok=True)
+
+
+def _alive(state: dict[str, Any], name: str) -> bool:
+    """Whether the process ``name`` of ``state`` still runs (the same one: a pid reused by
+    another process does not count)."""
+    started = (state.get("started") or {}).get(name)
+    return is_running(state["pids"][name], started)
 
 
 @llm_app.command()
@@ -264,18 +377,19 @@ def status() -> None:
 
     state = load_state()
     if not state:
-        raise _fail("nothing is running; start it with sage llm serve")
+        raise fail("nothing is running; start it with sage llm serve")
     table = Table(title="SAGE inference stack")
     for column in ("process", "pid", "alive"):
         table.add_column(column)
     for name, pid in state["pids"].items():
-        table.add_row(name, str(pid), "[green]yes[/green]" if is_running(pid) else "[red]no[/red]")
+        alive = _alive(state, name)
+        table.add_row(name, str(pid), "[green]yes[/green]" if alive else "[red]no[/red]")
     console.print(table)
     url = f"http://{state['host']}:{state['ports']['gateway']}/v1/management/instances"
     try:
         instances = httpx.get(url, timeout=5).json()["instances"]
     except (httpx.HTTPError, ValueError, KeyError) as exc:
-        raise _fail(f"the gateway did not answer at {url}: {exc}") from None
+        raise fail(f"the gateway did not answer at {url}: {exc}") from None
     view = Table(title="instances")
     for column in (
         "instance",
@@ -311,13 +425,17 @@ def stop() -> None:
     if not state:
         console.print("nothing is running")
         return
+    started = state.get("started") or {}
     for name, pid in state["pids"].items():
-        terminate(pid)
+        if not _alive(state, name):
+            console.print(f"{name} (pid {pid}) had already exited")
+            continue
+        terminate(pid, started=started.get(name))
         console.print(f"stopped {name} (pid {pid})")
-    left = [f"{n} ({p})" for n, p in state["pids"].items() if is_running(p)]
+    left = [f"{n} ({p})" for n, p in state["pids"].items() if _alive(state, n)]
     _state_file().unlink(missing_ok=True)
     if left:
-        raise _fail(f"still running: {', '.join(left)}")
+        raise fail(f"still running: {', '.join(left)}")
 
 
 @llm_app.command()
@@ -333,7 +451,7 @@ def logs(
     folder = state_dir() / "logs"
     files = [folder / f"{name}.log"] if name else sorted(folder.glob("*.log"))
     if not files or not all(f.exists() for f in files):
-        raise _fail(f"no logs in {folder}" + (f" for {name!r}" if name else ""))
+        raise fail(f"no logs in {folder}" + (f" for {name!r}" if name else ""))
     for path in files:
         console.rule(path.name)
         console.print(

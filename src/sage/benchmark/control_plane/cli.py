@@ -52,6 +52,7 @@ from sage.benchmark.control_plane.report import (
     write_reports,
 )
 from sage.benchmark.control_plane.runner import PolicyRun, run_benchmark
+from sage.cli.errors import fail, usage
 from sage.common.errors import ConfigError, GatewayError
 from sage.inference.deploy.processes import SpawnError
 
@@ -94,11 +95,6 @@ class _ProgressBar:
 def _lengths(mean: float | None, shape: Shape, spread: float = 0.5) -> LengthDistribution | None:
     """A :class:`LengthDistribution` around ``mean`` (``None``: keep the config's default)."""
     return None if mean is None else LengthDistribution.around(mean, shape, spread)
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
 
 
 RUN_HELP = """Send one trace through a gateway scheduled by one --policy; report the figures.
@@ -218,7 +214,7 @@ def bench(
     command: Literal["run", "compare"] = "compare" if ctx.info_name == "compare" else "run"
     names = [p.strip() for p in (policy or "").split(",") if p.strip()]
     if command == "run" and len(names) > 1:
-        raise _fail("run takes one --policy; to compare several use: compare --policies a,b", 2)
+        raise usage("run takes one --policy; to compare several use: compare --policies a,b")
     try:
         values: dict[str, Any] = {
             "policies": names
@@ -268,7 +264,7 @@ def bench(
             config.output_tokens = dataclasses.replace(config.output_tokens, shape=length_shape)
         config.validate()
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise usage(str(exc)) from None
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -281,9 +277,9 @@ def bench(
         with Progress(*columns, console=console) as progress:
             result = run_benchmark(config, command, _ProgressBar(progress))
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise usage(str(exc)) from None
     except (GatewayError, SpawnError) as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc)) from None
     for table in report_tables(result):
         console.print(rich_table(table))
     for line in summary_lines(result):

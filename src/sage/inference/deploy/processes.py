@@ -28,12 +28,12 @@ __all__ = [
 SERVING_MODULE = "sage.inference.deploy.serving"
 
 
-def spawn(args: list[str], log_path: Path, timeout_s: float) -> tuple[int, int]:
+def spawn(args: list[str], log_path: Path | None, timeout_s: float) -> tuple[int, int]:
     """Start ``python -m serving <args>`` detached (offline); wait for it to listen.
 
     Args:
         args: The serving command line (``engine --kind llm ...`` or ``gateway --config ...``).
-        log_path: File the child's output is appended to.
+        log_path: File the child's output is appended to (``None``: this process's).
         timeout_s: How long it may take to listen.
 
     Returns:
@@ -60,7 +60,7 @@ def spawn_engine(
     kind: str,
     model: str,
     engine: str,
-    log_path: Path,
+    log_path: Path | None,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
@@ -84,7 +84,7 @@ def spawn_engine(
 
 
 def spawn_gateway(
-    config: Mapping[str, Any], config_path: Path, log_path: Path, timeout_s: float = 60.0
+    config: Mapping[str, Any], config_path: Path, log_path: Path | None, timeout_s: float = 60.0
 ) -> tuple[int, int]:
     """Write ``config`` (``UnifiedServerConfig`` fields, backends as dicts) to ``config_path``
     and start a gateway process on it; ``(pid, port)`` once it listens.

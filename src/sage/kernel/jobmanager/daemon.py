@@ -18,7 +18,7 @@ from sage.common.concurrency import run_loop
 from sage.common.config.paths import sage_home
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
-from sage.common.processes import serve_until_signalled
+from sage.common.processes import serve_until_signalled, started_at
 from sage.kernel.jobmanager.factories import JobFactory, LocalJobFactory
 from sage.kernel.jobmanager.manager import JobManager
 from sage.kernel.jobmanager.server import JobManagerServer
@@ -43,7 +43,8 @@ def log_file() -> Path:
 
 
 def read_state() -> dict[str, Any] | None:
-    """What :func:`serve` wrote (``pid``, ``host``, ``port``, ``runtime``...), or ``None``."""
+    """What :func:`serve` wrote (``pid`` and ``started``, its start time, ``host``, ``port``,
+    ``runtime``...), or ``None``."""
     try:
         return dict(json.loads(state_file().read_text(encoding="utf-8")))
     except (OSError, ValueError):
@@ -54,7 +55,8 @@ def read_state() -> dict[str, Any] | None:
 def _state(host: str, port: int, runtime: str) -> Iterator[None]:
     path = state_file()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    state = {"pid": os.getpid(), "host": host, "port": port, "runtime": runtime}
+    pid = os.getpid()
+    state = {"pid": pid, "started": started_at(pid), "host": host, "port": port, "runtime": runtime}
     path.write_text(json.dumps({**state, "started_at": time.time()}), encoding="utf-8")
     try:
         yield
