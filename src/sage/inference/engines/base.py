@@ -54,6 +54,9 @@ class SamplingParams:
         top_p: Nucleus sampling mass (1.0: off).
         stop: Strings that end the answer (not included in it).
         seed: Makes sampling repeatable.
+        frequency_penalty: Subtracted from a token's logit once per time it was generated.
+        presence_penalty: Subtracted from a token's logit once it was generated at all.
+        logit_bias: Added to the logits of these token ids before sampling.
     """
 
     max_tokens: int = 256
@@ -61,6 +64,14 @@ class SamplingParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether penalties or biases change the logits before sampling."""
+        return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
 
 
 @dataclass
@@ -86,6 +97,9 @@ class LLMEngine(ABC):
     model_name: str
     aliases: tuple[str, ...] = ()
     context_length: int = 2048
+    vocab_size: int | None = None
+    """Token ids are below it (``logit_bias`` is checked against it); ``None``: an engine
+    with no vocabulary (a stub or a simulator, which take any id)."""
 
     def accepts(self, model: str) -> bool:
         """Whether requests naming ``model`` are for this engine."""

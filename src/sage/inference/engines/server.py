@@ -34,10 +34,10 @@ from sage.inference.engines.base import (
     SamplingParams,
 )
 from sage.inference.protocol import (
+    AssistantMessage,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatMessage,
     Choice,
     ChunkChoice,
     CompletionChoice,
@@ -133,8 +133,11 @@ class EngineServer:
         try:
             parsed = model.model_validate_json(request.body)
         except ValidationError as exc:
-            error = error_from_validation(exc)
+            error = error_from_validation(exc, getattr(model, "endpoint", ""))
             raise HttpError(400, error.error.message, error.model_dump_json().encode()) from None
+        user = getattr(parsed, "user", None)
+        if user is not None:
+            logger.debug("request %s for user %r", request.id, user)
         name = parsed.model  # type: ignore[attr-defined]
         if not self.engine.accepts(name):
             raise _bad(
@@ -159,6 +162,15 @@ class EngineServer:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        biases = {int(token): bias for token, bias in (parsed.logit_bias or {}).items()}
+        vocab = engine.vocab_size
+        if vocab is not None and any(token >= vocab for token in biases):
+            raise _bad(
+                400,
+                f"logit_bias names token {max(biases)}, but the model's token ids are below "
+                f"{vocab}",
+                param="logit_bias",
+            )
         stop = parsed.stop
         return SamplingParams(
             max_tokens=max_tokens,
@@ -166,6 +178,9 @@ class EngineServer:
             top_p=1.0 if parsed.top_p is None else parsed.top_p,
             stop=[stop] if isinstance(stop, str) else list(stop or []),
             seed=parsed.seed,
+            frequency_penalty=parsed.frequency_penalty or 0.0,
+            presence_penalty=parsed.presence_penalty or 0.0,
+            logit_bias=biases,
         )
 
     # -- routes -----------------------------------------------------------------------------
@@ -180,7 +195,9 @@ class EngineServer:
         )
         deltas = engine.generate(params, messages=messages)
         if parsed.stream:
-            include_usage = bool((parsed.stream_options or {}).get("include_usage"))
+            include_usage = (
+                parsed.stream_options is not None and parsed.stream_options.include_usage
+            )
             return StreamResponse(self._chat_events(deltas, parsed.model, include_usage))
         text, last = await _collect(deltas)
         return json_response(
@@ -188,7 +205,7 @@ class EngineServer:
                 model=parsed.model,
                 choices=[
                     Choice(
-                        message=ChatMessage(role="assistant", content=text),
+                        message=AssistantMessage(content=text),
                         finish_reason=last.finish_reason,  # type: ignore[arg-type]
                     )
                 ],
@@ -258,32 +275,44 @@ class EngineServer:
             raise _bad(400, str(exc), param="prompt") from None
         params = self._params(parsed, parsed.max_tokens or 16, engine.prompt_tokens(None, prompt))
         deltas = engine.generate(params, prompt=prompt)
+        echoed = prompt if parsed.echo else ""
         if parsed.stream:
-            return StreamResponse(self._completion_events(deltas, parsed.model))
+            include_usage = (
+                parsed.stream_options is not None and parsed.stream_options.include_usage
+            )
+            return StreamResponse(
+                self._completion_events(deltas, parsed.model, echoed, include_usage)
+            )
         text, last = await _collect(deltas)
         return json_response(
             CompletionResponse(
                 model=parsed.model,
-                choices=[CompletionChoice(text=text, finish_reason=last.finish_reason)],  # type: ignore[arg-type]
+                choices=[CompletionChoice(text=echoed + text, finish_reason=last.finish_reason)],  # type: ignore[arg-type]
                 usage=_usage(last),
             )
         )
 
     async def _completion_events(
-        self, deltas: AsyncIterator[Delta], model: str
+        self, deltas: AsyncIterator[Delta], model: str, echoed: str, include_usage: bool
     ) -> AsyncIterator[bytes]:
         completion_id = new_id("cmpl")
+
+        def event(text: str, finish_reason: str | None) -> bytes:
+            choice = CompletionChoice(text=text, finish_reason=finish_reason)  # type: ignore[arg-type]
+            return _sse(
+                CompletionResponse(id=completion_id, model=model, usage=None, choices=[choice])
+            )
+
         try:
+            if echoed:
+                yield event(echoed, None)
             async for delta in deltas:
                 if delta.text or delta.finish_reason:
+                    yield event(delta.text, delta.finish_reason)
+                if delta.finish_reason is not None and include_usage:
                     yield _sse(
                         CompletionResponse(
-                            id=completion_id,
-                            model=model,
-                            usage=None,
-                            choices=[
-                                CompletionChoice(text=delta.text, finish_reason=delta.finish_reason)  # type: ignore[arg-type]
-                            ],
+                            id=completion_id, model=model, choices=[], usage=_usage(delta)
                         )
                     )
             yield b"data: [DONE]\n\n"

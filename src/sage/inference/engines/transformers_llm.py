@@ -140,6 +140,7 @@ class TransformersLLMEngine(LLMEngine):
         )
         self.model = model.eval()
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.vocab_size = int(self.model.config.vocab_size)
         eos = self.model.generation_config.eos_token_id
         ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self._eos = {int(i) for i in ids if i is not None}
@@ -306,8 +307,27 @@ class TransformersLLMEngine(LLMEngine):
         mask = torch.cat([left_pad(mask_a, length_a, 1), left_pad(mask_b, length_b, 1)], dim=0)
         return cache_a, mask, torch.cat([tokens_a, tokens_b])
 
+    def _adjust(self, logits: Any, seq: _Sequence) -> Any:
+        """``logits`` of one sequence with its penalties and biases applied (OpenAI's
+        formula: minus ``count * frequency_penalty + (count > 0) * presence_penalty``)."""
+        torch = self._torch
+        p = seq.params
+        adjusted = logits.float()
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), dtype=torch.long)
+            adjusted[ids] += torch.tensor(list(p.logit_bias.values()), dtype=torch.float32)
+        if seq.tokens and (p.frequency_penalty or p.presence_penalty):
+            seen, counts = torch.unique(torch.tensor(seq.tokens), return_counts=True)
+            adjusted[seen] -= counts.float() * p.frequency_penalty + p.presence_penalty
+        return adjusted
+
     def _sample(self, logits: Any, sequences: list[_Sequence]) -> Any:
         torch = self._torch
+        if any(seq.params.adjusts_logits for seq in sequences):
+            logits = logits.float().clone()
+            for row, seq in enumerate(sequences):
+                if seq.params.adjusts_logits:
+                    logits[row] = self._adjust(logits[row], seq)
         chosen = logits.argmax(-1)
         for row, seq in enumerate(sequences):
             p = seq.params

@@ -5,8 +5,10 @@ One module per endpoint group, as vLLM lays out its protocol: :mod:`.chat`,
 :mod:`.completions`, :mod:`.embeddings`, :mod:`.models`, :mod:`.management`, and
 :mod:`.base` for what they share. Fields follow the order of the OpenAI API reference
 (https://platform.openai.com/docs/api-reference); fields SAGE adds come last, each with a
-description. Unknown request fields are accepted and logged (as vLLM does), so newer SDKs
-keep working. Errors are :class:`ErrorResponse` objects with the offending ``param`` named.
+description. A request model declares the fields SAGE's engines honour; any other field is
+refused with a 400 naming it (code ``unsupported_parameter``; :mod:`.fields` lists the
+OpenAI API's fields), never accepted and silently dropped. Errors are
+:class:`ErrorResponse` objects with the offending ``param`` named.
 """
 
 from sage.inference.protocol.base import (
@@ -15,9 +17,12 @@ from sage.inference.protocol.base import (
     ErrorDetail,
     ErrorResponse,
     FinishReason,
+    LogitBias,
+    Penalty,
     Priority,
     SchedulingFields,
     SloMs,
+    StreamOptions,
     Usage,
     WireModel,
     error_from_validation,
@@ -25,6 +30,7 @@ from sage.inference.protocol.base import (
     openai_error,
 )
 from sage.inference.protocol.chat import (
+    AssistantMessage,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -32,6 +38,7 @@ from sage.inference.protocol.chat import (
     Choice,
     ChunkChoice,
     DeltaMessage,
+    TextPart,
 )
 from sage.inference.protocol.completions import (
     CompletionChoice,
@@ -39,6 +46,7 @@ from sage.inference.protocol.completions import (
     CompletionResponse,
 )
 from sage.inference.protocol.embeddings import EmbeddingData, EmbeddingRequest, EmbeddingResponse
+from sage.inference.protocol.fields import OPENAI_FIELDS, unsupported
 from sage.inference.protocol.management import (
     GatewayHealth,
     GatewayMetrics,
@@ -55,7 +63,9 @@ from sage.inference.protocol.models import ModelCard, ModelList
 
 __all__ = [
     "CLASS_HEADER",
+    "OPENAI_FIELDS",
     "SCHEDULING_HEADERS",
+    "AssistantMessage",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
     "ChatCompletionResponse",
@@ -79,17 +89,22 @@ __all__ = [
     "InstanceRemoved",
     "InstanceSpec",
     "InstanceState",
+    "LogitBias",
     "ModelCard",
     "ModelList",
+    "Penalty",
     "PolicyChange",
     "PolicyName",
     "PolicyState",
     "Priority",
     "SchedulingFields",
     "SloMs",
+    "StreamOptions",
+    "TextPart",
     "Usage",
     "WireModel",
     "error_from_validation",
     "new_id",
     "openai_error",
+    "unsupported",
 ]

@@ -6,17 +6,19 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
-    model_validator,
 )
+
+from sage.inference.protocol.fields import unsupported
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +29,16 @@ def new_id(prefix: str) -> str:
 
 
 class WireModel(BaseModel):
-    """Base of every request model: unknown fields are kept, logged once, and ignored."""
+    """Base of every request model: a field it does not declare is refused (never accepted
+    and silently dropped); :func:`error_from_validation` names it, with code
+    ``unsupported_parameter`` (:mod:`.fields` says whether it is an OpenAI parameter).
 
-    model_config = ConfigDict(extra="allow")
+    Attributes:
+        endpoint: The group of the OpenAI API the model belongs to (``"chat"``...).
+    """
 
-    @model_validator(mode="after")
-    def _log_unknown(self) -> WireModel:
-        extra = self.model_extra
-        if extra:
-            logger.debug("%s: ignoring unsupported fields %s", type(self).__name__, sorted(extra))
-        return self
+    model_config = ConfigDict(extra="forbid")
+    endpoint: ClassVar[str] = ""
 
 
 class ErrorDetail(BaseModel):
@@ -82,10 +84,15 @@ def openai_error(
     )
 
 
-def error_from_validation(exc: ValidationError) -> ErrorResponse:
-    """The first validation problem as an OpenAI-style error naming the parameter."""
+def error_from_validation(exc: ValidationError, endpoint: str = "") -> ErrorResponse:
+    """The first validation problem as an OpenAI-style error naming the parameter; a field
+    the model does not declare gets code ``unsupported_parameter``."""
     first = exc.errors()[0]
     param = ".".join(str(p) for p in first.get("loc", ())) or None
+    if first.get("type") == "extra_forbidden" and param is not None:
+        return ErrorResponse.of(
+            f"{param}: {unsupported(endpoint, param)}", param=param, code="unsupported_parameter"
+        )
     return ErrorResponse.of(
         f"{param}: {first.get('msg', 'invalid value')}" if param else str(exc), param=param
     )
@@ -172,6 +179,38 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "functi
 
 
 _NO_FIELDS = SchedulingFields()
+
+
+class StreamOptions(WireModel):
+    """``stream_options`` of a streamed request."""
+
+    include_usage: bool = Field(
+        default=False, description="Send a last event with the request's token counts."
+    )
+
+
+def _token_biases(value: dict[str, float] | None) -> dict[str, float] | None:
+    for token, bias in (value or {}).items():
+        if not token.isdigit():
+            raise ValueError(f"key {token!r} is not a token id (a non-negative integer)")
+        if not -100.0 <= bias <= 100.0:
+            raise ValueError(f"the bias of token {token} is {bias}; use -100 to 100")
+    return value
+
+
+LogitBias = Annotated[
+    dict[str, float] | None,
+    AfterValidator(_token_biases),
+    Field(
+        description="Added to the logits of the tokens named by id before sampling "
+        "(-100 to 100; -100 bans a token, 100 all but forces it)."
+    ),
+]
+"""A request's ``logit_bias``: token id (as a string) to bias."""
+
+Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0)]
+"""``frequency_penalty`` / ``presence_penalty``: subtracted from the logits of tokens already
+generated, per occurrence / once (OpenAI's formula)."""
 
 
 class Usage(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -13,8 +13,11 @@ from pydantic import (
 
 from sage.inference.protocol.base import (
     FinishReason,
+    LogitBias,
+    Penalty,
     Priority,
     SloMs,
+    StreamOptions,
     Usage,
     WireModel,
     new_id,
@@ -23,47 +26,69 @@ from sage.inference.protocol.base import (
 logger = logging.getLogger(__name__)
 
 
+class TextPart(WireModel):
+    """A part of a message's content: SAGE's engines read text (an image or audio part is
+    refused, not skipped)."""
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(WireModel):
-    """One message of a conversation."""
+    """One message of a conversation, as a request carries it."""
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart] | None = None
     name: str | None = None
 
     def text(self) -> str:
-        """The text of the message (text parts joined, for content given as parts)."""
+        """The text of the message (its parts joined, for content given as parts)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(
-            str(part.get("text", "")) for part in self.content if part.get("type") == "text"
-        )
+        return "".join(part.text for part in self.content)
 
 
 class ChatCompletionRequest(WireModel):
-    """``POST /v1/chat/completions``."""
+    """``POST /v1/chat/completions``: the fields SAGE's engines honour (any other OpenAI
+    field is refused, see :mod:`.fields`)."""
+
+    endpoint: ClassVar[str] = "chat"
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: Penalty = None
+    logit_bias: LogitBias = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: Penalty = None
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    user: str | None = None
+    user: str | None = Field(default=None, description="The end user's id (logged).")
     priority: Priority = None
     slo_ms: SloMs = None
 
     def token_limit(self, default: int) -> int:
         """``max_completion_tokens``, else ``max_tokens``, else ``default``."""
         return self.max_completion_tokens or self.max_tokens or default
+
+
+class AssistantMessage(BaseModel):
+    """The message of an answer (what a server sends; read leniently: other servers add
+    fields such as ``refusal`` or ``tool_calls``)."""
+
+    role: str = "assistant"
+    content: str | None = None
+
+    def text(self) -> str:
+        """The answer's text."""
+        return self.content or ""
 
 
 class DeltaMessage(BaseModel):
@@ -77,7 +102,7 @@ class Choice(BaseModel):
     """One completed chat choice."""
 
     index: int = 0
-    message: ChatMessage
+    message: AssistantMessage
     finish_reason: FinishReason | None = "stop"
 
 

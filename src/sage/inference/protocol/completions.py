@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -14,8 +14,11 @@ from pydantic import (
 
 from sage.inference.protocol.base import (
     FinishReason,
+    LogitBias,
+    Penalty,
     Priority,
     SloMs,
+    StreamOptions,
     Usage,
     WireModel,
     new_id,
@@ -36,18 +39,27 @@ _ONE_PROMPT_SCHEMA: dict[str, Any] = {
 
 
 class CompletionRequest(WireModel):
-    """``POST /v1/completions`` (one prompt string per request)."""
+    """``POST /v1/completions`` (one prompt string per request): the fields SAGE's engines
+    honour (any other OpenAI field is refused, see :mod:`.fields`)."""
+
+    endpoint: ClassVar[str] = "completions"
 
     model: str
     prompt: Annotated[str | list[str], WithJsonSchema(_ONE_PROMPT_SCHEMA)]
+    best_of: int = Field(default=1, ge=1, le=1, description="Only 1 is supported.")
+    echo: bool = Field(default=False, description="Answer with the prompt before the completion.")
+    frequency_penalty: Penalty = None
+    logit_bias: LogitBias = None
     max_tokens: int | None = Field(default=16, ge=1)
     n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
+    presence_penalty: Penalty = None
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    user: str | None = None
+    user: str | None = Field(default=None, description="The end user's id (logged).")
     priority: Priority = None
     slo_ms: SloMs = None
 

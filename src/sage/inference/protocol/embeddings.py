@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -35,6 +35,8 @@ _TEXTS_SCHEMA: dict[str, Any] = {
 
 class EmbeddingRequest(WireModel):
     """``POST /v1/embeddings``."""
+
+    endpoint: ClassVar[str] = "embeddings"
 
     input: Annotated[str | list[str], WithJsonSchema(_TEXTS_SCHEMA)]
     model: str

@@ -1,0 +1,197 @@
+"""Every request field of the OpenAI chat, completions and embeddings APIs, on every engine
+SAGE serves: honoured (the answer shows it), or refused with a 400 naming it
+(``unsupported_parameter``); never accepted and silently dropped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sage.inference.deploy.stack import LocalStack
+from sage.inference.protocol import (
+    OPENAI_FIELDS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+
+# A value for every OpenAI field that is not its default (so an engine that ignored it
+# would answer as if it were absent).
+SAMPLES: dict[str, Any] = {
+    "audio": {"voice": "alloy", "format": "wav"},
+    "best_of": 1,
+    "dimensions": 8,
+    "echo": True,
+    "encoding_format": "base64",
+    "frequency_penalty": 1.5,
+    "function_call": "none",
+    "functions": [{"name": "f", "parameters": {"type": "object"}}],
+    "logit_bias": {"42": -100},
+    "logprobs": True,
+    "max_completion_tokens": 3,
+    "max_tokens": 3,
+    "metadata": {"k": "v"},
+    "modalities": ["text"],
+    "n": 1,
+    "parallel_tool_calls": False,
+    "prediction": {"type": "content", "content": "x"},
+    "presence_penalty": 1.0,
+    "prompt_cache_key": "k",
+    "reasoning_effort": "low",
+    "response_format": {"type": "json_object"},
+    "safety_identifier": "u",
+    "seed": 7,
+    "service_tier": "auto",
+    "stop": ["\n"],
+    "store": False,
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "suffix": "!",
+    "temperature": 0.5,
+    "tool_choice": "none",
+    "tools": [{"type": "function", "function": {"name": "f"}}],
+    "top_logprobs": 2,
+    "top_p": 0.5,
+    "user": "someone",
+    "verbosity": "low",
+    "web_search_options": {},
+}
+BASE: dict[str, dict[str, Any]] = {
+    "chat": {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3},
+    "completions": {"prompt": "Hello", "max_tokens": 3},
+    "embeddings": {"input": ["hello"]},
+}
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+HONOURED = {
+    "chat": set(ChatCompletionRequest.model_fields),
+    "completions": set(CompletionRequest.model_fields),
+    "embeddings": set(EmbeddingRequest.model_fields),
+}
+
+
+class Engines:
+    """One engine server per engine kind, each reached directly (not through a gateway)."""
+
+    def __init__(self, stacks: dict[str, LocalStack]) -> None:
+        self.stacks = stacks
+
+    def url(self, engine: str, endpoint: str) -> str:
+        stack = self.stacks[engine]
+        port = stack.embedding_port if endpoint == "embeddings" else stack.llm_ports[0]
+        return f"http://127.0.0.1:{port}/v1{PATHS[endpoint]}"
+
+    def model(self, engine: str, endpoint: str) -> str:
+        stack = self.stacks[engine]
+        server = stack.embedding_server if endpoint == "embeddings" else stack.llm_servers[0]
+        assert server is not None
+        return str(server.engine.model_name)
+
+
+@pytest.fixture(scope="module")
+def engines() -> Iterator[Engines]:
+    stacks = {
+        "stub": LocalStack("stub-llm", "stub-emb", engine="stub", gateway_port=None),
+        "simulated": LocalStack("sim-llm", "sim-emb", engine="simulated", gateway_port=None),
+        "cpu": LocalStack("smollm2", "all-minilm-l6-v2", gateway_port=None),
+    }
+    for stack in stacks.values():
+        stack.start()
+    try:
+        yield Engines(stacks)
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+
+
+def _send(url: str, body: dict[str, Any]) -> httpx.Response:
+    with httpx.Client(timeout=120) as client:
+        if body.get("stream"):
+            with client.stream("POST", url, json=body) as answer:
+                answer.read()
+                return answer
+        return client.post(url, json=body)
+
+
+CASES = [
+    (engine, endpoint, name)
+    for engine in ("stub", "simulated", "cpu")
+    for endpoint, names in OPENAI_FIELDS.items()
+    for name in sorted(names - {"model", "messages", "prompt", "input"})
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("engine", "endpoint", "name"), CASES)
+def test_every_openai_field_is_honoured_or_refused_by_name(
+    engines: Engines, engine: str, endpoint: str, name: str
+) -> None:
+    body = {**BASE[endpoint], "model": engines.model(engine, endpoint), name: SAMPLES[name]}
+    answer = _send(engines.url(engine, endpoint), body)
+    if name in HONOURED[endpoint]:
+        assert answer.status_code == 200, answer.text
+    else:
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert (error["param"], error["code"]) == (name, "unsupported_parameter")
+        assert "SAGE's engines do not implement" in error["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("endpoint", ["chat", "completions", "embeddings"])
+def test_a_field_of_no_openai_api_is_refused(engines: Engines, endpoint: str) -> None:
+    body = {**BASE[endpoint], "model": engines.model("stub", endpoint), "frequency_penality": 1}
+    answer = _send(engines.url("stub", endpoint), body)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert (error["param"], error["code"]) == ("frequency_penality", "unsupported_parameter")
+    assert "not a parameter of the OpenAI" in error["message"]
+
+
+@pytest.mark.slow
+def test_image_content_is_refused_not_skipped(engines: Engines) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    body = {
+        "model": "stub-llm",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "What?"}, image]}],
+    }
+    answer = _send(engines.url("stub", "chat"), body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"].startswith("messages.0.content")
+
+
+# -- what the CPU engine does with the fields it honours -----------------------------------------
+
+
+def _text(answer: httpx.Response, endpoint: str) -> str:
+    assert answer.status_code == 200, answer.text
+    choice = answer.json()["choices"][0]
+    return str(choice["message"]["content"] if endpoint == "chat" else choice["text"])
+
+
+@pytest.mark.slow
+def test_the_cpu_engine_honours_logit_bias_penalties_echo_and_usage(engines: Engines) -> None:
+    url = engines.url("cpu", "completions")
+    base = {"model": "smollm2", "prompt": "One, two, three, one, two,", "max_tokens": 12}
+    greedy = _text(_send(url, {**base, "temperature": 0}), "completions")
+    tokenizer = engines.stacks["cpu"].llm_servers[0].engine.tokenizer  # type: ignore[attr-defined]
+    forced = tokenizer.encode(" banana", add_special_tokens=False)[0]
+    biased = _text(
+        _send(url, {**base, "temperature": 0, "logit_bias": {str(forced): 100}}), "completions"
+    )
+    assert biased.startswith(tokenizer.decode([forced] * 3))
+    penalised = _text(
+        _send(url, {**base, "temperature": 0, "frequency_penalty": 2.0, "presence_penalty": 2.0}),
+        "completions",
+    )
+    assert penalised != greedy  # the repeated numbers are pushed down
+    echoed = _text(_send(url, {**base, "temperature": 0, "echo": True}), "completions")
+    assert echoed == base["prompt"] + greedy
+    streamed = _send(
+        url, {**base, "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 3}
+    )
+    assert '"usage":{"prompt_tokens"' in streamed.text.replace(" ", "")
+    too_far = _send(url, {**base, "logit_bias": {"999999": 1}})
+    assert too_far.status_code == 400 and too_far.json()["error"]["param"] == "logit_bias"
