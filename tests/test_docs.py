@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import re
 from pathlib import Path
 
 import pytest
+
+from metric_names import documented, every_documented
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md")))]
@@ -31,3 +34,39 @@ def test_doc_examples_run_and_print_what_they_claim(doc: str) -> None:
             logging.disable(logging.NOTSET)
         printed = out.getvalue().splitlines()
         assert printed == [comment.strip() for _, comment in claimed]
+
+
+def test_the_grafana_dashboard_queries_only_documented_current_metrics() -> None:
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "sage.json").read_text(encoding="utf-8"))
+    assert "docs/grafana/sage.json" in (ROOT / "docs" / "OBSERVABILITY.md").read_text()
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    queries = [t["expr"] for p in panels for t in p["targets"]]
+    queries += [v["definition"] for v in dashboard["templating"]["list"]]
+    current = every_documented().items() - documented("Deprecated aliases").items()
+    kinds = dict(current)
+    used = set()
+    for query in queries:
+        assert query.count("(") == query.count(")"), query
+        for name in re.findall(r"\bsage_[a-z0-9_]+", query):
+            base = re.sub(r"_(bucket|count|sum)$", "", name)
+            family = base if base in kinds else name
+            assert family in kinds, f"{name} in {query!r} is not a documented, current metric"
+            if family != name:
+                assert kinds[family] == "histogram", name
+            used.add(family)
+        if "histogram_quantile" in query:
+            assert "_bucket" in query and re.search(r"by \(le\b", query), query
+    # every panel reads the data source chosen at import, and every family is on a panel
+    assert all(p["datasource"]["uid"] == "${DS_PROMETHEUS}" for p in panels)
+    assert dashboard["__inputs"][0]["name"] == "DS_PROMETHEUS"
+    latencies = {n for n, k in kinds.items() if k == "histogram"}
+    assert latencies <= used, f"no panel for {latencies - used}"
+    cells = set()  # panels do not overlap on the 24-column grid
+    for p in dashboard["panels"]:
+        g = p["gridPos"]
+        area = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert g["x"] + g["w"] <= 24 and not cells & area, p["title"]
+        cells |= area

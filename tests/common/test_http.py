@@ -14,6 +14,7 @@ import pytest
 
 from sage.common.concurrency import LoopThread
 from sage.common.http import (
+    BackendTimeout,
     BackendUnavailable,
     HttpError,
     HttpPool,
@@ -48,6 +49,7 @@ class Running:
 
 
 streams_closed = threading.Semaphore(0)  # released when a stream's generator is closed
+answer_now = asyncio.Event()  # /hang answers once it is set (on the server's loop)
 
 
 def build(server: HttpServer) -> None:
@@ -83,12 +85,17 @@ def build(server: HttpServer) -> None:
     async def item(request: Request) -> Response:
         return json_response({"id": request.params["item_id"]})
 
+    async def hang(request: Request) -> Response:
+        await answer_now.wait()
+        return json_response({"late": True})
+
     server.route("POST", "/echo", echo)
     server.route("GET", "/crash", crash)
     server.route("GET", "/teapot", teapot)
     server.route("GET", "/events", events)
     server.route("GET", "/broken", broken)
     server.route("DELETE", "/items/{item_id}", item)
+    server.route("GET", "/hang", hang)
 
 
 @pytest.fixture
@@ -170,6 +177,28 @@ def test_pool_reuses_connections_streams_and_reports_unreachable_servers(running
     assert reused == 1  # both requests went over one kept-alive connection
     assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
     assert "127.0.0.1:1: cannot connect" in error
+
+
+def test_a_request_without_an_answer_in_time_fails_and_the_pool_goes_on(running: Running) -> None:
+    async def scenario() -> tuple[BaseException, Any, int, bool]:
+        pool = HttpPool("127.0.0.1", running.port)
+        try:
+            await pool.request("GET", "/hang", timeout_s=0.2)
+        except BackendUnavailable as exc:
+            error: BaseException = exc
+        after = await pool.request("POST", "/echo", b"{}", timeout_s=5)
+        timed = len(pool._timed)
+        sweeper = pool._sweeper
+        if sweeper is not None:
+            await sweeper  # it ends once no answer is awaited
+        answer_now.set()  # let the server's handler finish (it answers a closed connection)
+        await pool.close()
+        return error, after, timed, sweeper is None or sweeper.done()
+
+    error, after, timed, swept = running.call(scenario())
+    assert isinstance(error, BackendTimeout) and isinstance(error, TimeoutError)
+    assert "no answer within 0.2 s" in str(error)
+    assert after.status == 200 and timed == 0 and swept
 
 
 def test_a_stream_whose_producer_fails_is_cut_off_not_left_hanging(running: Running) -> None:

@@ -28,7 +28,8 @@ from sage.common.observability import (
     clear_gpu_cache,
     render,
 )
-from sage.common.observability.prometheus import label_value
+from sage.common.observability.prometheus import Collector, exposition
+from sage.common.stats import LATENCY_BUCKETS, Histogram, LatencyRing
 
 # -- prometheus ----------------------------------------------------------------------------------
 
@@ -66,9 +67,64 @@ def test_render_is_read_back_by_prometheus_client_with_escaped_labels() -> None:
     assert render([]) == b""
 
 
-def test_label_value_escapes_backslash_quote_and_newline() -> None:
-    assert label_value('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-    assert label_value(3) == "3"
+def test_histograms_render_cumulative_buckets_in_seconds_that_prometheus_reads_back() -> None:
+    histogram = Histogram((0.001, 0.01, 0.1))
+    for seconds in (0.0005, 0.001, 0.002, 0.05, 3.0):  # 0.001 is "le" its own bound
+        histogram.observe(seconds)
+    family = MetricFamily("sage_request_duration_seconds", "histogram", "Latency (s).")
+    family.add_histogram(histogram, model="m", **{"class": "gold"})
+    family.add_histogram(Histogram((0.001, 0.01, 0.1)), model="idle", **{"class": "gold"})
+    (parsed,) = text_string_to_metric_families(render([family]).decode())
+    assert parsed.type == "histogram" and len(family) == 2
+    samples = [s for s in parsed.samples if s.labels["model"] == "m"]
+    buckets = {s.labels["le"]: s.value for s in samples if s.name.endswith("_bucket")}
+    assert buckets == {"0.001": 2, "0.01": 3, "0.1": 4, "+Inf": 5}
+    by_name = {s.name: s.value for s in samples}
+    assert by_name["sage_request_duration_seconds_count"] == 5
+    assert by_name["sage_request_duration_seconds_sum"] == pytest.approx(3.0535)
+    with pytest.raises(ConfigError, match="add_histogram"):
+        family.add(1.0)
+    with pytest.raises(ConfigError, match="reserved"):
+        family.add_histogram(histogram, le="1")
+    with pytest.raises(ConfigError, match="add\\(\\)"):
+        MetricFamily("sage_g", "gauge", "g").add_histogram(histogram)
+
+
+def test_histogram_counts_merge_and_latency_rings_feed_them() -> None:
+    ring = LatencyRing(4, buckets=LATENCY_BUCKETS)
+    ring.add(2e-6)
+    ring.extend([0.2] * 10)  # more than the ring keeps: the histogram keeps counting
+    assert ring.histogram is not None and ring.histogram.count == 11 == ring.count
+    assert len(ring.values()) == 4
+    other = Histogram.of(LATENCY_BUCKETS, [1] * (len(LATENCY_BUCKETS) + 1), 1.5)
+    ring.histogram.merge(other)
+    assert ring.histogram.count == 11 + len(LATENCY_BUCKETS) + 1
+    assert LatencyRing(4).histogram is None  # opt-in
+    with pytest.raises(ValueError, match="increase"):
+        Histogram((0.1, 0.01))
+    with pytest.raises(ValueError, match="counts"):
+        Histogram.of((0.1,), [1], 0.0)
+    with pytest.raises(ValueError, match="different bounds"):
+        Histogram((1.0,)).merge(Histogram((2.0,)))
+
+
+def test_a_collector_is_a_prometheus_client_collector_built_at_each_scrape() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    served = [0]
+
+    def build() -> list[MetricFamily]:
+        family = MetricFamily("sage_served_total", "counter", "Served.")
+        family.add(served[0])
+        return [family]
+
+    collector = Collector(build)
+    registry = CollectorRegistry()
+    registry.register(collector)  # type: ignore[arg-type]
+    served[0] = 4
+    assert b"sage_served_total 4.0" in generate_latest(registry)
+    served[0] = 5
+    assert b"sage_served_total 5.0" in exposition(collector)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +134,8 @@ def test_label_value_escapes_backslash_quote_and_newline() -> None:
         ("has-dash", "gauge", "letters, digits"),
         ("", "gauge", "letters, digits"),
         ("sage_requests", "counter", "'sage_requests_total'"),
-        ("sage_x", "histogram", "'counter' or 'gauge'"),
+        ("sage_x", "summary", "'counter', 'gauge' or 'histogram'"),
+        ("sage_x_bucket", "histogram", "must not end in"),
     ],
 )
 def test_invalid_metric_names_and_kinds_are_refused_with_the_fix(

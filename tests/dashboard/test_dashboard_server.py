@@ -11,9 +11,8 @@ import httpx
 import orjson
 import pytest
 from dashboard_helpers import RunningJob
-from prometheus_client.parser import text_string_to_metric_families
 
-from metric_names import missing
+from metric_names import histogram_count, missing, shaped
 from sage.common.errors import ConfigError
 from sage.common.observability.discovery import find_dashboard
 from sage.dashboard.server import DashboardServer
@@ -37,7 +36,8 @@ def job_row(server: DashboardServer, name: str) -> dict[str, Any] | None:
 
 
 def samples(text: str) -> dict[str, list[Any]]:
-    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+    """Samples by family, once the text passed :func:`metric_names.shaped`'s checks."""
+    return {name: f.samples for name, f in shaped(text).items()}
 
 
 def test_a_job_in_another_process_appears_with_live_rates(
@@ -168,6 +168,10 @@ def test_jobmanager_jobs_and_its_prometheus_output(
     assert {s.labels["status"]: s.value for s in found["sage_jobmanager_jobs"]}["finished"] == 1
     assert any(s.value == 5000 for s in found["sage_operator_records_in"])
     assert {"sage_job_info", "sage_operator_latency_p95_ms", "sage_service_calls"} <= set(found)
+    # the map's timed records, as a histogram in seconds, from the job through the JobManager
+    family = shaped(text)["sage_operator_latency_seconds"]
+    (mapper,) = {s.labels["operator"] for s in family.samples if s.labels["operator"][:3] == "map"}
+    assert histogram_count(family, operator=mapper) > 0
 
 
 def test_an_unreachable_gateway_is_shown_as_such(home: Path) -> None:

@@ -1,15 +1,157 @@
-"""Latency samples and percentiles, shared by task, service and gateway metrics.
+"""Latency samples, percentiles and histograms, shared by task, service and gateway metrics.
 
 Writers append from their own thread (list stores, safe under the GIL); readers copy the
-samples and compute percentiles at read time, so recording costs no sorting.
+samples and compute percentiles at read time, so recording costs no sorting. A
+:class:`Histogram` counts every observation into fixed buckets: what Prometheus aggregates
+across instances and over time, where percentiles of recent samples cannot be.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
-__all__ = ["LatencyRing", "latency_figures", "percentile", "quantiles_ms"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "REQUEST_BUCKETS",
+    "TOKEN_BUCKETS",
+    "Histogram",
+    "LatencyRing",
+    "latency_figures",
+    "percentile",
+    "quantiles_ms",
+]
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    1e-6,
+    2.5e-6,
+    5e-6,
+    1e-5,
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+"""Upper bounds (seconds) for per-record and per-call times: 1 µs to 60 s."""
+
+REQUEST_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+)
+"""Upper bounds (seconds) for API request latency, time to first token and queue time."""
+
+TOKEN_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+)
+"""Upper bounds (seconds) for the time per output token."""
+
+
+class Histogram:
+    """Observations counted into buckets with fixed upper bounds (Prometheus' ``le``).
+
+    ``counts[i]`` holds the observations ``<= bounds[i]`` and above the bound before it;
+    the last count is the overflow above every bound (the ``+Inf`` bucket's share).
+    Counts only grow, so sums over instances and rates over time are meaningful.
+
+    Args:
+        bounds: Increasing upper bounds, in seconds.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float] = REQUEST_BUCKETS) -> None:
+        if list(bounds) != sorted(set(bounds)) or not bounds:
+            raise ValueError(f"histogram bounds must increase strictly: {bounds!r}")
+        self.bounds = tuple(float(b) for b in bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    @classmethod
+    def of(cls, bounds: Sequence[float], counts: Sequence[int], total: float) -> Histogram:
+        """A histogram holding ``counts`` (one per bound, then the overflow) summing ``total``."""
+        histogram = cls(bounds)
+        if len(counts) != len(histogram.counts):
+            raise ValueError(
+                f"a histogram with {len(bounds)} bounds takes {len(bounds) + 1} counts, "
+                f"not {len(counts)}"
+            )
+        histogram.counts = [int(c) for c in counts]
+        histogram.sum = float(total)
+        return histogram
+
+    @property
+    def count(self) -> int:
+        """Observations so far."""
+        return sum(self.counts)
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation."""
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def extend(self, samples: Iterable[float]) -> None:
+        """Count several observations."""
+        counts, bounds = self.counts, self.bounds
+        total = 0.0
+        for seconds in samples:
+            counts[bisect_left(bounds, seconds)] += 1
+            total += seconds
+        self.sum += total
+
+    def merge(self, other: Histogram) -> None:
+        """Add ``other``'s observations (same bounds) to this one's."""
+        if other.bounds != self.bounds:
+            raise ValueError("histograms with different bounds cannot be merged")
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum += other.sum
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -21,18 +163,26 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 class LatencyRing:
-    """The most recent ``size`` latency samples (seconds) in a fixed ring."""
+    """The most recent ``size`` latency samples (seconds) in a fixed ring.
 
-    __slots__ = ("_next", "_samples", "count", "size")
+    With ``buckets``, every sample is also counted in :attr:`histogram` (all of them, not
+    only the retained ones): percentiles of recent samples for people, a histogram for
+    Prometheus.
+    """
 
-    def __init__(self, size: int = 2048) -> None:
+    __slots__ = ("_next", "_samples", "count", "histogram", "size")
+
+    def __init__(self, size: int = 2048, buckets: Sequence[float] | None = None) -> None:
         self.size = size
         self._samples: list[float] = []
         self._next = 0
         self.count = 0
+        self.histogram = Histogram(buckets) if buckets is not None else None
 
     def add(self, seconds: float) -> None:
         """Record one sample."""
+        if self.histogram is not None:
+            self.histogram.observe(seconds)
         if len(self._samples) < self.size:
             self._samples.append(seconds)
         else:
@@ -42,6 +192,8 @@ class LatencyRing:
 
     def extend(self, samples: list[float]) -> None:
         """Record several samples (slice assignments: no per-sample Python work)."""
+        if self.histogram is not None:
+            self.histogram.extend(samples)
         n, size = len(samples), self.size
         self.count += n
         room = size - len(self._samples)

@@ -110,6 +110,8 @@ class DashboardServer(BackgroundServer):
         self.board = JobBoard()
         self.host_monitor = HostMonitor()
         self.gpu_monitor = GpuMonitor(interval_s=self.interval_s)
+        self.collector = prometheus.Collector(self.families)
+        """A ``prometheus_client`` collector of :meth:`families` (``GET /metrics``)."""
         self._parts: dict[str, Any] = {"host": {}, "gpus": {}, "gateways": [], "jobmanagers": []}
         self._state = b"{}"
         self._version = 0
@@ -311,6 +313,10 @@ class DashboardServer(BackgroundServer):
 
     def exposition(self) -> bytes:
         """Prometheus text of everything on the page."""
+        return prometheus.exposition(self.collector)
+
+    def families(self) -> list[MetricFamily]:
+        """The page's figures as Prometheus families (what :attr:`collector` collects)."""
         state = self.state()
         families = [*job_families(state["jobs"]), *_host_families(state), *_gpu_families(state)]
         rate = MetricFamily(
@@ -334,7 +340,7 @@ class DashboardServer(BackgroundServer):
         reachable = MetricFamily("sage_gateway_up", "gauge", "1 when the dashboard reached it.")
         for gateway in state["gateways"]:
             reachable.add(int(bool(gateway.get("ok"))), url=gateway.get("url", ""))
-        return prometheus.render([*families, rate, reachable])
+        return [*families, rate, reachable]
 
 
 def _asset(name: str) -> Response:

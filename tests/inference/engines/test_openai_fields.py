@@ -17,9 +17,10 @@ from sage.inference.protocol import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from sage.inference.protocol.fields import INERT
 
-# A value for every OpenAI field that is not its default (so an engine that ignored it
-# would answer as if it were absent).
+# A value for every OpenAI field that is not its default, nor a value that asks for nothing
+# more (fields.INERT), so an engine that ignored it would answer as if it were absent.
 SAMPLES: dict[str, Any] = {
     "audio": {"voice": "alloy", "format": "wav"},
     "best_of": 1,
@@ -27,14 +28,14 @@ SAMPLES: dict[str, Any] = {
     "echo": True,
     "encoding_format": "base64",
     "frequency_penalty": 1.5,
-    "function_call": "none",
+    "function_call": "auto",
     "functions": [{"name": "f", "parameters": {"type": "object"}}],
     "logit_bias": {"42": -100},
     "logprobs": True,
     "max_completion_tokens": 3,
     "max_tokens": 3,
     "metadata": {"k": "v"},
-    "modalities": ["text"],
+    "modalities": ["text", "audio"],
     "n": 1,
     "parallel_tool_calls": False,
     "prediction": {"type": "content", "content": "x"},
@@ -46,12 +47,12 @@ SAMPLES: dict[str, Any] = {
     "seed": 7,
     "service_tier": "auto",
     "stop": ["\n"],
-    "store": False,
+    "store": True,
     "stream": True,
     "stream_options": {"include_usage": True},
     "suffix": "!",
     "temperature": 0.5,
-    "tool_choice": "none",
+    "tool_choice": "auto",
     "tools": [{"type": "function", "function": {"name": "f"}}],
     "top_logprobs": 2,
     "top_p": 0.5,
@@ -137,6 +138,65 @@ def test_every_openai_field_is_honoured_or_refused_by_name(
         error = answer.json()["error"]
         assert (error["param"], error["code"]) == (name, "unsupported_parameter")
         assert "SAGE's engines do not implement" in error["message"]
+
+
+INERT_CASES = [
+    (engine, endpoint, name)
+    for engine in ("stub", "simulated", "cpu")
+    for endpoint, fields in INERT.items()
+    for name in sorted(fields)
+]
+# what vllm-router 0.1.17 sends an engine for {"model", "messages"/"prompt", "max_tokens": 3}
+ROUTED = {
+    "chat": {
+        "stream": False,
+        "logprobs": False,
+        "no_stop_trim": False,
+        "ignore_eos": False,
+        "continue_final_message": False,
+        "skip_special_tokens": True,
+        "separate_reasoning": True,
+        "stream_reasoning": True,
+        "return_hidden_states": False,
+        "include_reasoning": True,
+    },
+    "completions": {
+        "stream": False,
+        "echo": False,
+        "no_stop_trim": False,
+        "ignore_eos": False,
+        "skip_special_tokens": True,
+        "return_hidden_states": False,
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("engine", "endpoint", "name"), INERT_CASES)
+def test_a_field_that_asks_for_nothing_more_is_answered_and_any_other_value_refused(
+    engines: Engines, engine: str, endpoint: str, name: str
+) -> None:
+    url, model = engines.url(engine, endpoint), engines.model(engine, endpoint)
+    plain = _send(url, {**BASE[endpoint], "model": model, "temperature": 0})
+    for value in (None, *INERT[endpoint][name]):
+        body = {**BASE[endpoint], "model": model, "temperature": 0, name: value}
+        answer = _send(url, body)
+        assert answer.status_code == 200, (name, value, answer.text)
+        if engine != "simulated":  # the others answer a greedy request the same every time
+            assert _text(answer, endpoint) == _text(plain, endpoint), (name, value)
+    for other in ("yes", 1, {"type": "other"}):  # a value that asks for more (or another type)
+        answer = _send(url, {**BASE[endpoint], "model": model, name: other})
+        assert answer.status_code == 400, (name, other)
+        assert answer.json()["error"]["param"] == name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_what_vllm_router_forwards_is_answered(engines: Engines, endpoint: str) -> None:
+    for engine in ("stub", "cpu"):
+        body = {**BASE[endpoint], "model": engines.model(engine, endpoint), **ROUTED[endpoint]}
+        answer = _send(engines.url(engine, endpoint), body)
+        assert answer.status_code == 200, answer.text
 
 
 @pytest.mark.slow

@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import openai
 import pytest
 
+from metric_names import histogram_count, shaped
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.errors import ConfigError
 from sage.inference import (
@@ -122,6 +124,38 @@ def test_stop_strings_and_context_limit(stack: RealStack) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=9000)
     assert "context" in str(info.value)
+
+
+def test_the_real_engine_counts_its_tokens_and_times_them(stack: RealStack) -> None:
+    url = f"http://127.0.0.1:{stack.llm_port}"
+
+    def scrape() -> dict[str, Any]:
+        return shaped(httpx.get(url + "/metrics").text)
+
+    def total(families: dict[str, Any], name: str) -> float:
+        return sum(s.value for s in families[name].samples)
+
+    before = scrape()
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    chat = client.chat.completions.create(
+        model="smollm2", messages=QUESTION, max_tokens=12, temperature=0
+    )
+    assert chat.usage is not None and chat.usage.completion_tokens > 1
+    after = scrape()
+    generated = total(after, "sage_engine_generation_tokens") - total(
+        before, "sage_engine_generation_tokens"
+    )
+    prompt = total(after, "sage_engine_prompt_tokens") - total(before, "sage_engine_prompt_tokens")
+    assert (prompt, generated) == (chat.usage.prompt_tokens, chat.usage.completion_tokens)
+    per_token = "sage_engine_time_per_output_token_seconds"
+    assert histogram_count(after[per_token]) == histogram_count(before[per_token]) + 1
+    # a real model's first tokens take real time, less than the whole requests took
+
+    def seconds(name: str) -> float:
+        return sum(s.value for s in after[name].samples if s.name.endswith("_sum"))
+
+    first = seconds("sage_engine_time_to_first_token_seconds")
+    assert 0 < first < seconds("sage_engine_request_duration_seconds")
 
 
 def test_unified_client_in_all_three_modes(

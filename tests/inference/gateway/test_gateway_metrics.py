@@ -1,5 +1,6 @@
 """The gateway's per-instance figures: SLO attainment, lane queue and limits, in
-``GET /metrics`` (read back by prometheus_client's parser) and in the instances' JSON.
+``GET /metrics`` (read back by prometheus_client's parser) and in the instances' JSON; its
+latency histograms in seconds per model and class, and per instance.
 
 The gateway runs over stub engines (they answer at once); the queue figure, which needs
 requests to wait, is checked on the dispatcher itself with a fake clock.
@@ -13,9 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from metric_names import missing
+from metric_names import histogram_count, missing, shaped
 from sage.inference.config import BackendInstanceConfig
 from sage.inference.control_plane.dispatcher import Dispatcher, Grant, Ticket
 from sage.inference.control_plane.instances import InstanceRegistry
@@ -31,8 +31,10 @@ INSTANCE_FAMILIES = {
     "sage_instance_errors": "counter",
     "sage_instance_in_flight": "gauge",
     "sage_instance_healthy": "gauge",
-    "sage_instance_latency_p95_ms": "gauge",
+    "sage_instance_latency_p95_ms": "gauge",  # deprecated alias
     "sage_instance_ttft_p95_ms": "gauge",
+    "sage_instance_request_duration_seconds": "histogram",
+    "sage_instance_time_to_first_token_seconds": "histogram",
     "sage_instance_max_concurrent_requests": "gauge",
     "sage_instance_queued": "gauge",
     "sage_instance_slo_attainment": "gauge",
@@ -58,7 +60,7 @@ def scrape(url: str) -> dict[str, Any]:
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert not missing(answer.text, "Gateway")  # every name docs/OBSERVABILITY.md lists
-    return {family.name: family for family in text_string_to_metric_families(answer.text)}
+    return shaped(answer.text)  # parses; latencies are histograms in seconds
 
 
 def per_instance(family: Any) -> dict[str, float]:
@@ -120,6 +122,22 @@ def test_metrics_show_per_instance_slo_attainment_queue_and_limits(stack: LocalS
 
     classes = {s.labels["class"]: s.value for s in families["sage_class_slo_attainment"].samples}
     assert classes["llm:p0"] == pytest.approx(3 / 4) and classes["embedding:p0"] == 1.0
+
+    for name in (
+        "sage_gateway_request_duration_seconds",
+        "sage_gateway_time_to_first_token_seconds",
+        "sage_gateway_queue_time_seconds",
+    ):
+        family = families[name]
+        assert histogram_count(family, model="stub-llm", **{"class": "llm:p0"}) == 5, name
+        assert histogram_count(family, model="stub-emb", **{"class": "embedding:p0"}) == 2, name
+        assert histogram_count(family) == 7, name  # no other series
+    for name in (
+        "sage_instance_request_duration_seconds",
+        "sage_instance_time_to_first_token_seconds",
+    ):
+        counts = {i: histogram_count(families[name], instance=i) for i in instances}
+        assert counts == served, name
 
 
 class Clock:

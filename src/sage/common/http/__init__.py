@@ -1,6 +1,6 @@
 """A small fast HTTP/1.1 server and pooled client on asyncio and httptools."""
 
-from sage.common.http.client import BackendUnavailable, HttpPool, HttpResult
+from sage.common.http.client import BackendTimeout, BackendUnavailable, HttpPool, HttpResult
 from sage.common.http.server import (
     REQUEST_ID,
     HttpError,
@@ -13,6 +13,7 @@ from sage.common.http.server import (
 
 __all__ = [
     "REQUEST_ID",
+    "BackendTimeout",
     "BackendUnavailable",
     "HttpError",
     "HttpPool",

@@ -15,11 +15,15 @@ from dataclasses import dataclass
 
 import httptools
 
-__all__ = ["BackendUnavailable", "HttpPool", "HttpResult"]
+__all__ = ["BackendTimeout", "BackendUnavailable", "HttpPool", "HttpResult"]
 
 
 class BackendUnavailable(ConnectionError):
     """The server could not be reached, or closed the connection mid-response."""
+
+
+class BackendTimeout(BackendUnavailable, TimeoutError):
+    """The server did not answer within the request's timeout (the connection is closed)."""
 
 
 @dataclass
@@ -38,6 +42,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
+        self.deadline = 0.0  # loop time by which the pending answer must arrive (timed ones)
         self._reset()
 
     def _reset(self) -> None:
@@ -57,6 +62,12 @@ class _Connection(asyncio.Protocol):
         )
         if self.stream is not None:
             self.stream.put_nowait(None)
+
+    def expire(self, timeout_s: float) -> None:
+        """Its deadline passed: fail the request waiting on it and close the connection."""
+        self._fail(BackendTimeout(f"{self.pool.address}: no answer within {timeout_s:g} s"))
+        if self.transport is not None:
+            self.transport.close()
 
     def _fail(self, error: BackendUnavailable) -> None:
         """Fail whichever of the two futures is pending; the caller awaits only the first."""
@@ -124,6 +135,11 @@ class HttpPool:
         self._connect_timeout = connect_timeout_s
         self._ssl = ssl
         self._host_header = f"host: {host}:{port}\r\n".encode()
+        # Connections waiting for a timed answer, by connection: its timeout. One sweeper
+        # task expires them, so a timeout costs a timestamp per request, not a timer.
+        self._timed: dict[_Connection, float] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tick = 0.5
 
     async def _connection(self) -> _Connection:
         while self._idle:
@@ -157,18 +173,26 @@ class HttpPool:
         headers: dict[str, str] | None = None,
         *,
         stream: bool = False,
+        timeout_s: float | None = None,
     ) -> HttpResult:
         """Send a request; return the whole response, or (``stream``) its body as chunks.
 
         A streamed result keeps its connection until the chunks are consumed (or closed).
+        ``timeout_s`` bounds the wait for the whole response (a stream: for its head), once
+        a connection is at hand; ``None``: no bound.
 
         Raises:
             BackendUnavailable: the server is unreachable or dropped the connection.
+            BackendTimeout: (a ``BackendUnavailable`` and a ``TimeoutError``) no answer
+                within ``timeout_s``.
         """
         await self._slots.acquire()
         connection: _Connection | None = None
+        timed = self._timed
         try:
             connection = await self._connection()
+            if timeout_s is not None:
+                self._time(connection, timeout_s)
             if stream:
                 connection.stream = asyncio.Queue()
             assert connection.transport is not None
@@ -176,9 +200,12 @@ class HttpPool:
             status = await connection.head_done
         except BaseException:
             self._slots.release()
+            if connection is not None:
+                timed.pop(connection, None)
             self._discard(connection)  # cancelled or failed mid-request: the connection is spent
             raise
         if stream:
+            timed.pop(connection, None)
             return HttpResult(status, connection.headers, chunks=self._chunks(connection))
         try:
             keep_alive = await connection.done
@@ -186,9 +213,31 @@ class HttpPool:
             self._discard(connection)
             raise
         finally:
+            timed.pop(connection, None)
             self._slots.release()
         self._recycle(connection, keep_alive)
         return HttpResult(status, connection.headers, b"".join(connection.body))
+
+    def _time(self, connection: _Connection, timeout_s: float) -> None:
+        """Give ``connection``'s answer ``timeout_s`` seconds (the sweeper enforces it)."""
+        connection.deadline = self.loop.time() + timeout_s
+        self._timed[connection] = timeout_s
+        if timeout_s / 10 < self._tick:
+            self._tick = max(timeout_s / 10, 0.005)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = self.loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """While answers are awaited, expire those past their deadline every tick (a
+        timeout fires at most one tick, a tenth of it, late); ends when none are."""
+        timed = self._timed
+        while timed:
+            await asyncio.sleep(self._tick)
+            now = self.loop.time()
+            for connection, timeout_s in list(timed.items()):
+                if now >= connection.deadline:
+                    del timed[connection]
+                    connection.expire(timeout_s)
 
     async def _chunks(self, connection: _Connection) -> AsyncIterator[bytes]:
         queue = connection.stream
@@ -221,7 +270,10 @@ class HttpPool:
             connection.transport.close()
 
     async def close(self) -> None:
-        """Close the idle connections."""
+        """Close the idle connections (and stop timing answers)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         while self._idle:
             connection = self._idle.pop()
             if connection.transport is not None:

@@ -1,7 +1,7 @@
 """Observability primitives shared by SAGE's servers, operators and dashboards.
 
-* :mod:`.prometheus` — :class:`MetricFamily` and :func:`render`: the one Prometheus text
-  writer every ``GET /metrics`` route uses.
+* :mod:`.prometheus` — :class:`MetricFamily`, :class:`~.prometheus.Collector` and
+  :func:`render` on ``prometheus_client``: what every ``GET /metrics`` route serves.
 * :mod:`.host` — :class:`HostMonitor`: CPU, memory and per-process RSS of this machine.
 * :mod:`.gpu` — :class:`GpuMonitor` (NVML, optional) and :func:`clear_gpu_cache`.
 * :mod:`.memory` — :class:`MemoryMonitor`: a process's RSS against a threshold.

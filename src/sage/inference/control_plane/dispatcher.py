@@ -343,10 +343,17 @@ class Dispatcher:
         ttft_s: float,
         failed: bool,
         class_name: str | None = None,
+        queue_s: float = 0.0,
     ) -> None:
-        """Count a request the client got an answer for, in its class's metrics."""
+        """Count a request the client got an answer for, in its class's metrics.
+
+        Times are seconds since its arrival: to the last byte (``latency_s``), the first
+        byte (``ttft_s``) and the grant of an instance (``queue_s``).
+        """
         name = class_name or f"{request.kind}:p{request.priority}"
-        self.classes.stats(name).record(latency_s, ttft_s, request.slo_ms, failed)
+        self.classes.stats(name).record(
+            latency_s, ttft_s, request.slo_ms, failed, request.model, queue_s
+        )
 
     # -- dispatch ---------------------------------------------------------------------------
 

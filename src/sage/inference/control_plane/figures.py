@@ -1,11 +1,23 @@
 """What the control plane measures: per-class latency, time to first token and SLO
-attainment, and each model's service time per token (what SLO_AWARE predicts from)."""
+attainment, their histograms per class and model, and each model's service time per token
+(what SLO_AWARE predicts from)."""
 
 from __future__ import annotations
 
-from sage.common.stats import LatencyRing, latency_figures, percentile
+import math
+import time
+from bisect import bisect_left
 
-__all__ = ["MAX_CLASSES", "OTHER_CLASS", "ClassStats", "ClassTable", "LatencyModel"]
+from sage.common.stats import REQUEST_BUCKETS, Histogram, LatencyRing, latency_figures, percentile
+
+__all__ = [
+    "MAX_CLASSES",
+    "OTHER_CLASS",
+    "ClassStats",
+    "ClassTable",
+    "LatencyModel",
+    "RequestHistograms",
+]
 
 MAX_CLASSES = 256
 """Request classes with figures of their own (``x-sage-class``, or kind and priority: both
@@ -13,10 +25,38 @@ chosen by clients); later names are counted together under :data:`OTHER_CLASS`."
 OTHER_CLASS = "other"
 
 
-class ClassStats:
-    """Latency, time to first token and SLO attainment of one request class."""
+class RequestHistograms:
+    """Histograms (seconds, from the request's arrival) of one class's requests for one
+    model: until the last byte, until the first byte of a good answer, and until an
+    instance was granted (queueing)."""
 
-    __slots__ = ("errors", "latency", "requests", "slo_met", "slo_total", "ttft")
+    __slots__ = ("duration", "queue", "ttft")
+
+    def __init__(self) -> None:
+        self.duration = Histogram(REQUEST_BUCKETS)
+        self.ttft = Histogram(REQUEST_BUCKETS)
+        self.queue = Histogram(REQUEST_BUCKETS)
+
+    def observe(self, latency_s: float, ttft_s: float, queue_s: float, failed: bool) -> None:
+        """Count one request (a failed one has no first token); on every request's path,
+        so the three histograms' updates are written out here."""
+        bounds = REQUEST_BUCKETS
+        duration, queue = self.duration, self.queue
+        duration.counts[bisect_left(bounds, latency_s)] += 1
+        duration.sum += latency_s
+        queue.counts[bisect_left(bounds, queue_s)] += 1
+        queue.sum += queue_s
+        if not failed:
+            ttft = self.ttft
+            ttft.counts[bisect_left(bounds, ttft_s)] += 1
+            ttft.sum += ttft_s
+
+
+class ClassStats:
+    """Latency, time to first token and SLO attainment of one request class, and its
+    histograms per model (models are the served ones: bounded by the registry)."""
+
+    __slots__ = ("errors", "latency", "models", "requests", "slo_met", "slo_total", "ttft")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -25,12 +65,25 @@ class ClassStats:
         self.slo_met = 0
         self.latency = LatencyRing(2048)
         self.ttft = LatencyRing(2048)
+        self.models: dict[str, RequestHistograms] = {}
 
-    def record(self, latency_s: float, ttft_s: float, slo_ms: float | None, failed: bool) -> None:
-        """Count one finished request."""
+    def record(
+        self,
+        latency_s: float,
+        ttft_s: float,
+        slo_ms: float | None,
+        failed: bool,
+        model: str = "",
+        queue_s: float = 0.0,
+    ) -> None:
+        """Count one finished request (``failed`` ones have no time to first token)."""
         self.requests += 1
         self.latency.add(latency_s)
         self.ttft.add(ttft_s)
+        series = self.models.get(model)
+        if series is None:
+            series = self.models[model] = RequestHistograms()
+        series.observe(latency_s, ttft_s, queue_s, failed)
         if failed:
             self.errors += 1
         if slo_ms is not None:
@@ -65,14 +118,27 @@ class ClassTable(dict[str, ClassStats]):
 
 
 class LatencyModel:
-    """P95 service seconds per token of one model, refreshed every ``every`` samples."""
+    """P95 service seconds per token of one model, from its last 512 requests.
 
-    def __init__(self, every: int = 32) -> None:
+    Refreshed on the first sample, then after every ``every`` samples once ``interval_s``
+    has passed since the last refresh: under light traffic every ``every`` requests, under
+    heavy traffic a few times a second instead of hundreds (each refresh sorts the ring).
+    """
+
+    def __init__(self, every: int = 32, interval_s: float = 0.05) -> None:
         self.ring = LatencyRing(512)
         self.every = every
+        self.interval_s = interval_s
         self.p95_per_token = 0.0
+        self._pending = 0  # samples since the last refresh
+        self._refreshed = -math.inf
 
     def add(self, seconds: float, tokens: int) -> None:
         self.ring.add(seconds / max(tokens, 1))
-        if self.ring.count % self.every == 1:  # first sample, then every ``every``
-            self.p95_per_token = percentile(sorted(self.ring.values()), 0.95)
+        self._pending += 1
+        if self._pending >= self.every or self.ring.count == 1:
+            now = time.monotonic()
+            if now - self._refreshed >= self.interval_s:
+                self.p95_per_token = percentile(sorted(self.ring.values()), 0.95)
+                self._pending = 0
+                self._refreshed = now

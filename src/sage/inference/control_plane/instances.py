@@ -9,7 +9,7 @@ from time import perf_counter
 
 from sage.common.errors import ConfigError
 from sage.common.http import HttpPool
-from sage.common.stats import LatencyRing, latency_figures
+from sage.common.stats import REQUEST_BUCKETS, LatencyRing, latency_figures
 from sage.inference.config import BackendInstanceConfig
 
 __all__ = ["Instance", "InstanceRegistry"]
@@ -36,8 +36,9 @@ class Instance:
         self.slo_total = 0  # requests it finished that carried an SLO
         self.slo_met = 0  # ... and met it (answered in time, no error)
         self._queued = queued
-        self.latency = LatencyRing(1024)  # service time: dispatch to last byte
-        self.ttft = LatencyRing(1024)  # dispatch to first byte of the answer
+        # service time (dispatch to last byte), and dispatch to the answer's first byte
+        self.latency = LatencyRing(1024, REQUEST_BUCKETS)
+        self.ttft = LatencyRing(1024, REQUEST_BUCKETS)
         self.last_error = ""
         self.headers = {"content-type": "application/json"}
         if config.api_key:

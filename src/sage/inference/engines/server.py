@@ -13,6 +13,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
+from time import perf_counter
 from typing import Any
 
 import orjson
@@ -27,12 +28,15 @@ from sage.common.http import (
     StreamResponse,
     json_response,
 )
+from sage.common.observability.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from sage.common.observability.prometheus import Collector, exposition
 from sage.inference.engines.base import (
     Delta,
     EmbeddingEngine,
     LLMEngine,
     SamplingParams,
 )
+from sage.inference.engines.metrics import EngineFigures
 from sage.inference.protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -92,6 +96,9 @@ class EngineServer:
         self.api_key = api_key
         self.requests = 0
         self.started = time.time()
+        self.figures = EngineFigures(engine.model_name)
+        self.collector = Collector(self.figures.families)
+        """A ``prometheus_client`` collector of :attr:`figures` (what ``GET /metrics`` serves)."""
         self._http: HttpServer | None = None
 
     async def start(self) -> int:
@@ -107,6 +114,7 @@ class EngineServer:
             http.route("POST", "/v1/embeddings", self._embeddings)
         http.route("GET", "/v1/models", self._models)
         http.route("GET", "/health", self._health)
+        http.route("GET", "/metrics", self._metrics)
         self._http = http
         self.port = await http.start(self.host, self.port)
         return self.port
@@ -186,6 +194,7 @@ class EngineServer:
     # -- routes -----------------------------------------------------------------------------
 
     async def _chat(self, request: Request) -> Response | StreamResponse:
+        started = perf_counter()
         parsed: ChatCompletionRequest = self._parse(request, ChatCompletionRequest)
         engine = self.engine
         assert isinstance(engine, LLMEngine)
@@ -193,7 +202,7 @@ class EngineServer:
         params = self._params(
             parsed, parsed.token_limit(_DEFAULT_MAX_TOKENS), engine.prompt_tokens(messages, None)
         )
-        deltas = engine.generate(params, messages=messages)
+        deltas = self.figures.track("chat", engine.generate(params, messages=messages), started)
         if parsed.stream:
             include_usage = (
                 parsed.stream_options is not None and parsed.stream_options.include_usage
@@ -266,6 +275,7 @@ class EngineServer:
             await deltas.aclose()  # type: ignore[attr-defined]
 
     async def _completion(self, request: Request) -> Response | StreamResponse:
+        started = perf_counter()
         parsed: CompletionRequest = self._parse(request, CompletionRequest)
         engine = self.engine
         assert isinstance(engine, LLMEngine)
@@ -274,7 +284,7 @@ class EngineServer:
         except ValueError as exc:
             raise _bad(400, str(exc), param="prompt") from None
         params = self._params(parsed, parsed.max_tokens or 16, engine.prompt_tokens(None, prompt))
-        deltas = engine.generate(params, prompt=prompt)
+        deltas = self.figures.track("completions", engine.generate(params, prompt=prompt), started)
         echoed = prompt if parsed.echo else ""
         if parsed.stream:
             include_usage = (
@@ -320,15 +330,19 @@ class EngineServer:
             await deltas.aclose()  # type: ignore[attr-defined]
 
     async def _embeddings(self, request: Request) -> Response:
+        started = perf_counter()
         parsed: EmbeddingRequest = self._parse(request, EmbeddingRequest)
         engine = self.engine
         assert isinstance(engine, EmbeddingEngine)
-        vectors, tokens = await engine.embed(parsed.texts())
+        if parsed.dimensions is not None and parsed.dimensions > engine.dimension:
+            raise _bad(400, f"dimensions must be at most {engine.dimension}", param="dimensions")
+        try:
+            vectors, tokens = await engine.embed(parsed.texts())
+        except Exception:
+            self.figures.embedded(started, 0, failed=True)
+            raise
+        self.figures.embedded(started, tokens, failed=False)
         if parsed.dimensions is not None:
-            if parsed.dimensions > engine.dimension:
-                raise _bad(
-                    400, f"dimensions must be at most {engine.dimension}", param="dimensions"
-                )
             vectors = [v[: parsed.dimensions] for v in vectors]
         data: list[EmbeddingData] = []
         for i, vector in enumerate(vectors):
@@ -346,6 +360,9 @@ class EngineServer:
     async def _models(self, request: Request) -> Response:
         self._check_key(request)
         return json_response(ModelList(data=[ModelCard(id=self.engine.model_name)]))
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(body=exposition(self.collector), content_type=PROMETHEUS_CONTENT_TYPE)
 
     async def _health(self, request: Request) -> Response:
         kind = "llm" if isinstance(self.engine, LLMEngine) else "embedding"

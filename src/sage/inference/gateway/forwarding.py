@@ -127,7 +127,8 @@ class Forwarder:
             try:
                 grant = await dispatcher.admit(pending, ticket, retry=failures > 0)
             except NoInstance:
-                dispatcher.record(pending, perf_counter() - arrived, 0.0, True, class_name)
+                waited = perf_counter() - arrived
+                dispatcher.record(pending, waited, 0.0, True, class_name, waited)
                 raise gateway_error(
                     503,
                     f"no healthy instance serves {model!r} now; retry later",
@@ -141,6 +142,7 @@ class Forwarder:
                     code="queue_full",
                     headers={"retry-after": str(full.retry_after_s)},
                 ) from None
+            queued = perf_counter() - arrived
             if grant.instance is None:  # riding on another request's batched call
                 assert grant.outcome is not None
                 outcome = await grant.outcome
@@ -150,7 +152,7 @@ class Forwarder:
                     continue
                 status, answer = outcome
                 elapsed = perf_counter() - arrived
-                dispatcher.record(pending, elapsed, elapsed, status >= 500, class_name)
+                dispatcher.record(pending, elapsed, elapsed, status >= 500, class_name, queued)
                 return Response(status=status, body=answer, content_type="application/json")
             instance = grant.instance
             send = payload
@@ -158,17 +160,15 @@ class Forwarder:
                 send, counts = merge_inputs([body, *(r.payload.body for r in grant.riders)])
             dispatched = perf_counter()
             try:
-                async with asyncio.timeout(
-                    self.config.request_timeout_s
-                ):  # no task, unlike wait_for
-                    result = await instance.pool.request(
-                        "POST",
-                        instance.path(request.path),
-                        send,
-                        {**instance.headers, REQUEST_ID: request.id},
-                        stream=stream,
-                    )
-            except (BackendUnavailable, TimeoutError) as exc:
+                result = await instance.pool.request(
+                    "POST",
+                    instance.path(request.path),
+                    send,
+                    {**instance.headers, REQUEST_ID: request.id},
+                    stream=stream,
+                    timeout_s=self.config.request_timeout_s,  # swept: no timer per request
+                )
+            except BackendUnavailable as exc:  # BackendTimeout too
                 # Nothing reached the client yet, so the request can run again elsewhere.
                 dispatcher.finish(pending, instance, dispatched, failed=True)
                 registry.mark(instance, False, str(exc) or type(exc).__name__)
@@ -179,7 +179,7 @@ class Forwarder:
                     kind, model
                 ):
                     continue
-                dispatcher.record(pending, perf_counter() - arrived, 0.0, True, class_name)
+                dispatcher.record(pending, perf_counter() - arrived, 0.0, True, class_name, queued)
                 raise gateway_error(
                     503, f"instance {instance.id} failed: {exc}", code="unavailable"
                 ) from None
@@ -200,9 +200,11 @@ class Forwarder:
                             key = None
                             continue
                 elapsed = perf_counter() - arrived
-                dispatcher.record(pending, elapsed, elapsed, failed, class_name)
+                dispatcher.record(pending, elapsed, elapsed, failed, class_name, queued)
                 return Response(status=result.status, body=answer, content_type=content_type)
-            settle = partial(self._settle, pending, instance, dispatched, arrived, class_name)
+            settle = partial(
+                self._settle, pending, instance, dispatched, arrived, queued, class_name
+            )
             relay = StreamRelay(
                 result.chunks,
                 settle,
@@ -217,6 +219,7 @@ class Forwarder:
         instance: Instance,
         dispatched: float,
         arrived: float,
+        queued: float,
         class_name: str | None,
         failed: bool,
         first: float | None,
@@ -225,4 +228,6 @@ class Forwarder:
         dispatcher = self.dispatcher
         dispatcher.finish(pending, instance, dispatched, failed=failed, first_byte=first)
         end = perf_counter()
-        dispatcher.record(pending, end - arrived, (first or end) - arrived, failed, class_name)
+        dispatcher.record(
+            pending, end - arrived, (first or end) - arrived, failed, class_name, queued
+        )

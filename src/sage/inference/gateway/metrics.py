@@ -1,25 +1,126 @@
-"""The gateway's figures: Prometheus text for scrapers, and a JSON snapshot for the
+"""The gateway's figures: Prometheus families for scrapers, and a JSON snapshot for the
 management API and ``ControlPlaneVLLMService.get_metrics``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sage.common.observability.prometheus import Column, MetricFamily, columns, render
+from sage.common.observability.prometheus import Column, MetricFamily, columns
 from sage.inference.config import SchedulingPolicyType, UnifiedServerConfig
 from sage.inference.control_plane.dispatcher import Dispatcher
 from sage.inference.control_plane.instances import InstanceRegistry
 
-__all__ = ["prometheus_text", "snapshot"]
+__all__ = ["gateway_families", "snapshot"]
+
+DEPRECATED = "Deprecated (removed in 0.3): use {} instead. "
+"""Help-text prefix of the p95 gauges the histograms replace (kept for one release)."""
+
+_PER_CLASS: list[Column] = [
+    ("sage_class_requests_total", "counter", "Requests answered, per class.", "requests"),
+    ("sage_class_errors_total", "counter", "Requests failed, per class.", "errors"),
+    (
+        "sage_class_latency_p95_ms",
+        "gauge",
+        DEPRECATED.format("sage_gateway_request_duration_seconds")
+        + "p95 latency incl. queueing (ms).",
+        "p95_ms",
+    ),
+    (
+        "sage_class_ttft_p95_ms",
+        "gauge",
+        DEPRECATED.format("sage_gateway_time_to_first_token_seconds")
+        + "p95 time to first token (ms).",
+        "ttft_p95_ms",
+    ),
+    (
+        "sage_class_slo_attainment",
+        "gauge",
+        "Share of requests with an SLO that met it.",
+        "slo_attainment",
+    ),
+]
+_PER_CLASS_AND_MODEL: list[Column] = [
+    (
+        "sage_gateway_request_duration_seconds",
+        "histogram",
+        "Seconds from a request's arrival to the last byte of its answer (queueing included).",
+        "duration",
+    ),
+    (
+        "sage_gateway_time_to_first_token_seconds",
+        "histogram",
+        "Seconds from a request's arrival to the first byte of its answer (answered ones).",
+        "ttft",
+    ),
+    (
+        "sage_gateway_queue_time_seconds",
+        "histogram",
+        "Seconds a request waited in the gateway for an instance.",
+        "queue",
+    ),
+]
+_PER_INSTANCE: list[Column] = [
+    ("sage_instance_requests_total", "counter", "Requests an instance finished.", "requests"),
+    ("sage_instance_errors_total", "counter", "Requests an instance failed.", "errors"),
+    ("sage_instance_in_flight", "gauge", "Requests running on an instance.", "in_flight"),
+    ("sage_instance_healthy", "gauge", "1 when the instance is in rotation.", "healthy"),
+    (
+        "sage_instance_latency_p95_ms",
+        "gauge",
+        DEPRECATED.format("sage_instance_request_duration_seconds") + "p95 request latency (ms).",
+        "p95_ms",
+    ),
+    (
+        "sage_instance_ttft_p95_ms",
+        "gauge",
+        DEPRECATED.format("sage_instance_time_to_first_token_seconds")
+        + "p95 time to first byte (ms).",
+        "ttft_p95_ms",
+    ),
+    (
+        "sage_instance_max_concurrent_requests",
+        "gauge",
+        "Requests an instance may run at once.",
+        "max_concurrent_requests",
+    ),
+    (
+        "sage_instance_queued",
+        "gauge",
+        "Requests waiting in the gateway for the instance's type and model.",
+        "queued",
+    ),
+    (
+        "sage_instance_slo_attainment",
+        "gauge",
+        "Share of an instance's requests with an SLO that met it.",
+        "slo_attainment",
+    ),
+    (
+        "sage_instance_request_duration_seconds",
+        "histogram",
+        "Seconds from sending a request to an instance to the last byte of its answer.",
+        "duration",
+    ),
+    (
+        "sage_instance_time_to_first_token_seconds",
+        "histogram",
+        "Seconds from sending a request to an instance to the first byte of its answer.",
+        "ttft",
+    ),
+]
 
 
-def prometheus_text(total: int, registry: InstanceRegistry, dispatcher: Dispatcher) -> bytes:
-    """Gateway totals, per-lane queues, per-class and per-instance figures.
+def gateway_families(
+    total: int, registry: InstanceRegistry, dispatcher: Dispatcher
+) -> list[MetricFamily]:
+    """Gateway totals, per-lane queues, per-class, per-class-and-model and per-instance
+    figures.
 
     Per instance, ``sage_instance_queued`` is the queue of its (type, model) lane, the
     same for every instance of the model (requests wait per model, not per instance);
     ``sage_instance_slo_attainment`` is left out for an instance that served no request
-    with an SLO.
+    with an SLO. Labels are bounded: classes by ``MAX_CLASSES``, models and instances by
+    the registry.
 
     Args:
         total: API requests the gateway received.
@@ -49,67 +150,31 @@ def prometheus_text(total: int, registry: InstanceRegistry, dispatcher: Dispatch
     for lane in state["lanes"]:
         queued.add(lane["queued"], type=lane["kind"], model=lane["model"])
     families = [requests, waiting, retries, policy_active, queued]
-    per_class: list[Column] = [
-        ("sage_class_requests_total", "counter", "Requests answered, per class.", "requests"),
-        ("sage_class_errors_total", "counter", "Requests failed, per class.", "errors"),
-        ("sage_class_latency_p95_ms", "gauge", "p95 latency incl. queueing (ms).", "p95_ms"),
-        ("sage_class_ttft_p95_ms", "gauge", "p95 time to first token (ms).", "ttft_p95_ms"),
-        (
-            "sage_class_slo_attainment",
-            "gauge",
-            "Share of requests with an SLO that met it.",
-            "slo_attainment",
-        ),
-    ]
     families += columns(
-        per_class, (({"class": name}, figures) for name, figures in state["classes"].items())
+        _PER_CLASS, (({"class": name}, figures) for name, figures in state["classes"].items())
     )
-    per_instance: list[Column] = [
-        (
-            "sage_instance_requests_total",
-            "counter",
-            "Requests an instance finished.",
-            "requests",
-        ),
-        ("sage_instance_errors_total", "counter", "Requests an instance failed.", "errors"),
-        ("sage_instance_in_flight", "gauge", "Requests running on an instance.", "in_flight"),
-        ("sage_instance_healthy", "gauge", "1 when the instance is in rotation.", "healthy"),
-        ("sage_instance_latency_p95_ms", "gauge", "p95 request latency (ms).", "p95_ms"),
-        ("sage_instance_ttft_p95_ms", "gauge", "p95 time to first byte (ms).", "ttft_p95_ms"),
-        (
-            "sage_instance_max_concurrent_requests",
-            "gauge",
-            "Requests an instance may run at once.",
-            "max_concurrent_requests",
-        ),
-        (
-            "sage_instance_queued",
-            "gauge",
-            "Requests waiting in the gateway for the instance's type and model.",
-            "queued",
-        ),
-        (
-            "sage_instance_slo_attainment",
-            "gauge",
-            "Share of an instance's requests with an SLO that met it.",
-            "slo_attainment",
-        ),
-    ]
     families += columns(
-        per_instance,
+        _PER_CLASS_AND_MODEL,
         (
             (
-                {
-                    "instance": described["instance_id"],
-                    "model": described["model_name"],
-                    "type": described["instance_type"],
-                },
-                described,
+                {"model": model, "class": name},
+                {"duration": series.duration, "ttft": series.ttft, "queue": series.queue},
             )
-            for described in (i.describe() for i in registry.all())
+            for name, stats in dispatcher.classes.items()
+            for model, series in stats.models.items()
         ),
     )
-    return render(families)
+    rows = []
+    for instance in registry.all():
+        described = instance.describe()
+        labels = {
+            "instance": described["instance_id"],
+            "model": described["model_name"],
+            "type": described["instance_type"],
+        }
+        histograms = {"duration": instance.latency.histogram, "ttft": instance.ttft.histogram}
+        rows.append((labels, {**described, **histograms}))
+    return [*families, *columns(_PER_INSTANCE, rows)]
 
 
 def snapshot(

@@ -35,6 +35,7 @@ from sage.common.concurrency import run_loop
 from sage.common.http import HttpServer, Request, Response, json_response
 from sage.common.http.server import Handler
 from sage.common.observability.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from sage.common.observability.prometheus import Collector, MetricFamily, exposition
 from sage.inference.config import UnifiedServerConfig
 from sage.inference.control_plane.dispatcher import Dispatcher
 from sage.inference.control_plane.instances import InstanceRegistry
@@ -43,7 +44,7 @@ from sage.inference.gateway.errors import error_body
 from sage.inference.gateway.forwarding import Forwarder
 from sage.inference.gateway.health import HealthChecks
 from sage.inference.gateway.management import Management
-from sage.inference.gateway.metrics import prometheus_text, snapshot
+from sage.inference.gateway.metrics import gateway_families, snapshot
 from sage.inference.gateway.openapi import openapi_json
 from sage.inference.gateway.routes import ROUTES
 from sage.inference.protocol import GatewayHealth, ModelCard, ModelList
@@ -88,6 +89,8 @@ class UnifiedAPIServer:
         self._stopping: asyncio.Event | None = None
         self._run_owns_shutdown = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.collector = Collector(self.families)
+        """A ``prometheus_client`` collector of :meth:`families` (what ``GET /metrics`` serves)."""
 
     @property
     def requests(self) -> int:
@@ -257,10 +260,14 @@ class UnifiedAPIServer:
         return json_response(health)
 
     async def _metrics(self, request: Request) -> Response:
-        """Prometheus text (:func:`~.metrics.prometheus_text`)."""
+        """Prometheus text of :attr:`collector`."""
+        return Response(body=exposition(self.collector), content_type=PROMETHEUS_CONTENT_TYPE)
+
+    def families(self) -> list[MetricFamily]:
+        """The gateway's Prometheus families now (:func:`~.metrics.gateway_families`); read
+        them on the gateway's loop."""
         assert self.registry is not None and self.dispatcher is not None
-        body = prometheus_text(self.requests, self.registry, self.dispatcher)
-        return Response(body=body, content_type=PROMETHEUS_CONTENT_TYPE)
+        return gateway_families(self.requests, self.registry, self.dispatcher)
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """The gateway's state as JSON-ready data (``ControlPlaneVLLMService.get_metrics``,

@@ -1,5 +1,5 @@
-"""What every part of the wire format shares: the request models' base (unknown fields
-kept and logged), OpenAI-style errors, SAGE's scheduling fields, token usage."""
+"""What every part of the wire format shares: the request models' base (a field they do
+not declare is refused by name), OpenAI-style errors, SAGE's scheduling fields, token usage."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_validator,
 )
 
-from sage.inference.protocol.fields import unsupported
+from sage.inference.protocol.fields import is_inert, unsupported
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,21 @@ class WireModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     endpoint: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inert_fields(cls, data: Any) -> Any:
+        """Drop the undeclared fields whose value asks for nothing more (:data:`.INERT`)."""
+        if isinstance(data, dict) and cls.endpoint:
+            declared = cls.model_fields
+            drop = [
+                key
+                for key, value in data.items()
+                if key not in declared and is_inert(cls.endpoint, key, value)
+            ]
+            if drop:
+                data = {k: v for k, v in data.items() if k not in drop}
+        return data
 
 
 class ErrorDetail(BaseModel):

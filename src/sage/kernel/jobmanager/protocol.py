@@ -353,10 +353,10 @@ def metrics_from_dict(data: dict[str, Any]) -> JobMetrics:
         job=data["job"],
         status=data["status"],
         elapsed_s=data["elapsed_s"],
-        operators=_rows(OperatorMetrics, data.get("operators")),
+        operators=_rows(OperatorMetrics, data.get("operators"), tuples=("latency_buckets",)),
         tasks=_rows(TaskMetrics, data.get("tasks"), tuples=("operators",)),
-        instances=_rows(OperatorMetrics, data.get("instances")),
+        instances=_rows(OperatorMetrics, data.get("instances"), tuples=("latency_buckets",)),
         dead_letters=data.get("dead_letters", 0),
-        services=_rows(ServiceMetrics, data.get("services")),
+        services=_rows(ServiceMetrics, data.get("services"), tuples=("latency_buckets",)),
         edges=tuple((int(a), int(b)) for a, b in data.get("edges") or ()),
     )

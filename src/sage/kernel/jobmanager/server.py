@@ -111,6 +111,8 @@ class JobManagerServer(BackgroundServer):
         self.port = port
         self._token = token
         self._http: HttpServer | None = None
+        self.collector = prometheus.Collector(self.families)
+        """A ``prometheus_client`` collector of :meth:`families` (``GET /metrics``)."""
 
     @property
     def address(self) -> str:
@@ -202,10 +204,13 @@ class JobManagerServer(BackgroundServer):
     async def _metrics(self, request: Request) -> Response:
         """Prometheus text: jobs by status, then every job's operators and services (the
         names of :mod:`sage.kernel.runtime.exposition`). Scrapers send the token too."""
-        body = await asyncio.get_running_loop().run_in_executor(None, self._exposition)
+        body = await asyncio.get_running_loop().run_in_executor(
+            None, prometheus.exposition, self.collector
+        )
         return Response(body=body, content_type=prometheus.CONTENT_TYPE)
 
-    def _exposition(self) -> bytes:
+    def families(self) -> list[MetricFamily]:
+        """The JobManager's Prometheus families now (what :attr:`collector` collects)."""
         entries = self.manager.jobs()
         by_status = MetricFamily("sage_jobmanager_jobs", "gauge", "Jobs known, by status.")
         counts = {status: 0 for status in ("running", "stopping", "finished", "failed")}
@@ -229,7 +234,7 @@ class JobManagerServer(BackgroundServer):
             )
         for status, n in counts.items():
             by_status.add(n, status=status)
-        return prometheus.render([by_status, *job_families(rows)])
+        return [by_status, *job_families(rows)]
 
     async def _list(self, request: Request) -> Response:
         return json_response(JobList(jobs=[e.info() for e in self.manager.jobs()]))

@@ -13,8 +13,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sage.common.observability.prometheus import Column, MetricFamily, columns
+from sage.common.stats import LATENCY_BUCKETS, Histogram
 
 __all__ = ["job_families"]
+
+_DEPRECATED = "Deprecated (removed in 0.3): use {} instead. "
 
 _OPERATOR: list[Column] = [
     ("sage_operator_records_in_total", "counter", "Records an operator took in.", "records_in"),
@@ -27,10 +30,21 @@ _OPERATOR: list[Column] = [
         "Records processed per second, averaged since the job started.",
         "throughput_rps",
     ),
-    ("sage_operator_latency_mean_ms", "gauge", "Mean per-record time (ms).", "mean_ms"),
-    ("sage_operator_latency_p50_ms", "gauge", "Median per-record time (ms).", "p50_ms"),
-    ("sage_operator_latency_p95_ms", "gauge", "p95 per-record time (ms).", "p95_ms"),
-    ("sage_operator_latency_p99_ms", "gauge", "p99 per-record time (ms).", "p99_ms"),
+    (
+        "sage_operator_latency_seconds",
+        "histogram",
+        "Per-record time of the records the runtime timed (one batch per sampling interval).",
+        "latency",
+    ),
+    *(
+        (
+            f"sage_operator_latency_{stat}_ms",
+            "gauge",
+            _DEPRECATED.format("sage_operator_latency_seconds") + f"{what} per-record time (ms).",
+            f"{stat}_ms",
+        )
+        for stat, what in (("mean", "Mean"), ("p50", "Median"), ("p95", "p95"), ("p99", "p99"))
+    ),
     (
         "sage_operator_backpressure",
         "gauge",
@@ -46,8 +60,24 @@ _SERVICE: list[Column] = [
     ("sage_service_in_flight", "gauge", "Calls running now.", "in_flight"),
     ("sage_service_waiting", "gauge", "Callers waiting for a free instance.", "waiting"),
     ("sage_service_replicas", "gauge", "Instances sharing the calls.", "replicas"),
-    ("sage_service_latency_p95_ms", "gauge", "p95 call latency (ms).", "p95_ms"),
+    ("sage_service_latency_seconds", "histogram", "Call latency.", "latency"),
+    (
+        "sage_service_latency_p95_ms",
+        "gauge",
+        _DEPRECATED.format("sage_service_latency_seconds") + "p95 call latency (ms).",
+        "p95_ms",
+    ),
 ]
+
+
+def _with_histogram(figures: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``figures`` with its ``latency_buckets`` and ``latency_sum_s`` as a ``latency``
+    histogram (left out when nothing was counted)."""
+    counts = figures.get("latency_buckets")
+    if not counts or len(counts) != len(LATENCY_BUCKETS) + 1:
+        return figures
+    histogram = Histogram.of(LATENCY_BUCKETS, counts, figures.get("latency_sum_s") or 0.0)
+    return {**figures, "latency": histogram}
 
 
 def job_families(jobs: Iterable[Mapping[str, Any]]) -> list[MetricFamily]:
@@ -69,11 +99,14 @@ def job_families(jobs: Iterable[Mapping[str, Any]]) -> list[MetricFamily]:
         elapsed.add(float(metrics.get("elapsed_s") or 0.0), **ids)
         dead.add(float(metrics.get("dead_letters") or 0), **ids)
         operators += (
-            ({**ids, "operator": op.get("operator", ""), "node": op.get("node_id", -1)}, op)
+            (
+                {**ids, "operator": op.get("operator", ""), "node": op.get("node_id", -1)},
+                _with_histogram(op),
+            )
             for op in metrics.get("operators") or ()
         )
         services += (
-            ({**ids, "service": svc.get("service", "")}, svc)
+            ({**ids, "service": svc.get("service", "")}, _with_histogram(svc))
             for svc in metrics.get("services") or ()
         )
     return [info, elapsed, dead, *columns(_OPERATOR, operators), *columns(_SERVICE, services)]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sage.common.stats import LatencyRing, quantiles_ms
+from sage.common.stats import LATENCY_BUCKETS, LatencyRing, quantiles_ms
 from sage.kernel.services.metrics import ServiceMetrics
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "OperatorStats",
     "TaskMetrics",
     "TaskStats",
+    "merged_buckets",
 ]
 
 
@@ -50,7 +51,7 @@ class OperatorStats:
         self.records_in = 0
         self.records_out = 0
         self.errors = 0
-        self.latency = LatencyRing()
+        self.latency = LatencyRing(buckets=LATENCY_BUCKETS)
 
 
 class TaskStats:
@@ -99,6 +100,10 @@ class OperatorMetrics:
         throughput_rps: Records processed per second, averaged since the job started.
         backpressure: Fill (0..1) of the fullest input queue of the operator's tasks; only
             the first operator of a fused chain has a queue, the others show 0.
+        latency_buckets: Every sampled per-record time counted in the buckets of
+            :data:`~sage.common.stats.LATENCY_BUCKETS` (then the overflow), for a
+            histogram; ``()`` when nothing was sampled.
+        latency_sum_s: The sum of those times, in seconds.
     """
 
     operator: str
@@ -115,6 +120,8 @@ class OperatorMetrics:
     node_id: int = -1
     mean_ms: float = 0.0
     backpressure: float = 0.0
+    latency_buckets: tuple[int, ...] = ()
+    latency_sum_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,7 @@ def snapshot(
         p50, p95, p99 = quantiles_ms(samples)
         mean_ms = 1000 * sum(samples) / len(samples) if samples else 0.0
         records_in = sum(s.records_in for s in stats)
+        buckets, total_s = merged_buckets([s.latency for s in stats])
         # a source's work is what it emits; every other operator's is what it takes in
         processed = sum(s.records_out if s.kind == "source" else s.records_in for s in stats)
         return OperatorMetrics(
@@ -240,6 +248,8 @@ def snapshot(
             node_id=first.node_id,
             mean_ms=mean_ms,
             backpressure=max((fill.get(s, 0.0) for s in stats), default=0.0),
+            latency_buckets=buckets,
+            latency_sum_s=total_s,
         )
 
     operators = tuple(row(by_op[k], None) for k in sorted(by_op))
@@ -259,6 +269,16 @@ def snapshot(
         services=services,
         edges=edges,
     )
+
+
+def merged_buckets(rings: Sequence[LatencyRing]) -> tuple[tuple[int, ...], float]:
+    """The bucket counts and sum of the histograms of ``rings`` together (``()``: none
+    counted anything)."""
+    histograms = [r.histogram for r in rings if r.histogram is not None and r.histogram.count]
+    if not histograms:
+        return (), 0.0
+    counts = tuple(sum(column) for column in zip(*(h.counts for h in histograms), strict=True))
+    return counts, sum(h.sum for h in histograms)
 
 
 def graph_edges(nodes: Sequence[Any]) -> tuple[tuple[int, int], ...]:

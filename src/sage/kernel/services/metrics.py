@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sage.common.stats import LatencyRing, quantiles_ms
+from sage.common.stats import LATENCY_BUCKETS, LatencyRing, quantiles_ms
 
 __all__ = ["ServiceMetrics", "ServiceStats"]
 
@@ -19,7 +19,7 @@ class ServiceStats:
         self.errors = 0
         self.timeouts = 0
         self.fallbacks = 0
-        self.latency = LatencyRing()
+        self.latency = LatencyRing(buckets=LATENCY_BUCKETS)
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class ServiceMetrics:
         in_flight: Calls running now.
         waiting: Callers waiting for a free instance now (queue depth).
         p50_ms, p95_ms, p99_ms: Latency of calls, in milliseconds.
+        latency_buckets: Every call's latency counted in the buckets of
+            :data:`~sage.common.stats.LATENCY_BUCKETS` (then the overflow), for a histogram.
+        latency_sum_s: The sum of those latencies, in seconds.
     """
 
     service: str
@@ -51,6 +54,8 @@ class ServiceMetrics:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    latency_buckets: tuple[int, ...] = ()
+    latency_sum_s: float = 0.0
 
     @staticmethod
     def of(
@@ -58,6 +63,7 @@ class ServiceMetrics:
     ) -> ServiceMetrics:
         """Freeze ``stats``."""
         p50, p95, p99 = quantiles_ms(stats.latency.values())
+        histogram = stats.latency.histogram
         return ServiceMetrics(
             service=name,
             replicas=replicas,
@@ -71,4 +77,6 @@ class ServiceMetrics:
             p50_ms=p50,
             p95_ms=p95,
             p99_ms=p99,
+            latency_buckets=tuple(histogram.counts) if histogram is not None else (),
+            latency_sum_s=histogram.sum if histogram is not None else 0.0,
         )

@@ -73,6 +73,13 @@ def echo(lines: Sequence[OutputLine]) -> None:
         echo_line(line.origin, line.stream, line.text)
 
 
+def _add_counts(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """Bucket counts added element-wise (``()`` counts nothing)."""
+    if not a or not b:
+        return a or b
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
 def _merge_services(rows: Sequence[tuple[ServiceMetrics, ...]]) -> tuple[ServiceMetrics, ...]:
     """One row per service from every task's view (counts add; percentiles: the highest)."""
     merged: dict[str, ServiceMetrics] = {}
@@ -95,6 +102,8 @@ def _merge_services(rows: Sequence[tuple[ServiceMetrics, ...]]) -> tuple[Service
                 p50_ms=max(seen.p50_ms, m.p50_ms),
                 p95_ms=max(seen.p95_ms, m.p95_ms),
                 p99_ms=max(seen.p99_ms, m.p99_ms),
+                latency_buckets=_add_counts(seen.latency_buckets, m.latency_buckets),
+                latency_sum_s=seen.latency_sum_s + m.latency_sum_s,
             )
     return tuple(merged.values())
 
