@@ -348,13 +348,24 @@ def _router_table(
     def median(name: str, concurrency: int, key: str) -> float:
         return statistics.median(r[key] for r in results[(name, concurrency)])
 
+    def paired(name: str, other: str) -> str:
+        """Median (min-max) over rounds of ``name``'s req/s over ``other``'s in the same
+        round: the two ran back to back, so a machine slowing down between rounds (shared
+        vCPUs, steal) weighs on both sides of each ratio alike."""
+        ratios = [
+            a["req_s"] / b["req_s"]
+            for a, b in zip(results[(name, 32)], results[(other, 32)], strict=True)
+        ]
+        return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
     names = list(dict.fromkeys(name for name, _ in results))
     stub, gateway = names[0], names[1]
     router = next((n for n in names if n.startswith("vllm-router")), None)
     lines = [
         "### Gateway vs other routers in front of one stub backend\n\n"
         f"Each server its own process; closed-loop load from another process, {seconds:.0f} s "
-        f"per run, {rounds} interleaved rounds, medians.",
+        f"per run, {rounds} interleaved rounds, medians; a ratio is the median (min-max) over "
+        "the rounds of the front's req/s over vllm-router's in the same round.",
         "",
         "| front | req/s at c=32 | ratio | target | p50 at c=1 | added p50 | target |",
         "|---|---:|---|---|---:|---:|---|",
@@ -364,7 +375,7 @@ def _router_table(
         rate, p50 = median(name, 32, "req_s"), median(name, 1, "p50_ms")
         ratio = target = added = added_target = ""
         if router is not None and name != router and name != stub:
-            ratio = f"{rate / median(router, 32, 'req_s'):.2f}x vllm-router"
+            ratio = f"{paired(name, router)} vllm-router"
         if name == gateway:
             ratio, target = f"**{ratio}**" if ratio else "", ">= 1.0x vllm-router"
             added_target = "<= 0.5 ms"
@@ -389,6 +400,9 @@ def _router_table(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--router-rounds", type=int, default=5, help="rounds of part 3 (short runs: more)"
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="per load run (part 3)")
     parser.add_argument(
         "--parts", default="llm,embedding,routers", help="comma-separated subset to run"
@@ -398,7 +412,7 @@ def main() -> None:
     parts: dict[str, Callable[[], list[str]]] = {
         "llm": lambda: llm_batching(args.rounds),
         "embedding": lambda: embeddings(args.rounds),
-        "routers": lambda: routers(args.rounds, args.seconds),
+        "routers": lambda: routers(args.router_rounds, args.seconds),
     }
     lines: list[str] = []
     for name in args.parts.split(","):
