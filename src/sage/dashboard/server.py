@@ -306,7 +306,11 @@ class DashboardServer(BackgroundServer):
         return Response(status=204)
 
     async def _metrics(self, request: Request) -> Response:
-        return Response(body=self.exposition(), content_type=prometheus.CONTENT_TYPE)
+        """Prometheus text: the families are read on the loop (where the board changes),
+        and written out on a worker thread (tens of ms with many jobs)."""
+        families = self.families()
+        body = await asyncio.get_running_loop().run_in_executor(None, prometheus.render, families)
+        return Response(body=body, content_type=prometheus.CONTENT_TYPE)
 
     async def _health(self, request: Request) -> Response:
         return Response(body=b'{"status":"ok"}')
