@@ -24,6 +24,8 @@ Messages say what happened, why, and what to do next.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "ServiceError",
     "ServiceTimeoutError",
     "UnknownServiceError",
+    "unknown_key",
 ]
 
 
@@ -48,6 +51,14 @@ class SageError(Exception):
 
 class ConfigError(SageError, ValueError):
     """A configuration value or an argument is invalid; the message names it and the fix."""
+
+
+def unknown_key(key: object, where: str, valid: Sequence[str]) -> ConfigError:
+    """The error for a configuration key ``where`` does not know: the closest valid key,
+    then all of them."""
+    close = difflib.get_close_matches(str(key), valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys are: {', '.join(valid)}")
 
 
 class PlanError(SageError, ValueError):

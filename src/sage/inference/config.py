@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -11,7 +10,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from sage.common.config.ports import SagePorts
-from sage.common.errors import ConfigError
+from sage.common.errors import ConfigError, unknown_key
 from sage.inference.protocol import InstanceSpec
 
 __all__ = [
@@ -74,12 +73,7 @@ def _invalid(exc: ValidationError, raw: Mapping[str, Any], where: str) -> Config
     problem = exc.errors()[0]
     field_name = str(problem["loc"][0]) if problem.get("loc") else "?"
     if problem["type"] == "extra_forbidden":
-        valid = list(InstanceSpec.model_fields)
-        close = difflib.get_close_matches(field_name, valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return ConfigError(
-            f"{where}: unknown key {field_name!r}{hint}; valid keys are: {', '.join(valid)}"
-        )
+        return unknown_key(field_name, where, list(InstanceSpec.model_fields))
     return ConfigError(
         f"{where}.{field_name}={raw.get(field_name)!r} is invalid ({problem['msg']}); "
         f"{_hint(field_name)}"

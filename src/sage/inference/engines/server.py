@@ -8,7 +8,6 @@ OpenAI-style 4xx naming the parameter, and the server keeps serving.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -19,7 +18,6 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from sage.common.concurrency import run_loop
 from sage.common.http import (
     HttpError,
     HttpServer,
@@ -53,6 +51,7 @@ from sage.inference.protocol import (
     EmbeddingResponse,
     ModelCard,
     ModelList,
+    SamplingRequest,
     Usage,
     error_from_validation,
     new_id,
@@ -157,7 +156,7 @@ class EngineServer:
         return parsed
 
     def _params(
-        self, parsed: ChatCompletionRequest | CompletionRequest, max_tokens: int, prompt_tokens: int
+        self, parsed: SamplingRequest, max_tokens: int, prompt_tokens: int
     ) -> SamplingParams:
         """The engine's parameters for ``parsed`` (400 if the prompt leaves no room)."""
         engine = self.engine
@@ -391,13 +390,3 @@ def _usage(delta: Delta) -> Usage:
         completion_tokens=delta.completion_tokens,
         total_tokens=delta.prompt_tokens + delta.completion_tokens,
     )
-
-
-def serve_forever(server: EngineServer) -> None:
-    """Run ``server`` until interrupted (used by ``sage llm serve``'s engine processes)."""
-
-    async def main() -> None:
-        await server.start()
-        await asyncio.Event().wait()
-
-    run_loop(main())

@@ -67,7 +67,7 @@ def pending_request(
     fields = _fields(request, body)
     priority, slo_ms = fields.priority, fields.slo_ms
     defaults = []
-    key = bearer_of(request)
+    key = bearer_of(request) if config.api_key_defaults else None
     if key is not None and key in config.api_key_defaults:
         defaults.append(config.api_key_defaults[key])
     if model in config.model_defaults:

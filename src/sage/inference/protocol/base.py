@@ -3,7 +3,6 @@ not declare is refused by name), OpenAI-style errors, SAGE's scheduling fields, 
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
@@ -20,8 +19,6 @@ from pydantic import (
 )
 
 from sage.inference.protocol.fields import is_inert, unsupported
-
-logger = logging.getLogger(__name__)
 
 
 def new_id(prefix: str) -> str:
@@ -227,6 +224,30 @@ LogitBias = Annotated[
 Penalty = Annotated[float | None, Field(ge=-2.0, le=2.0)]
 """``frequency_penalty`` / ``presence_penalty``: subtracted from the logits of tokens already
 generated, per occurrence / once (OpenAI's formula)."""
+
+
+class ApiRequest(WireModel):
+    """What every API request carries: its model, its end user, SAGE's scheduling fields."""
+
+    model: str
+    user: str | None = Field(default=None, description="The end user's id (logged).")
+    priority: Priority = None
+    slo_ms: SloMs = None
+
+
+class SamplingRequest(ApiRequest):
+    """The sampling fields that chat and completion requests share."""
+
+    frequency_penalty: Penalty = None
+    logit_bias: LogitBias = None
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
+    presence_penalty: Penalty = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
 class Usage(BaseModel):

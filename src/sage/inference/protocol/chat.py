@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import ClassVar, Literal
 
@@ -13,17 +12,11 @@ from pydantic import (
 
 from sage.inference.protocol.base import (
     FinishReason,
-    LogitBias,
-    Penalty,
-    Priority,
-    SloMs,
-    StreamOptions,
+    SamplingRequest,
     Usage,
     WireModel,
     new_id,
 )
-
-logger = logging.getLogger(__name__)
 
 
 class TextPart(WireModel):
@@ -50,29 +43,15 @@ class ChatMessage(WireModel):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(WireModel):
+class ChatCompletionRequest(SamplingRequest):
     """``POST /v1/chat/completions``: the fields SAGE's engines honour (any other OpenAI
     field is refused, see :mod:`.fields`)."""
 
     endpoint: ClassVar[str] = "chat"
 
     messages: list[ChatMessage] = Field(min_length=1)
-    model: str
-    frequency_penalty: Penalty = None
-    logit_bias: LogitBias = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
-    presence_penalty: Penalty = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    user: str | None = Field(default=None, description="The end user's id (logged).")
-    priority: Priority = None
-    slo_ms: SloMs = None
 
     def token_limit(self, default: int) -> int:
         """``max_completion_tokens``, else ``max_tokens``, else ``default``."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -14,18 +13,10 @@ from pydantic import (
 
 from sage.inference.protocol.base import (
     FinishReason,
-    LogitBias,
-    Penalty,
-    Priority,
-    SloMs,
-    StreamOptions,
+    SamplingRequest,
     Usage,
-    WireModel,
     new_id,
 )
-
-logger = logging.getLogger(__name__)
-
 
 # What the validators below accept, for the JSON schema (OpenAPI) of the requests.
 _ONE_PROMPT_SCHEMA: dict[str, Any] = {
@@ -38,30 +29,16 @@ _ONE_PROMPT_SCHEMA: dict[str, Any] = {
 }
 
 
-class CompletionRequest(WireModel):
+class CompletionRequest(SamplingRequest):
     """``POST /v1/completions`` (one prompt string per request): the fields SAGE's engines
     honour (any other OpenAI field is refused, see :mod:`.fields`)."""
 
     endpoint: ClassVar[str] = "completions"
 
-    model: str
     prompt: Annotated[str | list[str], WithJsonSchema(_ONE_PROMPT_SCHEMA)]
     best_of: int = Field(default=1, ge=1, le=1, description="Only 1 is supported.")
     echo: bool = Field(default=False, description="Answer with the prompt before the completion.")
-    frequency_penalty: Penalty = None
-    logit_bias: LogitBias = None
     max_tokens: int | None = Field(default=16, ge=1)
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
-    presence_penalty: Penalty = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    user: str | None = Field(default=None, description="The end user's id (logged).")
-    priority: Priority = None
-    slo_ms: SloMs = None
 
     def prompt_text(self) -> str:
         """The prompt (a one-element list is accepted)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -12,15 +11,7 @@ from pydantic import (
     field_validator,
 )
 
-from sage.inference.protocol.base import (
-    Priority,
-    SloMs,
-    Usage,
-    WireModel,
-)
-
-logger = logging.getLogger(__name__)
-
+from sage.inference.protocol.base import ApiRequest, Usage
 
 # What the validator below accepts, for the JSON schema (OpenAPI) of the requests.
 _TEXTS_SCHEMA: dict[str, Any] = {
@@ -33,18 +24,14 @@ _TEXTS_SCHEMA: dict[str, Any] = {
 }
 
 
-class EmbeddingRequest(WireModel):
+class EmbeddingRequest(ApiRequest):
     """``POST /v1/embeddings``."""
 
     endpoint: ClassVar[str] = "embeddings"
 
     input: Annotated[str | list[str], WithJsonSchema(_TEXTS_SCHEMA)]
-    model: str
     dimensions: int | None = Field(default=None, ge=1)
     encoding_format: Literal["float", "base64"] = "float"
-    user: str | None = None
-    priority: Priority = None
-    slo_ms: SloMs = None
 
     @field_validator("input")
     @classmethod

@@ -4,13 +4,12 @@ starts (every key and value named in its error, with the fix)."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sage.common.errors import ConfigError
+from sage.common.errors import ConfigError, unknown_key
 from sage.inference.config import (
     BackendInstanceConfig,
     SchedulingPolicyType,
@@ -55,12 +54,6 @@ class ControlPlaneServiceConfig:
         )
 
 
-def _unknown_key(key: object, where: str, valid: Sequence[str]) -> ConfigError:
-    close = difflib.get_close_matches(str(key), valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys are: {', '.join(valid)}")
-
-
 def _int(value: object, key: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{key}={value!r} is invalid; use an integer from {low} to {high}")
@@ -86,7 +79,7 @@ def parse_service_config(raw: Mapping[str, Any]) -> ControlPlaneServiceConfig:
         )
     for key in raw:
         if key not in TOP_KEYS:
-            raise _unknown_key(key, "ControlPlaneVLLMService config", TOP_KEYS)
+            raise unknown_key(key, "ControlPlaneVLLMService config", TOP_KEYS)
     try:
         policy = SchedulingPolicyType.parse(raw.get("scheduling_policy", "fifo"))
     except ConfigError as exc:
