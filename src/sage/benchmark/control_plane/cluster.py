@@ -150,7 +150,7 @@ class LocalCluster:
         if config.engine == "simulated" and config.sim_profile:
             options += ["--sim-profile", json.dumps(config.sim_profile)]
         if config.engine == "cpu" and kind == "llm":
-            # the engines share this machine's cores: oversubscribed torch threads spin
+            # the engines share this machine's cores: oversubscribed compute threads spin
             threads = max(1, (os.cpu_count() or 1) // instance_counts(config)["llm"])
             options += ["--max-batch", str(max_concurrent(config, "llm"))]
             options += ["--threads", str(threads)]

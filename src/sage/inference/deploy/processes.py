@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sage.common.processes import SpawnError, spawn_module, terminate
+from sage.inference.engines.factory import CPU_ENGINES
 
 __all__ = [
     "SERVING_MODULE",
@@ -49,7 +50,7 @@ def spawn(args: list[str], log_path: Path | None, timeout_s: float) -> tuple[int
 def served_name(kind: str, model: str, engine: str) -> str:
     """The model name an engine started with ``model`` answers to (the CPU engine resolves
     bundled aliases and paths; the stub and the simulator serve the name they are given)."""
-    if engine != "cpu":
+    if engine not in CPU_ENGINES:
         return model
     from sage.inference.engines.models import resolve_model
 
@@ -67,7 +68,8 @@ def spawn_engine(
     timeout_s: float = 180.0,
     extra: Sequence[str] = (),
 ) -> tuple[int, int, str]:
-    """Start one engine server process (``--engine cpu|stub|simulated``); wait until it listens.
+    """Start one engine server process (``--engine cpu|llama.cpp|transformers|stub|simulated``);
+    wait until it listens.
 
     Args:
         extra: More serving options (``--sim-profile JSON``, ``--max-batch N``, ...).

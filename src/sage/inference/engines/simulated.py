@@ -293,7 +293,12 @@ class SimulatedLLMEngine(LLMEngine):
             task.cancel()
             await asyncio.wait([task])  # its own cancellation is not ours to raise
 
-    def prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> int:
+    def prompt_tokens(
+        self,
+        messages: Sequence[dict[str, Any]] | None,
+        prompt: str | None,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> int:
         """Estimated tokens of the prompt (see :attr:`SimulatorProfile.chars_per_token`)."""
         return self.profile.tokens(prompt_text(messages, prompt))
 
@@ -303,6 +308,7 @@ class SimulatedLLMEngine(LLMEngine):
         *,
         messages: Sequence[dict[str, Any]] | None = None,
         prompt: str | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncIterator[Delta]:
         """Stream the simulated answer: one delta per step the request is in the batch."""
         wake = self._ensure_loop()

@@ -30,7 +30,12 @@ class StubLLMEngine(LLMEngine):
         self.model_name = model_name
         self.context_length = context_length
 
-    def prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> int:
+    def prompt_tokens(
+        self,
+        messages: Sequence[dict[str, Any]] | None,
+        prompt: str | None,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> int:
         return len(prompt_text(messages, prompt).split())
 
     async def generate(
@@ -39,6 +44,7 @@ class StubLLMEngine(LLMEngine):
         *,
         messages: Sequence[dict[str, Any]] | None = None,
         prompt: str | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncIterator[Delta]:
         words = ANSWER.split()
         kept = words[: params.max_tokens]

@@ -33,6 +33,7 @@ from sage.inference.engines.base import (
 from sage.inference.engines.gguf import converted_checkpoint
 from sage.inference.engines.kv_cache import new_cache
 from sage.inference.engines.models import ModelSpec
+from sage.inference.engines.text import AnswerText
 
 __all__ = ["TransformersLLMEngine"]
 
@@ -43,8 +44,8 @@ class _Sequence:
     """One request being generated."""
 
     __slots__ = (
+        "answer",
         "cancelled",
-        "emitted",
         "finished",
         "generator",
         "loop",
@@ -62,7 +63,7 @@ class _Sequence:
         self.loop = loop
         self.queue: asyncio.Queue[Delta] = asyncio.Queue()
         self.tokens: list[int] = []
-        self.emitted = 0  # characters of the answer already handed out
+        self.answer = AnswerText(params.stop)
         self.finished = False
         self.cancelled = False
         self.generator: Any = None
@@ -166,7 +167,12 @@ class TransformersLLMEngine(LLMEngine):
             return list(ids)
         return list(tokenizer(prompt or "", add_special_tokens=False)["input_ids"])
 
-    def prompt_tokens(self, messages: Sequence[dict[str, Any]] | None, prompt: str | None) -> int:
+    def prompt_tokens(
+        self,
+        messages: Sequence[dict[str, Any]] | None,
+        prompt: str | None,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> int:
         return len(self._prompt_ids(messages, prompt))
 
     async def generate(
@@ -175,6 +181,7 @@ class TransformersLLMEngine(LLMEngine):
         *,
         messages: Sequence[dict[str, Any]] | None = None,
         prompt: str | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncIterator[Delta]:
         if self._worker is None:
             raise RuntimeError(f"engine {self.model_name!r} is not started; await engine.start()")
@@ -380,19 +387,7 @@ class TransformersLLMEngine(LLMEngine):
             if len(seq.tokens) >= params.max_tokens:
                 done_reason = "length"
         text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
-        end = len(text)
-        for stop in params.stop:
-            at = text.find(stop)
-            if at != -1 and at < end:
-                end, done_reason = at, "stop"
-        if done_reason is None:
-            # hold back what may be the start of a stop string, or half a UTF-8 character
-            hold = max((len(s) - 1 for s in params.stop), default=0)
-            end = max(seq.emitted, len(text) - hold)
-            if text[seq.emitted : end].endswith("\ufffd"):
-                end = seq.emitted
-        piece = text[seq.emitted : end]
-        seq.emitted = end
+        piece, done_reason = seq.answer.next(text, done_reason)
         if done_reason is None:
             if piece:
                 seq.send(Delta(piece))

@@ -3,6 +3,7 @@ not declare is refused by name), OpenAI-style errors, SAGE's scheduling fields, 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
@@ -97,11 +98,20 @@ def openai_error(
     )
 
 
+_FIELD = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _is_field(part: int | str) -> bool:
+    """Whether a part of a validation error's location names a field or an index (not a
+    union member pydantic tried: ``literal['a','b']``, ``JsonSchemaFormat``, ``_Json``)."""
+    return isinstance(part, int) or bool(_FIELD.fullmatch(part))
+
+
 def error_from_validation(exc: ValidationError, endpoint: str = "") -> ErrorResponse:
     """The first validation problem as an OpenAI-style error naming the parameter; a field
     the model does not declare gets code ``unsupported_parameter``."""
     first = exc.errors()[0]
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
+    param = ".".join(str(p) for p in first.get("loc", ()) if _is_field(p)) or None
     if first.get("type") == "extra_forbidden" and param is not None:
         return ErrorResponse.of(
             f"{param}: {unsupported(endpoint, param)}", param=param, code="unsupported_parameter"
@@ -248,6 +258,25 @@ class SamplingRequest(ApiRequest):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(
+        default=None,
+        ge=-1,
+        description="Sample among the k likeliest tokens (0 or -1: all; vLLM's and "
+        "llama.cpp's extension).",
+    )
+    min_p: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Drop tokens less likely than min_p times the likeliest (vLLM's and "
+        "llama.cpp's extension).",
+    )
+
+
+class PromptTokensDetails(BaseModel):
+    """What of the prompt was not computed again."""
+
+    cached_tokens: int = 0
 
 
 class Usage(BaseModel):
@@ -256,3 +285,4 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None

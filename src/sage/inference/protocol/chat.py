@@ -17,6 +17,13 @@ from sage.inference.protocol.base import (
     WireModel,
     new_id,
 )
+from sage.inference.protocol.tools import (
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+)
 
 
 class TextPart(WireModel):
@@ -33,6 +40,12 @@ class ChatMessage(WireModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, description="An assistant message's calls (the conversation so far)."
+    )
+    tool_call_id: str | None = Field(
+        default=None, description="A tool message's answer is to this call."
+    )
 
     def text(self) -> str:
         """The text of the message (its parts joined, for content given as parts)."""
@@ -52,6 +65,27 @@ class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = Field(
+        default=None, strict=True, description="Return each answer token's log-probability."
+    )
+    top_logprobs: int | None = Field(
+        default=None,
+        strict=True,
+        ge=0,
+        le=20,
+        description="With logprobs: this many likeliest alternatives.",
+    )
+
+    response_format: ResponseFormat | None = Field(
+        default=None, description="text, json_object, or json_schema (grammar-constrained)."
+    )
+    tools: list[Tool] | None = Field(default=None, description="Functions the model may call.")
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    def logprobs_asked(self) -> int | None:
+        """Alternatives per token when log-probabilities are asked for, else ``None``."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def token_limit(self, default: int) -> int:
         """``max_completion_tokens``, else ``max_tokens``, else ``default``."""
@@ -64,6 +98,7 @@ class AssistantMessage(BaseModel):
 
     role: str = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
     def text(self) -> str:
         """The answer's text."""
@@ -75,6 +110,27 @@ class DeltaMessage(BaseModel):
 
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class TopLogprob(BaseModel):
+    """A likely token at one place of the answer."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    """One answer token, its log-probability, and the likeliest alternatives there."""
+
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    """A chat choice's ``logprobs``: one entry per answer token."""
+
+    content: list[TokenLogprob] | None = None
 
 
 class Choice(BaseModel):
@@ -83,6 +139,7 @@ class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason | None = "stop"
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -102,6 +159,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: FinishReason | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

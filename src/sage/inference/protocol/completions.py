@@ -39,6 +39,14 @@ class CompletionRequest(SamplingRequest):
     best_of: int = Field(default=1, ge=1, le=1, description="Only 1 is supported.")
     echo: bool = Field(default=False, description="Answer with the prompt before the completion.")
     max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(
+        default=None,
+        strict=True,
+        ge=0,
+        le=5,
+        description="Return each answer token's log-probability and this many likeliest "
+        "alternatives.",
+    )
 
     def prompt_text(self) -> str:
         """The prompt (a one-element list is accepted)."""
@@ -49,12 +57,21 @@ class CompletionRequest(SamplingRequest):
         return self.prompt[0]
 
 
+class CompletionLogprobs(BaseModel):
+    """A completion choice's ``logprobs`` (the legacy shape: parallel lists per token)."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class CompletionChoice(BaseModel):
     """One completed text choice."""
 
     text: str
     index: int = 0
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = "stop"
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["INERT", "OPENAI_FIELDS", "is_inert", "unsupported"]
+__all__ = ["ENGINE_OPTIONAL", "INERT", "OPENAI_FIELDS", "is_inert", "not_honoured", "unsupported"]
 
 OPENAI_FIELDS: dict[str, frozenset[str]] = {
     "chat": frozenset(
@@ -84,6 +84,35 @@ OPENAI_FIELDS: dict[str, frozenset[str]] = {
     "embeddings": frozenset({"input", "model", "dimensions", "encoding_format", "user"}),
 }
 """The request fields of each endpoint group of the OpenAI API."""
+
+
+ENGINE_OPTIONAL: dict[str, frozenset[str]] = {
+    "chat": frozenset(
+        {
+            "top_k",
+            "min_p",
+            "logprobs",
+            "top_logprobs",
+            "response_format",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+        }
+    ),
+    "completions": frozenset({"top_k", "min_p", "logprobs"}),
+    "embeddings": frozenset(),
+}
+"""Request fields the wire models declare that not every engine implements: each engine
+names those it does (``LLMEngine.honours``), and its server refuses the others by name."""
+
+
+def not_honoured(field: str, engine: str) -> str:
+    """Why an ``engine`` engine refuses ``field``, and what to do instead."""
+    return (
+        f"{field!r} is not implemented by the {engine} engine serving this model, so the "
+        "request is refused rather than answered without it; leave it out, or serve the "
+        "model with an engine that implements it (llama.cpp for GGUF models, vLLM on a GPU)"
+    )
 
 
 _ROUTED: dict[str, tuple[object, ...]] = {
