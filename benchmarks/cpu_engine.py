@@ -102,7 +102,11 @@ def chat(question: str) -> list[dict[str, str]]:
 
 def http_asker(url: str, model: str) -> Ask:
     """Stream a chat from an OpenAI-compatible server; tokens from its usage (else chunks)."""
-    client = httpx.Client(timeout=600, limits=httpx.Limits(max_connections=16))
+    # a connection per request, for every server alike: llama-server's HTTP library closes
+    # kept-alive connections after a few requests (a reused one then fails); on loopback a
+    # connection costs a fraction of a millisecond against answers of about a second
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=0)
+    client = httpx.Client(timeout=600, limits=limits)
 
     def ask(messages: list[dict[str, str]], max_tokens: int) -> Answer:
         body: dict[str, Any] = {
@@ -132,17 +136,27 @@ def http_asker(url: str, model: str) -> Ask:
     return ask
 
 
-def measure(name: str, ask: Ask, rounds: int, batched: bool = True) -> Figures:
-    figures = Figures(name)
-    ask(chat(PROMPTS[0]), 8)  # warm up
-    for _ in range(rounds):
-        figures.single.append(decode_rate([ask(chat(p), MAX_TOKENS) for p in PROMPTS]))
-        if batched:
-            started = time.perf_counter()
-            with ThreadPoolExecutor(len(PROMPTS)) as pool:
-                answers = list(pool.map(lambda p: ask(chat(p), MAX_TOKENS), PROMPTS))
-            figures.batch.append(batch_rate(answers, started))
-    return figures
+def one_round(figures: Figures, ask: Ask, batched: bool) -> None:
+    """The 8 prompts one after another, then (``batched``) all at once."""
+    figures.single.append(decode_rate([ask(chat(p), MAX_TOKENS) for p in PROMPTS]))
+    if batched:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(len(PROMPTS)) as pool:
+            answers = list(pool.map(lambda p: ask(chat(p), MAX_TOKENS), PROMPTS))
+        figures.batch.append(batch_rate(answers, started))
+
+
+def interleaved(asks: dict[str, Ask], rounds: int) -> dict[str, Figures]:
+    """Every engine once per round, in turn (reversed every other round), so that the
+    machine's drifting speed falls on all alike."""
+    rows = {name: Figures(name) for name in asks}
+    for ask in asks.values():
+        ask(chat(PROMPTS[0]), 8)  # warm up
+    for i in range(rounds):
+        for name in list(asks) if i % 2 == 0 else reversed(list(asks)):
+            one_round(rows[name], asks[name], batched=name != "llama-cpp-python")
+            print(f"[round {i + 1}: {name}]", file=sys.stderr)
+    return rows
 
 
 def shared_prefix(figures: Figures, ask: Ask) -> None:
@@ -263,7 +277,8 @@ def table(rows: dict[str, Figures], gguf_size: int) -> list[str]:
         "### CPU engine: SmolLM2-135M-Instruct Q4_1, 8 chat prompts, greedy, 128 tokens",
         "",
         "Single stream: decode tokens/s after the first token, the 8 prompts one after another. "
-        "8 at once: all completion tokens over the wall time. Medians over the rounds.",
+        "8 at once: all completion tokens over the wall time. Medians over the rounds, the "
+        "engines taking turns in each round.",
         "",
         "| engine | single stream | ratio | target | 8 at once | ratio | target |",
         "|---|---:|---|---|---:|---|---|",
@@ -330,7 +345,7 @@ def table(rows: dict[str, Figures], gguf_size: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
@@ -338,30 +353,28 @@ def main() -> None:
     assert spec.gguf_file is not None
     gguf = spec.path / spec.gguf_file
     _llama_server.ensure()  # build it first (once), outside any timing
-    rows: dict[str, Figures] = {}
     kv = kv_bytes(gguf, KV_TOKENS)
     with tempfile.TemporaryDirectory(prefix="sage-cpu-bench-") as scratch:
         logs = Path(scratch)
-        with sage_engine("cpu", logs) as (pid, port):
-            ask = http_asker(f"http://127.0.0.1:{port}/v1/chat/completions", "smollm2")
-            rows["sage"] = measure("sage", ask, args.rounds)
-            shared_prefix(rows["sage"], ask)
-            rows["sage"].rss, rows["sage"].kv_bytes = peak_rss(pid), kv
-        print("[sage done]", file=sys.stderr)
-        rows["llama-cpp-python"] = measure(
-            "llama-cpp-python", in_process_llama(gguf), args.rounds, batched=False
-        )
-        print("[llama-cpp-python done]", file=sys.stderr)
-        with llama_server(gguf, logs) as (pid, port):
-            ask = http_asker(f"http://127.0.0.1:{port}/v1/chat/completions", "smollm2")
-            rows["llama-server"] = measure("llama-server", ask, args.rounds)
-            shared_prefix(rows["llama-server"], ask)
-            rows["llama-server"].rss, rows["llama-server"].kv_bytes = peak_rss(pid), kv
-        print("[llama-server done]", file=sys.stderr)
+        with (
+            sage_engine("cpu", logs) as (sage_pid, sage_port),
+            llama_server(gguf, logs) as (server_pid, server_port),
+        ):
+            asks = {
+                "sage": http_asker(f"http://127.0.0.1:{sage_port}/v1/chat/completions", "smollm2"),
+                "llama-cpp-python": in_process_llama(gguf),
+                "llama-server": http_asker(
+                    f"http://127.0.0.1:{server_port}/v1/chat/completions", "smollm2"
+                ),
+            }
+            rows = interleaved(asks, args.rounds)
+            for name, pid in (("sage", sage_pid), ("llama-server", server_pid)):
+                shared_prefix(rows[name], asks[name])
+                rows[name].rss, rows[name].kv_bytes = peak_rss(pid), kv
         if not args.no_transformers:
             with sage_engine("transformers", logs) as (pid, port):
                 ask = http_asker(f"http://127.0.0.1:{port}/v1/chat/completions", "smollm2")
-                rows["transformers"] = measure("transformers", ask, 1)
+                rows["transformers"] = interleaved({"transformers": ask}, 1)["transformers"]
                 rows["transformers"].rss = peak_rss(pid)
     report(
         "cpu_engine", "CPU inference engine", table(rows, gguf.stat().st_size), args.write_readme

@@ -41,10 +41,11 @@ def test_a_longer_prefix_in_a_busy_slot_is_copied_into_the_least_valuable_idle_o
     assert (placed.slot.seq, placed.source, placed.reused) == (2, busy.slot, 4)
 
 
-def test_no_idle_slot_means_wait_and_eviction_goes_least_recent_first() -> None:
+def test_no_idle_slot_means_wait_and_a_new_prompt_overwrites_the_least_recent() -> None:
     table = SlotTable(2)
     first, second = table.place([1]), table.place([2])
     assert first is not None and second is not None and table.place([3]) is None
     first.slot.tokens, second.slot.tokens = [1], [2]
     second.slot.busy = first.slot.busy = False
-    assert [s.seq for s in table.evictable()] == [first.slot.seq, second.slot.seq]
+    placed = table.place([3])
+    assert placed is not None and placed.slot is first.slot and placed.reused == 0

@@ -3,9 +3,9 @@
 Each slot is one llama.cpp sequence id and remembers the tokens whose keys and values it
 holds. A finished request leaves its tokens in place: that is the prefix cache. A new
 prompt takes the idle slot that already holds the longest prefix of it; when another slot
-(idle or still running) holds a longer one, that prefix is copied across first (in a
-unified KV cache the copy shares the cells, it moves no data). Only the rest of the prompt
-is then computed.
+(idle or still running) holds a longer one, that prefix is copied across first. Only the
+rest of the prompt is then computed. Each slot is one part of the KV cache; a copy copies
+the part whole (llama.cpp's only copy between parts, a few milliseconds), then cuts its tail.
 """
 
 from __future__ import annotations
@@ -89,8 +89,3 @@ class SlotTable:
         placement.slot.busy = True
         placement.slot.used = self._clock
         return placement
-
-    def evictable(self) -> list[Slot]:
-        """Idle slots that hold tokens, least recently used first (freed when the KV cache
-        is full)."""
-        return sorted((s for s in self.slots if not s.busy and s.tokens), key=lambda s: s.used)
