@@ -270,6 +270,12 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+def paired(mine: list[float], theirs: list[float]) -> str:
+    """The median over the rounds of mine / theirs in the same round, with its range."""
+    ratios = sorted(a / b for a, b in zip(mine, theirs, strict=True))
+    return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
 def table(rows: dict[str, Figures], gguf_size: int) -> list[str]:
     inproc, server = rows["llama-cpp-python"], rows["llama-server"]
     med = statistics.median
@@ -278,7 +284,8 @@ def table(rows: dict[str, Figures], gguf_size: int) -> list[str]:
         "",
         "Single stream: decode tokens/s after the first token, the 8 prompts one after another. "
         "8 at once: all completion tokens over the wall time. Medians over the rounds, the "
-        "engines taking turns in each round.",
+        "engines taking turns in each round; a ratio is the median (min-max) over the rounds "
+        "of SAGE's figure over the peer's in the same round.",
         "",
         "| engine | single stream | ratio | target | 8 at once | ratio | target |",
         "|---|---:|---|---|---:|---|---|",
@@ -296,8 +303,8 @@ def table(rows: dict[str, Figures], gguf_size: int) -> list[str]:
         batch = f"{med(f.batch):.1f}" if f.batch else "one at a time"
         r1 = r2 = t1 = t2 = ""
         if key == "sage":
-            r1, t1 = f"**{ratio(single, med(inproc.single))}** llama-cpp-python", ">= 0.9x"
-            r2, t2 = f"**{ratio(med(f.batch), med(server.batch))}** llama-server", ">= 1.0x"
+            r1, t1 = f"**{paired(f.single, inproc.single)}** llama-cpp-python", ">= 0.9x"
+            r2, t2 = f"**{paired(f.batch, server.batch)}** llama-server", ">= 1.0x"
         elif key == "transformers" and f.batch:
             r2 = f"{ratio(med(f.batch), med(server.batch))} llama-server"
         lines.append(f"| {label} | {single:.1f} | {r1} | {t1} | {batch} | {r2} | {t2} |")

@@ -155,6 +155,12 @@ async def chat_events(
             ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[choice])
         )
 
+    # a content piece without log-probabilities, the common event, written directly: the
+    # same JSON as the models give (exclude_none), at a fraction of their cost per token
+    head = orjson.dumps(
+        {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    )
+    content_open = b"data: " + head[:-1] + b',"choices":[{"index":0,"delta":{"content":'
     calls_stream = CallStream() if plan.reading == "auto" else None
     held: list[str] = []  # a forced call's text, read at the end
     yield chunk(DeltaMessage(role="assistant", content=""))
@@ -166,7 +172,9 @@ async def chat_events(
                 text = ""
             elif calls_stream is not None:
                 text = calls_stream.feed(text)
-            if text:
+            if text and delta.logprobs is None:
+                yield content_open + orjson.dumps(text) + b"}}]}\n\n"
+            elif text:
                 yield chunk(DeltaMessage(content=text), logprobs=_chat_logprobs(delta.logprobs))
             if delta.finish_reason is None:
                 continue

@@ -23,6 +23,7 @@ import queue
 import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from sage.inference.engines.base import (
 from sage.inference.engines.chat_template import CHATML, ChatTemplate
 from sage.inference.engines.llamacpp.batch import Batch
 from sage.inference.engines.llamacpp.library import LlamaModel
-from sage.inference.engines.llamacpp.sampler import sampler_chain
+from sage.inference.engines.llamacpp.sampler import plain_greedy, sampler_chain
 from sage.inference.engines.llamacpp.sequence import SequenceState, token_logprob
 from sage.inference.engines.llamacpp.slots import Slot, SlotTable
 from sage.inference.engines.llamacpp.structured import TOKENIZERS, JsonConstraint, check_schema
@@ -106,6 +107,9 @@ class LlamaCppEngine(LLMEngine):
         self._tokens: OrderedDict[tuple[str, bool], list[int]] = OrderedDict()
         self.steps = 0
         self.batched_tokens = 0
+        self._outbox: list[tuple[SequenceState, Delta]] = []  # the step's deltas
+        self.compute_seconds = 0.0  # in llama_decode
+        self.busy_seconds = 0.0  # in steps (llama_decode, sampling, handing out text)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -273,7 +277,9 @@ class LlamaCppEngine(LLMEngine):
                         self._end(request)
                 active = [r for r in active if not r.done]
                 if active:
+                    stepping = perf_counter()
                     self._step(active)
+                    self.busy_seconds += perf_counter() - stepping
                     active = [r for r in active if not r.done]
             except Exception as exc:  # a bug must not leave clients waiting, nor stop the engine
                 logger.exception("the llama.cpp engine failed a step; ending its requests")
@@ -316,7 +322,8 @@ class LlamaCppEngine(LLMEngine):
             del slot.tokens[reused:]
         request.slot, request.fed, request.cached = slot, reused, reused
         try:
-            request.sampler = sampler_chain(lib, self.model.n_vocab, request.params)
+            if not plain_greedy(request.params):  # plain greedy: an argmax, no chain
+                request.sampler = sampler_chain(lib, self.model.n_vocab, request.params)
             schema = request.params.json_schema
             if schema is not None:
                 request.constraint = JsonConstraint(self.model.vocab, self.model.n_vocab, schema)
@@ -368,7 +375,9 @@ class LlamaCppEngine(LLMEngine):
                 fed.append((request, chunk))
         if not batch.n:
             return
+        computing = perf_counter()
         status = lib.llama_decode(self._ctx, batch.ready())
+        self.compute_seconds += perf_counter() - computing
         if status != 0:  # 1: no room in a slot's cells (the server's context check prevents it)
             error: Exception = RuntimeError(f"llama_decode failed ({status}); see its log")
             if status == 1:
@@ -390,20 +399,51 @@ class LlamaCppEngine(LLMEngine):
                 request.next_token = None
             else:
                 request.fed += len(tokens)
-        for request, index in outputs:
+        try:
+            self._sample(outputs)
+        finally:
+            self._flush()
+
+    def _sample(self, outputs: list[tuple[SequenceState, int]]) -> None:
+        """Each sequence's next token from its row of the step's logits (in output order)."""
+        assert self.model is not None
+        lib = self.model.lib
+        rows = np.ctypeslib.as_array(
+            lib.llama_get_logits(self._ctx), shape=(len(outputs), self.model.n_vocab)
+        )
+        best: np.ndarray | None = None  # plain greedy rows' argmax, in one call
+        for row, (request, index) in enumerate(outputs):
             if request.cancelled:
                 self._end(request)
                 continue
+            logits = rows[row]  # llama.cpp's buffer: a mask written here is what it samples
             if request.constraint is not None:
-                request.constraint.apply(self._logits(index))
-            token = int(lib.llama_sampler_sample(request.sampler, self._ctx, index))
+                request.constraint.apply(logits)
+                token = int(logits.argmax()) if request.sampler is None else -1
+            elif request.sampler is None:
+                if best is None:
+                    best = rows.argmax(axis=1)
+                token = int(best[row])
+            else:
+                token = -1
+            if token < 0:
+                token = int(lib.llama_sampler_sample(request.sampler, self._ctx, index))
             if request.constraint is not None:
                 request.constraint.accept(token)
             if request.params.logprobs is not None:
-                request.pending_logprobs.append(
-                    self._logprob(index, token, request.params.logprobs)
-                )
+                entry = token_logprob(self.model, logits, token, request.params.logprobs)
+                request.pending_logprobs.append(entry)
             self._advance(request, token)
+
+    def _flush(self) -> None:
+        """Hand the step's deltas to their event loops: one wake-up per loop, not one per
+        sequence."""
+        outbox, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[SequenceState, Delta]]] = {}
+        for request, delta in outbox:
+            by_loop.setdefault(request.loop, []).append((request, delta))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, items)
 
     def _forget(self, request: SequenceState) -> None:
         """End ``request`` and drop what its slot holds (its state is not trusted)."""
@@ -412,18 +452,6 @@ class LlamaCppEngine(LLMEngine):
             self.model.lib.llama_memory_seq_rm(self._memory, request.slot.seq, -1, -1)
             request.slot.tokens = []
         self._end(request)
-
-    def _logits(self, index: int) -> np.ndarray:
-        """The logits of output ``index`` of the last step: llama.cpp's buffer, writable."""
-        assert self.model is not None
-        pointer = self.model.lib.llama_get_logits_ith(self._ctx, index)
-        return np.ctypeslib.as_array(pointer, shape=(self.model.n_vocab,))
-
-    def _logprob(self, index: int, token: int, top: int) -> TokenLogprob:
-        """``token``'s log-probability at output ``index`` and the ``top`` likeliest (a
-        structured answer's: among the tokens its schema allowed there)."""
-        assert self.model is not None
-        return token_logprob(self.model, self._logits(index), token, top)
 
     def _advance(self, request: SequenceState, token: int) -> None:
         assert self.model is not None
@@ -442,17 +470,20 @@ class LlamaCppEngine(LLMEngine):
         piece, reason = request.answer.next(request.raw.decode("utf-8", "replace"), reason)
         if reason is None:
             if piece:
-                request.send(Delta(piece, logprobs=self._take_logprobs(request)))
+                self._outbox.append((request, Delta(piece, logprobs=self._take_logprobs(request))))
             return
         self._end(request)
-        request.send(
-            Delta(
-                piece,
-                finish_reason=reason,
-                prompt_tokens=len(request.prompt),
-                completion_tokens=len(request.generated) + (1 if eog else 0),
-                cached_tokens=request.cached,
-                logprobs=self._take_logprobs(request),
+        self._outbox.append(
+            (
+                request,
+                Delta(
+                    piece,
+                    finish_reason=reason,
+                    prompt_tokens=len(request.prompt),
+                    completion_tokens=len(request.generated) + (1 if eog else 0),
+                    cached_tokens=request.cached,
+                    logprobs=self._take_logprobs(request),
+                ),
             )
         )
 
@@ -462,3 +493,9 @@ class LlamaCppEngine(LLMEngine):
             return None
         taken, request.pending_logprobs = request.pending_logprobs, []
         return taken
+
+
+def _deliver(items: list[tuple[SequenceState, Delta]]) -> None:
+    """On the event loop: give each request its delta."""
+    for request, delta in items:
+        request.queue.put_nowait(delta)

@@ -8,7 +8,7 @@ from typing import Any
 
 from sage.inference.engines.base import SamplingParams
 
-__all__ = ["sampler_chain"]
+__all__ = ["plain_greedy", "sampler_chain"]
 
 _RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks one
 
@@ -56,3 +56,9 @@ def sampler_chain(lib: Any, n_vocab: int, params: SamplingParams) -> Any:
     except BaseException:
         lib.llama_sampler_free(chain)
         raise
+
+
+def plain_greedy(params: SamplingParams) -> bool:
+    """Whether ``params`` pick the likeliest token with nothing adjusting the logits (the
+    engine then takes the argmax itself: a chain would copy the whole vocabulary first)."""
+    return params.temperature <= 0 and not params.adjusts_logits
