@@ -189,11 +189,14 @@ def kv_bytes(gguf: Path, tokens: int) -> int:
         model.close()
 
 
+PACKAGED = "smollm2:q4_1"  # the GGUF as packaged (plain "smollm2" is served requantised)
+
+
 @contextmanager
 def sage_engine(engine: str, logs: Path) -> Iterator[tuple[int, int]]:
     pid, port, _ = spawn_engine(
         "llm",
-        "smollm2",
+        PACKAGED,
         engine,
         logs / f"{engine}.log",
         timeout_s=600,
@@ -368,7 +371,7 @@ def main() -> None:
             llama_server(gguf, logs) as (server_pid, server_port),
         ):
             asks = {
-                "sage": http_asker(f"http://127.0.0.1:{sage_port}/v1/chat/completions", "smollm2"),
+                "sage": http_asker(f"http://127.0.0.1:{sage_port}/v1/chat/completions", PACKAGED),
                 "llama-cpp-python": in_process_llama(gguf),
                 "llama-server": http_asker(
                     f"http://127.0.0.1:{server_port}/v1/chat/completions", "smollm2"
@@ -380,7 +383,7 @@ def main() -> None:
                 rows[name].rss, rows[name].kv_bytes = peak_rss(pid), kv
         if not args.no_transformers:
             with sage_engine("transformers", logs) as (pid, port):
-                ask = http_asker(f"http://127.0.0.1:{port}/v1/chat/completions", "smollm2")
+                ask = http_asker(f"http://127.0.0.1:{port}/v1/chat/completions", PACKAGED)
                 rows["transformers"] = interleaved({"transformers": ask}, 1)["transformers"]
                 rows["transformers"].rss = peak_rss(pid)
     report(

@@ -39,8 +39,9 @@ def _engine(stack: LocalStack) -> Any:
 def test_it_is_the_default_cpu_engine_and_keeps_the_weights_quantised(served: LocalStack) -> None:
     engine = _engine(served)
     assert engine.engine_name == "llama.cpp"
-    gguf = engine.spec.path / engine.spec.gguf_file
-    assert engine.model.size_bytes == gguf.stat().st_size < 100 * 2**20  # 92 MiB of Q4_1
+    served = engine.model.path  # the package's Q4_1 file requantised once to Q8_0, cached
+    assert served.name.endswith(".q8_0.gguf") and served.parent.name == "models"
+    assert engine.model.size_bytes == served.stat().st_size < 160 * 2**20  # 143 MB, not 540
 
 
 def test_a_shared_prefix_is_not_computed_again(client: openai.OpenAI) -> None:

@@ -288,3 +288,18 @@ def test_a_field_no_engine_honours_is_refused(client: openai.OpenAI) -> None:
             modalities=["text", "audio"],
         )
     assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "audio")
+
+
+def test_logprobs_with_three_alternatives_for_every_token(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model="smollm2",
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    choice = answer.choices[0]
+    assert answer.usage is not None and choice.logprobs and choice.logprobs.content
+    assert len(choice.logprobs.content) == answer.usage.completion_tokens
+    assert all(len(token.top_logprobs) == 3 for token in choice.logprobs.content)

