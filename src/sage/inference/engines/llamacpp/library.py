@@ -13,7 +13,6 @@ import logging
 import os
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from sage.common.errors import ConfigError
@@ -40,8 +39,9 @@ _callback: Any = None  # kept alive: llama.cpp holds the pointer
 
 
 @cache
-def library() -> ModuleType:
-    """``llama_cpp.llama_cpp`` with the backend initialised and its logs routed to logging.
+def library() -> Any:
+    """The ``llama_cpp.llama_cpp`` module, with the backend initialised and its logs routed
+    to logging.
 
     Raises:
         ConfigError: llama-cpp-python is not installed (the message says how to install it).

@@ -55,7 +55,7 @@ def _text(schema: dict[str, Any]) -> str:
 def _grammar(schema_text: str) -> str:
     from llguidance import LLMatcher
 
-    grammar = LLMatcher.grammar_from_json_schema(schema_text, defaults=_OPTIONS)  # type: ignore[arg-type]
+    grammar = LLMatcher.grammar_from_json_schema(schema_text, defaults=_OPTIONS)
     error = LLMatcher.validate_grammar(grammar)
     if error:
         raise ValueError(f"the JSON schema cannot be enforced: {error}")
