@@ -43,21 +43,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import _llama_server
 from _common import report
+from inference import QUESTIONS
 from sage.common.config.ports import SagePorts
 from sage.inference.deploy.processes import spawn_engine, terminate
 from sage.inference.engines.llamacpp.library import LlamaModel
 from sage.inference.engines.models import resolve_model
 
-PROMPTS = [
-    "Explain how a hash table works.",
-    "Describe the water cycle step by step.",
-    "Write a short story about a lighthouse keeper.",
-    "List ten uses for a paperclip and explain each.",
-    "Explain why the sky is blue.",
-    "Describe how to bake bread at home.",
-    "Explain what a compiler does, stage by stage.",
-    "Describe the rules of chess for a beginner.",
-]
+PROMPTS = QUESTIONS  # the inference benchmark's 8 chat prompts
 MAX_TOKENS = 128
 SLOTS = 8
 KV_TOKENS = 16384  # SAGE's default for this model (8 slots); llama-server gets the same -c

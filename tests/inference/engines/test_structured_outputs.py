@@ -201,28 +201,20 @@ def test_a_required_or_named_call_validates_whole_and_streamed(
     )
     only = None if choice == "required" else choice
     for seed in range(3):
-        answer = client.chat.completions.create(
-            model="smollm2",
-            messages=QUESTION,  # type: ignore[arg-type]
-            tools=TOOLS,  # type: ignore[arg-type]
-            tool_choice=tool_choice,
-            max_tokens=120,
-            temperature=0.7,
-            seed=seed,
-        )
+        asked: dict[str, Any] = {
+            "model": "smollm2",
+            "messages": QUESTION,
+            "tools": TOOLS,
+            "tool_choice": tool_choice,
+            "max_tokens": 120,
+            "temperature": 0.7,
+            "seed": seed,
+        }
+        answer = client.chat.completions.create(**asked)
         message = answer.choices[0].message
         assert answer.choices[0].finish_reason == "tool_calls" and message.tool_calls
         _check([(c.function.name, c.function.arguments) for c in message.tool_calls], only)  # type: ignore[union-attr]
-        stream = client.chat.completions.create(
-            model="smollm2",
-            messages=QUESTION,  # type: ignore[arg-type]
-            tools=TOOLS,  # type: ignore[arg-type]
-            tool_choice=tool_choice,
-            max_tokens=120,
-            temperature=0.7,
-            seed=seed,
-            stream=True,
-        )
+        stream = client.chat.completions.create(**asked, stream=True)
         calls: dict[int, list[str]] = {}
         finish = None
         for chunk in stream:
