@@ -7,7 +7,9 @@ One process run, three parts, each side by side with its peer or its limit:
    engine against llama.cpp itself: ``cpu_engine.py``).
 2. **Embeddings through the gateway**: 64 concurrent single-text ``/v1/embeddings`` requests
    through the gateway to the MiniLM engine server vs sentence-transformers encoding the same
-   64 texts in one offline batch in this process. Target >= 0.7x.
+   64 texts in one offline batch in this process. Target >= 0.7x. Beside them, the engine's
+   encoder (ONNX Runtime on the same weights) on the same offline batch: the engine runs
+   whichever of the two is faster.
 3. **Gateway overhead vs other routers**: a stub backend that answers at once (a SAGE engine
    server with the stub engine, its own process), fronted by the SAGE gateway with the control
    plane on, by vllm-router (Rust), by LiteLLM's proxy, and by plain pass-through proxies on
@@ -46,6 +48,7 @@ from sage.common.config.ports import SagePorts
 from sage.inference.deploy.processes import spawn_engine, spawn_gateway, terminate
 from sage.inference.deploy.stack import LocalStack
 from sage.inference.engines.models import resolve_model
+from sage.inference.engines.onnx_encoder import onnx_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / ".venv-peers" / "bin"
@@ -144,8 +147,15 @@ def embeddings(rounds: int) -> list[str]:
             "sentence-transformers, one offline batch of 64",
             run=lambda: len(model.encode(texts, batch_size=len(texts))),
         )
-        interleave([offline, gateway], rounds, warmup=1)
+        encoder = onnx_encoder(model, spec.path)
+        assert encoder is not None, "onnxruntime is missing (the llm extra installs it)"
+        onnx = Case(
+            "ONNX Runtime (the engine's encoder), one offline batch of 64",
+            run=lambda: len(encoder.encode(texts)[0]),
+        )
+        interleave([offline, onnx, gateway], rounds, warmup=1)
     ratio = gateway.ratio_to(offline)
+    onnx_ratio = onnx.ratio_to(offline)
     return [
         "### Embeddings: concurrent single-text requests vs one offline batch\n\n"
         "all-minilm-l6-v2, 64 lines of the Python reference. The engine server and the gateway "
@@ -157,8 +167,11 @@ def embeddings(rounds: int) -> list[str]:
         "|---|---:|---:|---|---|---:|",
         f"| {offline.name} | {offline.rate:,.0f} | {offline.median_s * 1e3:,.0f} ms | | "
         f"| {offline.steal_pct} |",
+        f"| {onnx.name} | {onnx.rate:,.0f} | {onnx.median_s * 1e3:,.0f} ms | "
+        f"**{onnx_ratio:.2f}x** sentence-transformers | the faster is the engine's | "
+        f"{onnx.steal_pct} |",
         f"| {gateway.name} | {gateway.rate:,.0f} | {gateway.median_s * 1e3:,.0f} ms | "
-        f"**{ratio:.2f}x** offline batch | >= 0.7x | {gateway.steal_pct} |",
+        f"**{ratio:.2f}x** sentence-transformers' batch | >= 0.7x | {gateway.steal_pct} |",
     ]
 
 

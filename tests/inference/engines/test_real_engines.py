@@ -269,3 +269,14 @@ def test_unknown_hub_model_is_a_clear_error() -> None:
 
     with pytest.raises(ConfigError, match=r"not available offline.*smollm2.*local copy"):
         resolve_model("Qwen/Qwen2.5-7B-Instruct", "llm")
+
+
+def test_embeddings_run_on_onnx_runtime_as_sentence_transformers_would(stack: RealStack) -> None:
+    engine: Any = stack.embedding_server.engine if stack.embedding_server else None
+    assert engine is not None and engine.backend == "onnxruntime"
+    texts = ["a cat sat", "the rules of the with statement", "x" * 3000]  # one truncated
+    vectors, tokens = stack.call(engine.embed(texts), timeout=60)
+    reference = engine.model.encode(texts, normalize_embeddings=True)
+    assert np.abs(np.array(vectors) - reference).max() < 1e-5
+    counted = engine.model.tokenizer(texts, truncation=True, max_length=engine.model.max_seq_length)
+    assert tokens == sum(len(ids) for ids in counted["input_ids"])
