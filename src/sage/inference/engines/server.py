@@ -156,8 +156,8 @@ class EngineServer:
         endpoint = getattr(model, "endpoint", "")
         honours: frozenset[str] = getattr(self.engine, "honours", frozenset())
         optional = ENGINE_OPTIONAL.get(endpoint, frozenset()) - honours
-        if not optional:
-            return
+        if not any(b'"%s"' % name.encode() in request.body for name in optional):
+            return  # the usual case: no second parse of the body
         try:
             body = orjson.loads(request.body)
         except orjson.JSONDecodeError:

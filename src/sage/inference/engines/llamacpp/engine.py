@@ -46,6 +46,7 @@ from sage.inference.engines.llamacpp.slots import Slot, SlotTable
 from sage.inference.engines.llamacpp.structured import TOKENIZERS, JsonConstraint, check_schema
 from sage.inference.engines.models import ModelSpec
 from sage.inference.engines.tools import native_tool_messages, with_tools
+from sage.inference.protocol import ENGINE_OPTIONAL
 
 __all__ = ["LlamaCppEngine"]
 
@@ -67,18 +68,7 @@ class LlamaCppEngine(LLMEngine):
     """
 
     engine_name = "llama.cpp"
-    honours = frozenset(
-        {
-            "top_k",
-            "min_p",
-            "logprobs",
-            "top_logprobs",
-            "response_format",
-            "tools",
-            "tool_choice",
-            "parallel_tool_calls",
-        }
-    )
+    honours = frozenset().union(*ENGINE_OPTIONAL.values())  # every optional field
 
     def __init__(
         self,

@@ -62,10 +62,14 @@ def _grammar(schema_text: str) -> str:
     return str(grammar)
 
 
-def check_schema(schema: dict[str, Any]) -> None:
-    """Raise ``ValueError`` (saying why) when ``schema`` cannot be enforced."""
+def check_schema(schema: dict[str, Any]) -> str:
+    """The llguidance grammar of ``schema`` (cached).
+
+    Raises:
+        ValueError: ``schema`` cannot be enforced (saying why).
+    """
     try:
-        _grammar(_text(schema))
+        return _grammar(_text(schema))
     except ValueError:
         raise
     except Exception as exc:  # llguidance reports a bad schema as a plain exception
@@ -109,8 +113,7 @@ class JsonConstraint:
     def __init__(self, vocab: Any, n_vocab: int, schema: dict[str, Any]) -> None:
         from llguidance import LLMatcher
 
-        check_schema(schema)
-        grammar = _grammar(_text(schema))
+        grammar = check_schema(schema)
         self.matcher = LLMatcher(TOKENIZERS.of(vocab), grammar)
         self.n_vocab = n_vocab
         self._mask = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
