@@ -107,18 +107,6 @@ class LlamaModel:
 
     # -- metadata ---------------------------------------------------------------------------
 
-    def meta(self, key: str) -> str | None:
-        """A GGUF metadata value as text (``None``: absent)."""
-        size = 1 << 16
-        while True:
-            buffer = ctypes.create_string_buffer(size)
-            n = self.lib.llama_model_meta_val_str(self.ptr, key.encode(), buffer, size)
-            if n < 0:
-                return None
-            if n < size:
-                return buffer.value.decode("utf-8", "replace")
-            size = n + 1
-
     def chat_template(self) -> str | None:
         """The model's Jinja chat template (``tokenizer.chat_template``), if it has one."""
         raw = self.lib.llama_model_chat_template(self.ptr, None)
