@@ -2,10 +2,13 @@
 
 Each slot is one llama.cpp sequence id and remembers the tokens whose keys and values it
 holds. A finished request leaves its tokens in place: that is the prefix cache. A new
-prompt takes the idle slot that already holds the longest prefix of it; when another slot
-(idle or still running) holds a longer one, that prefix is copied across first. Only the
-rest of the prompt is then computed. Each slot is one part of the KV cache; a copy copies
-the part whole (llama.cpp's only copy between parts, a few milliseconds), then cuts its tail.
+prompt takes the idle slot that already holds the longest prefix of it, when that prefix
+is most of what the slot holds; otherwise (prompts that share only a short header, such as
+a chat template's first tokens) an empty slot, else the least recently used one. When
+another slot (idle or still running) holds a prefix at least ``MIN_COPY`` tokens longer,
+it is copied across first. Only the rest of the prompt is then computed. Each slot is one
+part of the KV cache; a copy copies the part whole (llama.cpp's only copy between parts, a
+few milliseconds), then cuts its tail.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Placement", "Slot", "SlotTable", "common_prefix"]
+__all__ = ["MIN_COPY", "Placement", "Slot", "SlotTable", "common_prefix"]
+
+MIN_COPY = 32
+"""Fewest tokens a copy from another slot must save: a copy moves the whole part (a few
+milliseconds), more than computing a handful of tokens costs."""
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -76,13 +83,17 @@ class SlotTable:
             return None
         matches = {id(s): common_prefix(s.tokens, prompt) for s in self.slots}
         best = max(self.slots, key=lambda s: matches[id(s)])
-        # an idle slot holding the most of the prompt; among equals the one least used
-        own = max(idle, key=lambda s: (matches[id(s)], -s.used))
+        # the idle slot holding the most of the prompt; among equals the one used last
+        own = max(idle, key=lambda s: (matches[id(s)], s.used))
+        reused = matches[id(own)]
+        if not (reused and 2 * reused >= len(own.tokens)):
+            # ``own`` mostly holds something else (another prompt that shares a short
+            # header with this one): writing there would throw that away. Take an empty
+            # slot, else the least recently used (its contents are the least likely wanted).
+            own = min(idle, key=lambda s: (bool(s.tokens), s.used))
         limit = max(len(prompt) - 1, 0)
-        if matches[id(best)] > matches[id(own)]:
-            # copy the longer prefix into the idle slot whose contents are worth least
-            target = min(idle, key=lambda s: (matches[id(s)] > 0, s.used))
-            placement = Placement(target, best, min(matches[id(best)], limit))
+        if matches[id(best)] >= matches[id(own)] + MIN_COPY:  # a longer prefix elsewhere
+            placement = Placement(own, best, min(matches[id(best)], limit))
         else:
             placement = Placement(own, None, min(matches[id(own)], limit))
         self._clock += 1
