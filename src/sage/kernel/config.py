@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from sage.common.core.scheduling import SCHEDULING_KEYS, Scheduling, scheduling_problem
 from sage.common.errors import ConfigError
 
 __all__ = ["ErrorMode", "JobConfig"]
@@ -114,6 +115,10 @@ class JobConfig:
             gain nothing from several CPUs and lose to cross-CPU wake-ups (badly on small
             VMs); ``[0]`` keeps them on one. Leave unset when operators release the lock
             (NumPy, FAISS, model inference): they need every CPU.
+        scheduling: ``config["priority"]`` and ``config["slo_ms"]``: sent with every LLM
+            and embedding call the job's operators make (through services or the
+            inference client), for the gateway to schedule by; an operator may override
+            them (``.map(F, priority=0)``). ``None`` when neither is set.
         raw: The full mapping as given (other layers read their own sections from it).
     """
 
@@ -126,6 +131,7 @@ class JobConfig:
     chaining: bool = True
     metrics_sample_interval_s: float = 0.2
     cpu_affinity: frozenset[int] | None = None
+    scheduling: Scheduling | None = None
     raw: Mapping[str, Any] | None = None
 
     @staticmethod
@@ -152,6 +158,7 @@ class JobConfig:
             "chaining",
             "metrics_sample_interval_s",
             "cpu_affinity",
+            *SCHEDULING_KEYS,
         }
         for key in config:
             if not isinstance(key, str):
@@ -196,6 +203,12 @@ class JobConfig:
             values["chaining"] = config["chaining"]
         if config.get("cpu_affinity") is not None:
             values["cpu_affinity"] = _cpu_set(config["cpu_affinity"])
+        for key in SCHEDULING_KEYS:
+            value = config.get(key)
+            problem = None if value is None else scheduling_problem(key, value)
+            if problem is not None:
+                raise ConfigError(f"config[{key!r}]={value!r} is invalid; {problem}, or omit it")
+        values["scheduling"] = Scheduling.of(config.get("priority"), config.get("slo_ms"))
         # Only the section's type is checked here, so a wrong one fails when the environment
         # is built; its contents are validated by sage.kernel.checkpoint where they are used.
         section = config.get("fault_tolerance")

@@ -8,6 +8,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sage.common.core.scheduling import Scheduling
+
 __all__ = ["AsyncServiceCaller", "RuntimeContext", "ServiceCaller", "ServiceMethods"]
 
 
@@ -59,6 +61,8 @@ class RuntimeContext:
         task_id: Identifier of the physical task hosting the instance (``"chain2#0"``).
         config: The environment's configuration mapping (read-only by convention).
         services: The job's service callers (sync, async), or ``None`` outside a job.
+        scheduling: The ``priority`` / ``slo_ms`` the operator's LLM and embedding calls
+            carry (its own over the job's), or ``None`` where neither is set.
     """
 
     job_name: str
@@ -68,6 +72,7 @@ class RuntimeContext:
     task_id: str
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     services: tuple[ServiceCaller, AsyncServiceCaller] | None = field(default=None, repr=False)
+    scheduling: Scheduling | None = None
 
     @property
     def index(self) -> int:

@@ -9,6 +9,7 @@ from sage.inference.client.embedding import (
     HFEmbedding,
     OpenAIEmbedding,
 )
+from sage.inference.client.retries import RetryPolicy
 from sage.inference.client.unified import UnifiedInferenceClient
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "HFEmbedding",
     "HashEmbedding",
     "OpenAIEmbedding",
+    "RetryPolicy",
     "UnifiedInferenceClient",
 ]

@@ -12,6 +12,13 @@ Local probes are loopback requests with a short timeout, so an offline machine w
 nothing running answers at once. ``create(embedded=True)`` runs the engines in this process
 (no server); ``create_auto()`` tries ``create()`` and falls back to embedded engines.
 
+Every request carries the current scheduling fields
+(:func:`~sage.common.core.scheduling.current_scheduling`: those of the dataflow operator
+making the call) as the headers ``x-sage-priority`` / ``x-sage-slo-ms``, unless the call
+gives ``priority=`` / ``slo_ms=`` itself (sent as body fields, which the gateway prefers).
+Headers, because an engine called directly ignores them but refuses unknown body fields.
+Answers 429 and 503 are retried after their ``Retry-After`` (see :class:`RetryPolicy`).
+
 Example:
     >>> client = UnifiedInferenceClient.create(embedded=True)      # doctest: +SKIP
     >>> client.chat("What is a Python list?", max_tokens=32)      # doctest: +SKIP
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import httpx
@@ -30,13 +37,16 @@ import orjson
 
 from sage.common.config.ports import SagePorts
 from sage.common.config.settings import load_settings
+from sage.common.core.scheduling import current_scheduling
 from sage.common.errors import GatewayError
-from sage.inference.client.answers import answer_text, raise_for, stream_piece, vectors
+from sage.inference.client.answers import answer_text, stream_piece, vectors
 from sage.inference.client.discovery import PROBE_TIMEOUT, discover
 from sage.inference.client.embedded import EmbeddedEngines
+from sage.inference.client.retries import RetryPolicy, apost, astream, post, stream
 from sage.inference.engines.base import (
     SamplingParams,
 )
+from sage.inference.protocol import SCHEDULING_HEADERS
 
 __all__ = ["UnifiedInferenceClient"]
 
@@ -50,6 +60,19 @@ def _messages(messages: Messages) -> list[dict[str, Any]]:
 
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions"}
+
+
+def _scheduling_headers(given: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The current scheduling fields as headers, less those the call gives itself (``given``:
+    its extra body fields)."""
+    fields = current_scheduling()
+    if fields is None:
+        return {}
+    return {
+        header: str(value)
+        for name, header in SCHEDULING_HEADERS.items()
+        if (given is None or name not in given) and (value := getattr(fields, name)) is not None
+    }
 
 
 class UnifiedInferenceClient:
@@ -72,8 +95,11 @@ class UnifiedInferenceClient:
         api_key: str | None = None,
         timeout: float = 300.0,
         embedded: EmbeddedEngines | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.mode = mode
+        self.retry = RetryPolicy() if retry is None else retry
+        """How answers 429 and 503 are retried."""
         self.llm_base_url = llm_base_url.rstrip("/") if llm_base_url else None
         self.embedding_base_url = embedding_base_url.rstrip("/") if embedding_base_url else None
         self.llm_model = llm_model
@@ -106,8 +132,13 @@ class UnifiedInferenceClient:
         api_key: str | None = None,
         timeout: float = 300.0,
         env_file: str | None = ".env",
+        retry: RetryPolicy | None = None,
     ) -> UnifiedInferenceClient:
         """A client for the first endpoint found (see the module docstring).
+
+        Args:
+            retry: How answers 429 and 503 are retried (default: :class:`RetryPolicy`,
+                3 tries honouring ``Retry-After`` up to 30 s).
 
         Raises:
             GatewayError: no endpoint answered and none is configured.
@@ -121,6 +152,7 @@ class UnifiedInferenceClient:
                 llm_model=llm,
                 embedding_model=emb,
                 embedded=EmbeddedEngines(llm, emb),
+                retry=retry,
             )
         key = api_key or settings.SAGE_API_KEY or settings.SAGE_CHAT_API_KEY
         if control_plane_url:
@@ -133,6 +165,7 @@ class UnifiedInferenceClient:
                 embedding_model=default_embedding_model or models.get("embedding"),
                 api_key=key,
                 timeout=timeout,
+                retry=retry,
             )
         tried = []
         if prefer_local:
@@ -148,6 +181,7 @@ class UnifiedInferenceClient:
                     embedding_model=default_embedding_model or models.get("embedding"),
                     api_key=key,
                     timeout=timeout,
+                    retry=retry,
                 )
             found: dict[str, tuple[str, str | None]] = {}
             llm_ports = [settings.SAGE_LLM_PORT, SagePorts.LLM_DEFAULT, SagePorts.LLM_WSL_FALLBACK]
@@ -168,6 +202,7 @@ class UnifiedInferenceClient:
                     embedding_model=default_embedding_model or emb_name,
                     api_key=key,
                     timeout=timeout,
+                    retry=retry,
                 )
         if settings.SAGE_CHAT_BASE_URL or settings.SAGE_EMBEDDING_BASE_URL:
             return cls(
@@ -178,6 +213,7 @@ class UnifiedInferenceClient:
                 embedding_model=default_embedding_model or settings.SAGE_EMBEDDING_MODEL,
                 api_key=key,
                 timeout=timeout,
+                retry=retry,
             )
         raise GatewayError(
             f"no inference endpoint found (tried {', '.join(tried) or 'nothing local'}, and "
@@ -279,15 +315,18 @@ class UnifiedInferenceClient:
             stop=stop,
         )
         endpoint = url + _PATHS[kind]
+        headers = _scheduling_headers(extra)  # now: a stream's body runs later, elsewhere
         if stream:
-            return self._stream(endpoint, {**body, "stream": True}, kind)
-        return answer_text(self._http.post(endpoint, content=orjson.dumps(body)), kind)
+            return self._stream(endpoint, {**body, "stream": True}, kind, headers)
+        return answer_text(self._post(endpoint, orjson.dumps(body), headers), kind)
 
-    def _stream(self, url: str, body: dict[str, Any], kind: str) -> Iterator[str]:
-        with self._http.stream("POST", url, content=orjson.dumps(body)) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise_for(response)
+    def _post(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
+        return post(self._http, self.retry, url, content, headers)
+
+    def _stream(
+        self, url: str, body: dict[str, Any], kind: str, headers: dict[str, str]
+    ) -> Iterator[str]:
+        with stream(self._http, self.retry, url, orjson.dumps(body), headers) as response:
             for line in response.iter_lines():
                 if piece := stream_piece(line, kind, url):
                     yield piece
@@ -299,7 +338,7 @@ class UnifiedInferenceClient:
             found = self._embedded.embed(batch)
         else:
             url, content = self._embedding_request(batch, model)
-            found = vectors(self._http.post(url, content=content))
+            found = vectors(self._post(url, content, _scheduling_headers()))
         return found[0] if isinstance(texts, str) else found
 
     def _embedding_request(self, batch: list[str], model: str | None) -> tuple[str, bytes]:
@@ -375,16 +414,19 @@ class UnifiedInferenceClient:
         url, name = self._llm(kwargs.pop("model", None))
         body = self._body(name, {}, messages=messages, prompt=prompt, **kwargs)
         endpoint = url + _PATHS[kind]
+        headers = _scheduling_headers(kwargs)
         if stream:
-            return self._astream(endpoint, {**body, "stream": True}, kind)
-        response = await self._async_client().post(endpoint, content=orjson.dumps(body))
-        return answer_text(response, kind)
+            return self._astream(endpoint, {**body, "stream": True}, kind, headers)
+        return answer_text(await self._apost(endpoint, orjson.dumps(body), headers), kind)
 
-    async def _astream(self, url: str, body: dict[str, Any], kind: str) -> AsyncIterator[str]:
-        async with self._async_client().stream("POST", url, content=orjson.dumps(body)) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise_for(response)
+    async def _apost(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
+        return await apost(self._async_client(), self.retry, url, content, headers)
+
+    async def _astream(
+        self, url: str, body: dict[str, Any], kind: str, headers: dict[str, str]
+    ) -> AsyncIterator[str]:
+        client, content = self._async_client(), orjson.dumps(body)
+        async with astream(client, self.retry, url, content, headers) as response:
             async for line in response.aiter_lines():
                 if piece := stream_piece(line, kind, url):
                     yield piece
@@ -395,7 +437,7 @@ class UnifiedInferenceClient:
             return await asyncio.to_thread(self.embed, texts, model=model)
         batch = [texts] if isinstance(texts, str) else list(texts)
         url, content = self._embedding_request(batch, model)
-        found = vectors(await self._async_client().post(url, content=content))
+        found = vectors(await self._apost(url, content, _scheduling_headers()))
         return found[0] if isinstance(texts, str) else found
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from sage.kernel.api.datastream import (
     function_spec,
 )
 from sage.kernel.graph.function_spec import FunctionForm, FunctionSpec
-from sage.kernel.graph.logical import OpKind, validate_parallelism
+from sage.kernel.graph.logical import OpKind, validate_parallelism, validate_scheduling
 
 if TYPE_CHECKING:
     from sage.kernel.api.base_environment import BaseEnvironment
@@ -57,7 +57,13 @@ class ConnectedStreams:
         )
 
     def _add(
-        self, kind: OpKind, spec: FunctionSpec, parallelism: int | None, name: str | None
+        self,
+        kind: OpKind,
+        spec: FunctionSpec,
+        parallelism: int | None,
+        name: str | None,
+        priority: int | None = None,
+        slo_ms: float | None = None,
     ) -> DataStream:
         op = kind.value if name is None else f"{kind.value} {name!r}"
         # the function must take what the operator passes (checked before the graph changes)
@@ -73,12 +79,14 @@ class ConnectedStreams:
             if parallelism is None
             else validate_parallelism(op, parallelism)
         )
+        scheduling = validate_scheduling(op, priority, slo_ms)
         node = self._env.graph.add(
             kind,
             spec,
             parallelism=p,
             inputs=tuple(s.node.id for s in self._streams),
             name=name,
+            scheduling=scheduling,
         )
         return DataStream(self._env, node)
 
@@ -88,11 +96,16 @@ class ConnectedStreams:
         *args: Any,
         parallelism: int | None = None,
         name: str | None = None,
+        priority: int | None = None,
+        slo_ms: float | None = None,
         **kwargs: Any,
     ) -> DataStream:
-        """Apply one map function to the records of every input (a union)."""
+        """Apply one map function to the records of every input (a union).
+
+        ``priority`` / ``slo_ms``: as for :meth:`DataStream.map`.
+        """
         spec = function_spec("map", function, args, kwargs)
-        return self._add(OpKind.MAP, spec, parallelism, name)
+        return self._add(OpKind.MAP, spec, parallelism, name, priority, slo_ms)
 
     def comap(
         self,
@@ -100,12 +113,15 @@ class ConnectedStreams:
         *args: Any,
         parallelism: int | None = None,
         name: str | None = None,
+        priority: int | None = None,
+        slo_ms: float | None = None,
         **kwargs: Any,
     ) -> DataStream:
         """Records of input *i* go through ``function.map<i>`` (``map0``, ``map1``, ...).
 
         ``function`` is a ``CoMapFunction`` class or instance, or a sequence of callables,
-        one per input. A ``None`` result emits nothing.
+        one per input. A ``None`` result emits nothing. ``priority`` / ``slo_ms``: as for
+        :meth:`DataStream.map`.
         """
         n = len(self._streams)
         if isinstance(function, list | tuple):
@@ -116,7 +132,7 @@ class ConnectedStreams:
             spec = function_spec(
                 "comap", function, args, kwargs, methods=tuple(f"map{i}" for i in range(n))
             )
-        return self._add(OpKind.COMAP, spec, parallelism, name)
+        return self._add(OpKind.COMAP, spec, parallelism, name, priority, slo_ms)
 
     def join(
         self,
@@ -124,6 +140,8 @@ class ConnectedStreams:
         *args: Any,
         parallelism: int | None = None,
         name: str | None = None,
+        priority: int | None = None,
+        slo_ms: float | None = None,
         **kwargs: Any,
     ) -> DataStream:
         """Keyed join: ``function.execute(payload, key, tag)`` for each record of any input.
@@ -131,6 +149,7 @@ class ConnectedStreams:
         Every input must be keyed (``.keyby(...)`` before ``.connect(...)``); records with
         equal keys from all inputs meet in the same instance, which keeps what it must match
         in ``self.state``. Returns the stream of the items each call returns.
+        ``priority`` / ``slo_ms``: as for :meth:`DataStream.map`.
         """
         for stream in self._streams:
             if stream.node.kind is not OpKind.KEYBY:
@@ -139,4 +158,4 @@ class ConnectedStreams:
                     "before .connect(...)"
                 )
         spec = function_spec("join", function, args, kwargs)
-        return self._add(OpKind.JOIN, spec, parallelism, name)
+        return self._add(OpKind.JOIN, spec, parallelism, name, priority, slo_ms)

@@ -3,7 +3,9 @@
 Every method records one operator in the environment's logical graph and returns the stream
 it produces; nothing runs until ``env.submit()``. Each operator takes its function as a class
 (plus constructor arguments), an instance or a plain callable, and ``parallelism=N`` and
-``name=...``.
+``name=...``; operators that run user code also take ``priority=`` and ``slo_ms=``, which
+override the job's (``config["priority"]``, ``config["slo_ms"]``) for the LLM and embedding
+calls that code makes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from sage.kernel.api.collect import (
     check_max_records,
 )
 from sage.kernel.graph.function_spec import FunctionForm, FunctionSpec
-from sage.kernel.graph.logical import LogicalNode, OpKind, validate_parallelism
+from sage.kernel.graph.logical import (
+    LogicalNode,
+    OpKind,
+    validate_parallelism,
+    validate_scheduling,
+)
 from sage.kernel.graph.partition import Partitioning
 
 if TYPE_CHECKING:
@@ -98,6 +105,8 @@ class DataStream:
         parallelism: int | None,
         name: str | None,
         methods: tuple[str, ...] = ("execute",),
+        priority: int | None = None,
+        slo_ms: float | None = None,
     ) -> LogicalNode:
         op = kind.value if name is None else f"{kind.value} {name!r}"
         spec = function_spec(op, function, args, kwargs, methods=methods)
@@ -109,6 +118,7 @@ class DataStream:
             inputs=(self._node.id,),
             name=name,
             input_partitioning=self._partitioning,
+            scheduling=validate_scheduling(op, priority, slo_ms),
         )
 
     # -- operators ------------------------------------------------------------------------
@@ -119,6 +129,8 @@ class DataStream:
         *args: Any,
         parallelism: int | None = None,
         name: str | None = None,
+        priority: int | None = None,
+        slo_ms: float | None = None,
         **kwargs: Any,
     ) -> DataStream:
         """Transform each record; a ``None`` result emits nothing.
@@ -128,13 +140,26 @@ class DataStream:
                 parallel instance), an instance (copied per extra instance) or a callable.
             parallelism: Parallel instances (default: the environment's ``parallelism``).
             name: Display name in plans, metrics and errors.
+            priority: Gateway priority (lower first) of the LLM and embedding calls this
+                operator makes (default: the job's ``config["priority"]``).
+            slo_ms: Their latency objective in ms (default: the job's ``config["slo_ms"]``).
 
         Raises:
             PlanError: ``function`` is not usable (not callable, cannot take one record, or
                 its class cannot be constructed with ``*args, **kwargs``), or
-                ``parallelism`` is not an int >= 1. Checked here, not on the first record.
+                ``parallelism``, ``priority`` or ``slo_ms`` is invalid. Checked here, not on
+                the first record.
         """
-        node = self._add(OpKind.MAP, function, args, kwargs, parallelism=parallelism, name=name)
+        node = self._add(
+            OpKind.MAP,
+            function,
+            args,
+            kwargs,
+            parallelism=parallelism,
+            name=name,
+            priority=priority,
+            slo_ms=slo_ms,
+        )
         return DataStream(self._env, node)
 
     def filter(
@@ -143,10 +168,24 @@ class DataStream:
         *args: Any,
         parallelism: int | None = None,
         name: str | None = None,
+        priority: int | None = None,
+        slo_ms: float | None = None,
         **kwargs: Any,
     ) -> DataStream:
-        """Keep the records for which ``function`` returns a true value."""
-        node = self._add(OpKind.FILTER, function, args, kwargs, parallelism=parallelism, name=name)
+        """Keep the records for which ``function`` returns a true value.
+
+        ``priority`` / ``slo_ms``: as for :meth:`map`.
+        """
+        node = self._add(
+            OpKind.FILTER,
+            function,
+            args,
+            kwargs,
+            parallelism=parallelism,
+            name=name,
+            priority=priority,
+            slo_ms=slo_ms,
+        )
         return DataStream(self._env, node)
 
     def flatmap(
@@ -155,10 +194,24 @@ class DataStream:
         *args: Any,
         parallelism: int | None = None,
         name: str | None = None,
+        priority: int | None = None,
+        slo_ms: float | None = None,
         **kwargs: Any,
     ) -> DataStream:
-        """Emit every item of the iterable ``function`` returns for each record."""
-        node = self._add(OpKind.FLATMAP, function, args, kwargs, parallelism=parallelism, name=name)
+        """Emit every item of the iterable ``function`` returns for each record.
+
+        ``priority`` / ``slo_ms``: as for :meth:`map`.
+        """
+        node = self._add(
+            OpKind.FLATMAP,
+            function,
+            args,
+            kwargs,
+            parallelism=parallelism,
+            name=name,
+            priority=priority,
+            slo_ms=slo_ms,
+        )
         return DataStream(self._env, node)
 
     def keyby(
@@ -195,10 +248,24 @@ class DataStream:
         *args: Any,
         parallelism: int | None = None,
         name: str | None = None,
+        priority: int | None = None,
+        slo_ms: float | None = None,
         **kwargs: Any,
     ) -> DataStream:
-        """End the stream in ``function``: a ``SinkFunction`` or a callable (``list.append``)."""
-        node = self._add(OpKind.SINK, function, args, kwargs, parallelism=parallelism, name=name)
+        """End the stream in ``function``: a ``SinkFunction`` or a callable (``list.append``).
+
+        ``priority`` / ``slo_ms``: as for :meth:`map`.
+        """
+        node = self._add(
+            OpKind.SINK,
+            function,
+            args,
+            kwargs,
+            parallelism=parallelism,
+            name=name,
+            priority=priority,
+            slo_ms=slo_ms,
+        )
         return DataStream(self._env, node)
 
     def print(

@@ -11,11 +11,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from sage.common.core.scheduling import Scheduling, scheduling_problem
 from sage.common.errors import PlanError
 from sage.kernel.graph.function_spec import FunctionSpec
 from sage.kernel.graph.partition import Partitioning
 
-__all__ = ["LogicalGraph", "LogicalNode", "OpKind", "SourceKind", "validate_parallelism"]
+__all__ = [
+    "LogicalGraph",
+    "LogicalNode",
+    "OpKind",
+    "SourceKind",
+    "validate_parallelism",
+    "validate_scheduling",
+]
 
 
 class OpKind(StrEnum):
@@ -57,6 +65,8 @@ class LogicalNode:
         start_new_chain: Never fuse this operator with its upstream.
         source_kind: For sources, how records are produced.
         options: Operator-specific settings (batch size and timeout, print prefix...).
+        scheduling: The operator's own ``priority`` / ``slo_ms`` (each unset one is the
+            job's), or ``None`` to use the job's.
     """
 
     id: int
@@ -69,6 +79,7 @@ class LogicalNode:
     start_new_chain: bool = False
     source_kind: SourceKind | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    scheduling: Scheduling | None = None
 
     @property
     def name(self) -> str:
@@ -83,6 +94,16 @@ def validate_parallelism(op: str, parallelism: Any) -> int:
             f"{op}: parallelism={parallelism!r} is invalid; use an integer >= 1 or omit it"
         )
     return parallelism
+
+
+def validate_scheduling(op: str, priority: Any, slo_ms: Any) -> Scheduling | None:
+    """An operator's ``priority=`` / ``slo_ms=`` as :class:`Scheduling` (``None``: neither
+    given), or a :class:`PlanError` naming ``op``."""
+    for key, value in (("priority", priority), ("slo_ms", slo_ms)):
+        problem = None if value is None else scheduling_problem(key, value)
+        if problem is not None:
+            raise PlanError(f"{op}: {key}={value!r} is invalid; {problem}, or omit it")
+    return Scheduling.of(priority, slo_ms)
 
 
 class LogicalGraph:

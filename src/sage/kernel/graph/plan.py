@@ -127,7 +127,8 @@ class PhysicalPlan:
             for node_id in chain.node_ids:
                 node = self.nodes[node_id]
                 keyed = " (keyed state)" if node_id in self.keyed_nodes else ""
-                lines.append(f"      {node.name} parallelism={node.parallelism}{keyed}")
+                fields = "" if node.scheduling is None else f" {node.scheduling.describe()}"
+                lines.append(f"      {node.name} parallelism={node.parallelism}{fields}{keyed}")
             for edge in self.out_edges(chain.id):
                 keyed = ", (key, record) pairs" if edge.keyed else ""
                 lines.append(

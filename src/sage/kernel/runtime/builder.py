@@ -7,9 +7,11 @@ tasks (local inboxes, or proxies to remote actors), plus the job's control objec
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sage.common.core.context import AsyncServiceCaller, RuntimeContext, ServiceCaller
 from sage.common.core.functions.flatmap_function import FlatMapFunction
+from sage.common.core.scheduling import Scheduling, bind
 from sage.common.core.state import KeyedStateBackend
 from sage.kernel.config import JobConfig
 from sage.kernel.graph.logical import LogicalNode, OpKind, SourceKind
@@ -38,7 +40,26 @@ from sage.kernel.runtime.task import (
     TaskLoop,
 )
 
-__all__ = ["build_task"]
+__all__ = ["build_task", "task_scheduling"]
+
+
+def task_scheduling(
+    fields: Sequence[Scheduling | None], job: Scheduling | None
+) -> Scheduling | None:
+    """The scheduling fields a task makes current for its whole life: those of all its
+    operators where they agree (so none pays per record), else the job's (and operators
+    with fields of their own set them per call)."""
+    return fields[0] if fields and all(f == fields[0] for f in fields) else job
+
+
+def _scoped(call: Any, fields: Scheduling | None, task: Scheduling | None) -> Any:
+    """``call`` (or each of a comap's calls) run with ``fields`` current, where they are
+    not the task's already."""
+    if fields == task:
+        return call
+    if isinstance(call, tuple):
+        return tuple(bind(c, fields) for c in call)
+    return bind(call, fields)
 
 
 def _source_head(
@@ -102,8 +123,14 @@ def build_task(
     in_edges = plan.in_edges(chain.id)
     keyed_input = [e.keyed for e in in_edges]
 
+    job_fields = config.scheduling
+    fields = [
+        job_fields if node.scheduling is None else node.scheduling.over(job_fields)
+        for node in nodes
+    ]
+    task_fields = task_scheduling(fields, job_fields)
     operators: list[OperatorInstance] = []
-    for node in nodes:
+    for node, node_fields in zip(nodes, fields, strict=True):
         stats = OperatorStats(node.id, node.name, node.kind.value, task.index, node.parallelism)
         function = instantiate(node, task.index, n_inputs=len(node.inputs))
         attach_collector(function.obj, collectors, node.name)
@@ -115,12 +142,16 @@ def build_task(
             task_id=task.id,
             config=dict(config.raw or {}),
             services=services,
+            scheduling=node_fields,
         )
         state = KeyedStateBackend() if node.id in plan.keyed_nodes else None
         operators.append(OperatorInstance(function, context, stats, state))
 
     def errors(op: OperatorInstance) -> ErrorHandler:
         return ErrorHandler(config.on_error, op.stats, dead_letters)
+
+    def call_of(op: OperatorInstance) -> Any:
+        return _scoped(op.function.call, op.context.scheduling, task_fields)
 
     head_node, head_op = nodes[0], operators[0]
     head_keyed = head_node.id in plan.keyed_nodes
@@ -138,11 +169,11 @@ def build_task(
             head = BatchHead(opts["size"], opts["timeout_s"], head_op.stats, keyed_input)
         case OpKind.COMAP:
             head = CoMapHead(
-                head_op.function.call, head_op.stats, errors(head_op), keyed_input, head_op.state
+                call_of(head_op), head_op.stats, errors(head_op), keyed_input, head_op.state
             )
         case OpKind.JOIN:
             assert head_op.state is not None
-            head = JoinHead(head_op.function.call, head_op.stats, errors(head_op), head_op.state)
+            head = JoinHead(call_of(head_op), head_op.stats, errors(head_op), head_op.state)
         case OpKind.MAP | OpKind.FILTER | OpKind.FLATMAP | OpKind.KEYBY | OpKind.SINK:
             head = PassThroughHead([keyed and not head_keyed for keyed in keyed_input])
             pairs_input = head_keyed
@@ -152,7 +183,7 @@ def build_task(
     stages = [
         BodyStage(
             kind=node.kind,
-            call=op.function.call,
+            call=call_of(op),
             stats=op.stats,
             errors=errors(op),
             state=op.state,
@@ -192,4 +223,5 @@ def build_task(
         checkpoints=checkpoints,
         restore=restore,
         downstream=[t.id for e in out_edges for t in plan.tasks if t.chain_id == e.dst_chain],
+        scheduling=task_fields,
     )

@@ -17,13 +17,14 @@ import contextlib
 import logging
 import pickle
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Protocol
 
 from sage.common.core.context import RuntimeContext
+from sage.common.core.scheduling import Scheduling, scheduling_scope
 from sage.common.core.state import KeyedStateBackend
 from sage.common.errors import JobError, OperatorError, SageError
 from sage.kernel.checkpoint.state import (
@@ -192,6 +193,7 @@ class TaskLoop:
         checkpoints: CheckpointChannel | None = None,
         restore: bytes | None = None,
         downstream: Collection[str] = (),
+        scheduling: Scheduling | None = None,
     ) -> None:
         self.task_id = task_id
         self.head = head
@@ -215,6 +217,8 @@ class TaskLoop:
         self._aligning: int | None = None  # the checkpoint whose barriers are arriving
         self._barriers = 0
         self.thread_scope: ThreadScope = contextlib.nullcontext
+        self.scheduling = scheduling
+        """The scheduling fields current in the task's threads (see :func:`build_task`)."""
 
     def attribution(self) -> Attribution:
         """Labels the lines this task's functions write with their operator instance."""
@@ -285,9 +289,16 @@ class TaskLoop:
 
     # -- running --------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """What every thread running the task's functions enters: the runtime's
+        :attr:`thread_scope` and the task's scheduling fields (set once, not per record)."""
+        with self.thread_scope(), scheduling_scope(self.scheduling):
+            yield
+
     def run(self) -> None:
         """Open, process until the end of input, flush, signal end of stream, close."""
-        with self.thread_scope():
+        with self.scope():
             self._run()
 
     def _run(self) -> None:
@@ -299,7 +310,8 @@ class TaskLoop:
             function_states = self._restored()
             for op, restored in zip(self.operators, function_states, strict=True):
                 try:
-                    op.function.open(op.context, op.state, restored)
+                    with scheduling_scope(op.context.scheduling):
+                        op.function.open(op.context, op.state, restored)
                 except Exception as exc:
                     raise OperatorError(
                         op.stats.name, op.stats.instance, op.stats.parallelism, None, exc, "open"
@@ -329,7 +341,8 @@ class TaskLoop:
         finally:
             for op in opened:
                 try:
-                    op.function.close()
+                    with scheduling_scope(op.context.scheduling):
+                        op.function.close()
                 except Exception as exc:
                     stats.status = "failed"
                     control.fail(
@@ -520,7 +533,7 @@ class PartialBatchFlusher:
             return False
 
     def _run(self) -> None:
-        with self._loop.thread_scope():
+        with self._loop.scope():
             self._deliver_when_due()
 
     def _deliver_when_due(self) -> None:

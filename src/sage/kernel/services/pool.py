@@ -10,6 +10,10 @@
 * **Fallback.** When a call raises, outlives its timeout, or finds more than ``max_waiting``
   callers already waiting, it is handed to the fallback service, and the caller gets the
   fallback's answer: the pipeline's code does not change.
+* **Scheduling fields.** The caller's ``priority`` / ``slo_ms``
+  (:func:`~sage.common.core.scheduling.current_scheduling`) are current while the service
+  serves its call, on whichever thread it runs (and a Ray replica's proxy sends them along),
+  so the LLM and embedding requests the service makes carry them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from time import perf_counter
 from typing import Any
 
+from sage.common.core.scheduling import Scheduling, current_scheduling, scheduling_scope
 from sage.common.errors import ServiceError, ServiceTimeoutError, UnknownServiceError
 from sage.kernel.services.base_service import BaseService, ServiceContext
 from sage.kernel.services.deadlines import DeadlineWatcher
@@ -102,10 +107,17 @@ def _forward(source: Future[Any], target: Future[Any]) -> None:
 class _Call:
     """One async call: the caller's future, settled once by whichever comes first."""
 
-    __slots__ = ("_claim", "args", "future", "kwargs", "method")
+    __slots__ = ("_claim", "args", "future", "kwargs", "method", "scheduling")
 
-    def __init__(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        scheduling: Scheduling | None,
+    ) -> None:
         self.method, self.args, self.kwargs = method, args, kwargs
+        self.scheduling = scheduling  # the caller's, for the worker and any fallback
         self.future: Future[Any] = Future()
         self._claim = threading.Lock()
 
@@ -287,10 +299,17 @@ class ServicePool:
             stats.latency.add(perf_counter() - start)
             self._release(replica)
 
-    def _run_queued(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _run_queued(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        scheduling: Scheduling | None,
+    ) -> Any:
         with self._cond:
             self._queued -= 1
-        return self._run(method, args, kwargs)
+        with scheduling_scope(scheduling):
+            return self._run(method, args, kwargs)
 
     def _executor_for_calls(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -344,16 +363,30 @@ class ServicePool:
         timeout: float | None = None,
     ) -> Future[Any]:
         """Start ``method`` on a worker thread; the future gets its (or the fallback's) result."""
+        return self._submit(method, args, kwargs, timeout, current_scheduling())
+
+    def _submit(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        scheduling: Scheduling | None,
+    ) -> Future[Any]:
+        """:meth:`submit` with the caller's scheduling fields given (a fallback is called
+        from a worker or the deadline thread, whose own fields are not the caller's)."""
         if timeout is None:
             timeout = self.spec.timeout_s
         fallback = self.fallback
         if fallback is not None and self._saturated():
             self.stats.fallbacks += 1
-            return fallback.submit(method, args, kwargs)
-        call = _Call(method, args, kwargs)
+            return fallback._submit(method, args, kwargs, None, scheduling)
+        call = _Call(method, args, kwargs, scheduling)
         with self._cond:
             self._queued += 1
-        inner = self._executor_for_calls().submit(self._run_queued, method, args, kwargs)
+        inner = self._executor_for_calls().submit(
+            self._run_queued, method, args, kwargs, scheduling
+        )
         inner.add_done_callback(lambda done: self._settle(call, done))
         if timeout is not None:
             self._watcher.schedule(perf_counter() + timeout, lambda: self._expire(call, timeout))
@@ -367,7 +400,7 @@ class ServicePool:
             call.future.set_result(inner.result())
         elif self.fallback is not None:
             self.stats.fallbacks += 1
-            _forward(self.fallback.submit(call.method, call.args, call.kwargs), call.future)
+            _forward(self._fallback_call(call), call.future)
         else:
             call.future.set_exception(exc)
 
@@ -377,7 +410,7 @@ class ServicePool:
         self.stats.timeouts += 1
         if self.fallback is not None:
             self.stats.fallbacks += 1
-            _forward(self.fallback.submit(call.method, call.args, call.kwargs), call.future)
+            _forward(self._fallback_call(call), call.future)
         else:
             call.future.set_exception(
                 ServiceTimeoutError(
@@ -385,3 +418,7 @@ class ServicePool:
                     "raise the service's timeout or register a fallback"
                 )
             )
+
+    def _fallback_call(self, call: _Call) -> Future[Any]:
+        assert self.fallback is not None
+        return self.fallback._submit(call.method, call.args, call.kwargs, None, call.scheduling)

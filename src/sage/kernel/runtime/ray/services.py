@@ -6,7 +6,9 @@ node that has a GPU. Task actors reach the replicas through the same
 :class:`~sage.kernel.services.pool.ServicePool` as the local runtime (concurrency, least
 busy replica, timeouts, fallbacks); only the instances are proxies whose methods are remote
 calls (:func:`proxy_specs`). A replica also bounds its own concurrency, since several task
-actors call it at once.
+actors call it at once. Each remote call carries the caller's scheduling fields
+(:func:`~sage.common.core.scheduling.current_scheduling`), which the replica makes current
+while it serves the call.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sage.common.core.scheduling import Scheduling, current_scheduling, scheduling_scope
 from sage.common.errors import ServiceError
 from sage.kernel.services.pool import build_replica, public_methods
 from sage.kernel.services.spec import ServiceSpec
@@ -61,10 +64,17 @@ class ServiceReplica:
             public_methods(self._instance), capacity, ray.get_runtime_context().get_node_id()
         )
 
-    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run ``method`` on the instance, at most ``capacity`` calls at once."""
+    def call(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        scheduling: Scheduling | None = None,
+    ) -> Any:
+        """Run ``method`` on the instance, at most ``capacity`` calls at once, with the
+        caller's ``scheduling`` fields current."""
         assert self._slots is not None, "setup() first"
-        with self._slots:
+        with self._slots, scheduling_scope(scheduling):
             return getattr(self._instance, method)(*args, **kwargs)
 
     def cleanup(self) -> None:
@@ -99,7 +109,7 @@ class _RemoteInstance:
 
 def _remote_method(method: str) -> Callable[..., Any]:
     def call(self: _RemoteInstance, *args: Any, **kwargs: Any) -> Any:
-        return self._get(self._handle.call.remote(method, args, kwargs))
+        return self._get(self._handle.call.remote(method, args, kwargs, current_scheduling()))
 
     call.__name__ = method
     return call
