@@ -84,7 +84,7 @@ def demo_llm_config(output_dir: Path) -> LLMBenchmarkConfig:
     )
     print(f"  reports in:     {config.output_dir}")
 
-    bad = LLMBenchmarkConfig(policies=["fifo", "round_robin"])
+    bad = LLMBenchmarkConfig(policies=["fifo", "fastest"])
     try:
         bad.validate()
     except ConfigError as exc:

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 from typer.testing import CliRunner
@@ -295,13 +296,16 @@ def test_validate_names_the_bad_field(config: LLMBenchmarkConfig, named: str) ->
 def test_an_unknown_policy_is_an_error_listing_the_valid_names() -> None:
     with pytest.raises(ConfigError, match="fifo, priority, slo_aware, hybrid, adaptive"):
         LLMBenchmarkConfig(policies=["fastest"]).validate()
+    with pytest.raises(ConfigError, match="least_loaded, round_robin, prefix_aware, session"):
+        LLMBenchmarkConfig(policies=["slo_aware+nearest"]).validate()
     HybridBenchmarkConfig(policies=["hybrid_slo"]).validate()  # the seed's spelling
+    LLMBenchmarkConfig(policies=["prefix_aware", "slo_aware+cache_aware"]).validate()
 
 
 def test_the_cli_exits_2_on_an_unknown_policy_and_lists_the_valid_names(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", "--policy", "fastest", "--output", str(tmp_path)])
     assert result.exit_code == 2
-    assert "unknown scheduling policy 'fastest'" in result.stderr
+    assert "unknown policy 'fastest'" in result.stderr
     assert "slo_aware" in result.stderr
 
 
@@ -348,11 +352,14 @@ def test_run_against_its_own_simulated_gateway_finishes_without_errors(tmp_path:
 def test_a_running_gateway_is_measured_with_its_policy_switched(tmp_path: Path) -> None:
     config = LLMBenchmarkConfig(engine="stub", instances=1)
     with LocalCluster(config, "fifo", tmp_path / "logs") as cluster:
-        args = ["compare", "--policies", "fifo,priority", "--requests", "10", "--rate", "50"]
+        policies = "fifo,priority+session"
+        args = ["compare", "--policies", policies, "--requests", "10", "--rate", "50"]
         result = runner.invoke(
             app, [*args, "--control-plane", cluster.url, "--output", str(tmp_path)]
         )
+        state = httpx.get(cluster.url + "/management/policy").json()
     assert result.exit_code == 0, result.output
+    assert state["routing"] == "session" and state["policy"] == "priority"
     (report,) = tmp_path.glob("compare-llm-*.json")
     data = json.loads(report.read_text())
     assert [r["active_policy"] for r in data["runs"]] == ["fifo", "priority"]
@@ -369,3 +376,57 @@ def test_kill_sigkills_one_of_its_own_instances(tmp_path: Path) -> None:
         assert psutil.Process(killed.pid).wait(10) == -9
         assert psutil.Process(next(p for p in pids if p != killed.pid)).is_running()
     assert not any(psutil.pid_exists(p) for p in pids)
+
+
+# -- tenants ---------------------------------------------------------------------------------
+
+
+def test_a_tenants_requests_are_the_same_whatever_the_other_tenants_send() -> None:
+    from sage.benchmark.control_plane.config import TenantLoad
+
+    light = TenantLoad("light")
+    alone = LLMBenchmarkConfig(tenants=[light], duration_s=20.0)
+    both = LLMBenchmarkConfig(tenants=[light, TenantLoad("heavy", share=10)], duration_s=20.0)
+    alone_trace = build_trace(alone, rate=1.0)
+    both_trace = build_trace(both, rate=11.0)  # light keeps its 1 req/s
+
+    def light_requests(trace: Any) -> list[tuple[float, int, int]]:
+        return [
+            (r.at_s, r.prompt_tokens, r.max_tokens) for r in trace.requests if r.tenant == "light"
+        ]
+
+    assert light_requests(alone_trace) == light_requests(both_trace)
+    heavy = sum(r.tenant == "heavy" for r in both_trace.requests)
+    assert 7 < heavy / len(light_requests(both_trace)) < 14
+    assert [r.index for r in both_trace.requests] == list(range(len(both_trace.requests)))
+    assert all(a.at_s <= b.at_s for a, b in itertools.pairwise(both_trace.requests))
+
+
+def test_tenants_are_parsed_and_checked_with_the_gateways_rules() -> None:
+    from sage.benchmark.control_plane.config import TenantLoad
+
+    assert TenantLoad.parse_list("light:1:1,heavy:2:10")[1] == TenantLoad("heavy", 2.0, 10.0)
+    with pytest.raises(ConfigError, match="name:weight:share"):
+        TenantLoad.parse_list("light:1")
+    with pytest.raises(ConfigError, match=r"tenants\.a\.weight=0"):
+        LLMBenchmarkConfig(tenants=[TenantLoad("a", weight=0)]).validate()
+    with pytest.raises(ConfigError, match="own gateway"):
+        LLMBenchmarkConfig(
+            tenants=[TenantLoad("a")], control_plane_url="http://127.0.0.1:1"
+        ).validate()
+
+
+def test_a_run_with_tenants_reports_each_tenant(tmp_path: Path) -> None:
+    args = ["run", "--engine", "stub", "--instances", "1", "--requests", "30", "--rate", "60"]
+    tenants = ["--tenants", "light:1:1,heavy:2:4", "--no-fair-share"]
+    result = runner.invoke(app, [*args, *tenants, "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (report,) = tmp_path.glob("run-llm-*.json")
+    data = json.loads(report.read_text())
+    (run,) = data["runs"]
+    by_tenant = run["metrics"]["by_tenant"]
+    assert set(by_tenant) == {"light", "heavy"} and run["metrics"]["overall"]["failed"] == 0
+    assert by_tenant["light"]["requests"] + by_tenant["heavy"]["requests"] == 30
+    assert {r["tenant"] for r in run["requests"]} == {"light", "heavy"}
+    assert data["config"]["fair_share"] is False
+    assert "tenant heavy" in result.output and "no fair share" in result.output

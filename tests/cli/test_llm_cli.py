@@ -113,7 +113,15 @@ def _serve_status_stop(stack: Stack, model: str, *extra: str) -> None:
 
 
 def test_serve_status_stop_with_stub_engines(stack: Stack) -> None:
-    _serve_status_stop(stack, "stub-llm", "--engine", "stub", "--model", "stub-llm")
+    _serve_status_stop(
+        stack,
+        "stub-llm",
+        *("--engine", "stub", "--model", "stub-llm"),
+        *("--policy", "slo-aware", "--routing", "cache_aware"),
+    )
+    gateway = json.loads((stack.home / "llm" / "gateway.json").read_text())
+    assert gateway["scheduling_policy"] == "slo_aware"
+    assert gateway["routing_policy"] == "prefix_aware"
 
 
 def test_serve_status_stop_with_gpu_instance_simulators(stack: Stack) -> None:
@@ -197,6 +205,8 @@ def test_the_ports_come_from_the_seeds_variables(stack: Stack) -> None:
         (("--dtype", "int4"), "'int4' is not one of"),
         (("--dtype", "half"), "--dtype half is for vLLM"),
         (("--sim-profile", "{}"), "--sim-profile is for --engine simulated"),
+        (("--policy", "fastest"), "--policy: unknown scheduling policy 'fastest'"),
+        (("--routing", "nearest"), "--routing: unknown routing policy 'nearest'"),
     ],
 )
 def test_a_wrong_option_is_a_usage_error_on_stderr(
@@ -256,3 +266,30 @@ def test_stop_never_signals_a_process_that_reused_a_pid(stack: Stack) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_tenants_come_from_a_json_file_and_a_bad_one_is_refused_before_starting(
+    stack: Stack, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"acme": {"api_keys": ["sk-acme"], "rpm": 0}}')
+    refused = stack.serve("--engine", "stub", "--model", "stub-llm", "--tenants", str(bad))
+    assert refused.returncode == 2 and "tenants.acme.rpm=0" in refused.stdout + refused.stderr
+    assert not (stack.home / "llm" / "state.json").exists()
+    good = tmp_path / "tenants.json"
+    good.write_text('{"acme": {"api_keys": ["sk-acme"], "rpm": 10, "weight": 2}}')
+    served = stack.serve("--engine", "stub", "--model", "stub-llm", "--tenants", str(good))
+    assert served.returncode == 0, served.stdout + served.stderr
+    gateway = json.loads((stack.home / "llm" / "gateway.json").read_text())
+    assert gateway["tenants"]["acme"]["weight"] == 2
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{stack.gateway}/v1", api_key="sk-acme", max_retries=0
+    )
+    reply = client.chat.completions.with_raw_response.create(
+        model="stub-llm", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.headers["x-ratelimit-limit-requests"] == "10"
+    with pytest.raises(openai.AuthenticationError):  # the tenants' keys are required now
+        openai.OpenAI(
+            base_url=f"http://127.0.0.1:{stack.gateway}/v1", api_key="other", max_retries=0
+        ).models.list()

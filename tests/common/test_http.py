@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -50,6 +51,9 @@ class Running:
 
 streams_closed = threading.Semaphore(0)  # released when a stream's generator is closed
 answer_now = asyncio.Event()  # /hang answers once it is set (on the server's loop)
+handler_ends: list[tuple[str, str]] = []  # (route, how its handler ended): /wait, /finish
+handler_ended = threading.Semaphore(0)  # released as each is added
+finish_now = asyncio.Event()  # /finish answers once it is set
 
 
 def build(server: HttpServer) -> None:
@@ -89,6 +93,38 @@ def build(server: HttpServer) -> None:
         await answer_now.wait()
         return json_response({"late": True})
 
+    def ended(route: str, how: str) -> None:
+        handler_ends.append((route, how))
+        handler_ended.release()
+
+    async def wait(request: Request) -> Response:  # never answers unless cancelled
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            ended("/wait", "cancelled")
+            raise
+        return json_response({})
+
+    async def finish(request: Request) -> Response:  # registered as not cancellable
+        try:
+            await finish_now.wait()
+        except asyncio.CancelledError:
+            ended("/finish", "cancelled")
+            raise
+        ended("/finish", "finished")
+        return json_response({"finished": True})
+
+    async def stall(request: Request) -> StreamResponse:  # one event, then nothing
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                yield b"data: first\n\n"
+                await asyncio.Event().wait()
+                yield b"data: never\n\n"
+            finally:
+                ended("/stall", "closed")
+
+        return StreamResponse(chunks())
+
     server.route("POST", "/echo", echo)
     server.route("GET", "/crash", crash)
     server.route("GET", "/teapot", teapot)
@@ -96,6 +132,9 @@ def build(server: HttpServer) -> None:
     server.route("GET", "/broken", broken)
     server.route("DELETE", "/items/{item_id}", item)
     server.route("GET", "/hang", hang)
+    server.route("GET", "/wait", wait)
+    server.route("GET", "/finish", finish, cancellable=False)
+    server.route("GET", "/stall", stall)
 
 
 @pytest.fixture
@@ -149,6 +188,43 @@ def test_streamed_responses_arrive_whole_and_stop_when_the_client_leaves(running
         next(response.iter_lines())  # read one event, then hang up
     # the server notices the hang-up and closes the generator instead of producing 10^8 events
     assert streams_closed.acquire(timeout=10)
+
+
+def _hang_up_after(url: str, head_only: bool) -> None:
+    """Send a GET, read the answer's head and first event (or nothing), then disconnect."""
+    parsed = httpx.URL(url)
+    assert parsed.port is not None
+    with socket.create_connection(("127.0.0.1", parsed.port), timeout=10) as raw:
+        raw.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % parsed.raw_path)
+        if not head_only:
+            received = b""
+            while b"data: first" not in received:
+                received += raw.recv(4096)
+
+
+def _ended() -> tuple[str, str]:
+    assert handler_ended.acquire(timeout=10), "no handler ended"
+    return handler_ends.pop(0)
+
+
+def test_a_client_that_disconnects_cancels_what_its_handler_awaits(running: Running) -> None:
+    """No answer (nor next chunk) has to come first: the handler's await is cancelled as
+    soon as the connection is gone, and the server goes on serving."""
+    _hang_up_after(running.url + "/wait", head_only=True)
+    assert _ended() == ("/wait", "cancelled")
+    _hang_up_after(running.url + "/stall", head_only=False)  # its producer awaits for ever
+    assert _ended() == ("/stall", "closed")
+    assert httpx.post(running.url + "/echo", json=1).json()["got"] == 1
+
+
+def test_a_route_that_is_not_cancellable_runs_to_its_end(running: Running) -> None:
+    _hang_up_after(running.url + "/finish", head_only=True)
+    deadline = time.monotonic() + 10
+    while running.server.connections:  # until the server has seen the client go
+        assert not handler_ended.acquire(timeout=0.01), handler_ends
+        assert time.monotonic() < deadline, "the server did not notice the client leave"
+    running.loop.call_soon_threadsafe(finish_now.set)
+    assert _ended() == ("/finish", "finished")
 
 
 def test_pool_reuses_connections_streams_and_reports_unreachable_servers(running: Running) -> None:

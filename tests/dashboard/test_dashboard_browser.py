@@ -156,3 +156,43 @@ def test_the_page_says_so_when_the_dashboard_goes_away(home: Path, page: object)
     finally:
         server.stop()
     expect(page.get_by_test_id("connection")).to_contain_text("reconnecting")
+
+
+def test_the_page_shows_a_gateways_tenants(
+    home: Path, page: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway with tenants (stub engine): the page lists each tenant with its limits,
+    requests and 429s. The dashboard reads the gateway with ``SAGE_API_KEY``, a key of the
+    ``default`` tenant here."""
+    import httpx
+    from playwright.sync_api import Page, expect
+
+    from sage.inference.deploy.stack import LocalStack
+
+    assert isinstance(page, Page)
+    monkeypatch.setenv("SAGE_API_KEY", "ops-key")
+    tenants = {"acme": {"api_keys": ["sk-acme"], "rpm": 2, "weight": 2}}
+    with LocalStack("stub-llm", None, engine="stub", gateway_options={"tenants": tenants}) as stack:
+        chat = {"model": "stub-llm", "messages": [{"role": "user", "content": "hi"}]}
+        codes = [
+            httpx.post(
+                stack.gateway_url + "/chat/completions",
+                json=chat,
+                headers={"authorization": "Bearer sk-acme"},
+            ).status_code
+            for _ in range(3)
+        ]
+        assert codes == [200, 200, 429]
+        with DashboardServer(
+            port=0, gateways=[f"127.0.0.1:{stack.port}"], advertise_to=False
+        ) as dashboard:
+            page.goto(dashboard.url + "/")
+            table = page.get_by_test_id("tenants")
+            expect(table).to_be_visible()
+            acme = table.locator('[data-testid="tenant-row"][data-tenant="acme"]')
+            expect(acme).to_contain_text("2 rpm")
+            expect(acme.locator("td").nth(3)).to_have_text("3")  # requests
+            expect(acme.locator("td").nth(4)).to_have_text("1")  # refused with 429
+            expect(table.locator('[data-tenant="default"]')).to_be_visible()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.get_by_test_id("gateways").screenshot(path=str(ARTIFACTS / "tenants.png"))

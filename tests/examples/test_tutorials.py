@@ -147,7 +147,7 @@ def test_benchmark_demo_validates_both_configs_and_lists_the_policies(
     assert "Demo 1: LLM Benchmark Configuration" in out
     assert "Demo 2: Hybrid Benchmark Configuration" in out
     assert out.count("Configuration is valid.") == 2
-    assert "An invalid policy is refused: unknown scheduling policy 'round_robin'" in out
+    assert "An invalid policy is refused: unknown policy 'fastest'" in out
     assert type(result["llm"]).__name__ == "LLMBenchmarkConfig"
     assert type(result["hybrid"]).__name__ == "HybridBenchmarkConfig"
     assert result["hybrid"].kinds == ("llm", "embedding")

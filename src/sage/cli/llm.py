@@ -176,6 +176,31 @@ def _wait_for_a_signal(pids: dict[str, int]) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _read_tenants(path: Path) -> dict[str, Any]:
+    """The tenants of ``--tenants``, checked as the gateway will check them.
+
+    Raises:
+        typer.Exit: (a usage error) the file cannot be read, is not JSON, or holds a bad
+            tenant; the message names the file and the fix.
+    """
+    from sage.inference.config import UnifiedServerConfig
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise usage(f"--tenants {path}: cannot be read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise usage(
+            f"--tenants {path} is not JSON ({exc}); write an object such as "
+            '{"acme": {"api_keys": ["sk-acme"], "weight": 2, "rpm": 600}}'
+        ) from None
+    try:
+        UnifiedServerConfig(tenants=raw)
+    except ConfigError as exc:
+        raise usage(f"--tenants {path}: {exc}") from None
+    return dict(raw)
+
+
 @llm_app.command()
 def serve(
     model: Annotated[
@@ -221,6 +246,29 @@ def serve(
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="Gateway scheduling policy (which waiting request goes first): fifo, "
+            "priority, slo_aware, hybrid, adaptive."
+        ),
+    ] = "fifo",
+    routing: Annotated[
+        str,
+        typer.Option(
+            help="Gateway routing policy (which instance a request goes to): least_loaded, "
+            "round_robin, prefix_aware (cache_aware), session."
+        ),
+    ] = "least_loaded",
+    tenants: Annotated[
+        Path | None,
+        typer.Option(
+            help="A JSON file of gateway tenants: {name: {api_keys: [...], weight, rpm, tpm, "
+            "priority, slo_ms}}. Their keys are accepted keys; rpm/tpm limits answer 429; "
+            "tenants waiting for a model are served by weighted fair share.",
+            show_default=False,
+        ),
+    ] = None,
     max_batch: Annotated[
         int, typer.Option(help="CPU engines: sequences decoded together (llama.cpp's slots).")
     ] = 8,
@@ -243,6 +291,17 @@ def serve(
 ) -> None:
     """Start the engines and the gateway; return when all are ready (with --foreground,
     when they are stopped)."""
+    from sage.inference.config import RoutingPolicyType, SchedulingPolicyType
+
+    try:
+        policy = str(SchedulingPolicyType.parse(policy))
+    except ConfigError as exc:
+        raise usage(f"--policy: {exc}") from None
+    try:
+        routing = str(RoutingPolicyType.parse(routing))
+    except ConfigError as exc:
+        raise usage(f"--routing: {exc}") from None
+    tenant_config = _read_tenants(tenants) if tenants is not None else None
     state = load_state()
     if state and any(_alive(state, name) for name in state["pids"]):
         raise fail("the stack is already running (see sage llm status); run sage llm stop first")
@@ -330,9 +389,17 @@ def serve(
                     "instance_type": "embedding",
                 }
             ]
-        gateway_config: dict[str, Any] = {"host": host, "port": gateway_port, **backends}
+        gateway_config: dict[str, Any] = {
+            "host": host,
+            "port": gateway_port,
+            "scheduling_policy": policy,
+            "routing_policy": routing,
+            **backends,
+        }
         if api_key:
             gateway_config["api_key"] = api_key
+        if tenant_config is not None:
+            gateway_config["tenants"] = tenant_config
         with console.status("starting the gateway..."):
             try:
                 pids["gateway"], _ = spawn_gateway(

@@ -110,7 +110,7 @@ class JobManagerSource:
 
 @dataclass
 class GatewaySource:
-    """One OpenAI-compatible gateway: its policy, queue and instances."""
+    """One OpenAI-compatible gateway: its policy, queue, instances and tenants."""
 
     url: str
     api_key: str | None = None
@@ -147,7 +147,16 @@ class GatewaySource:
             "queued": state.get("queued", 0),
             "total_requests": state.get("total_requests", 0),
             "instances": instances,
+            "tenants": _tenants(state.get("tenants")),
         }
+
+
+def _tenants(described: Any) -> list[dict[str, Any]]:
+    """The gateway's tenants as rows (name first; most requests first)."""
+    if not isinstance(described, dict):
+        return []
+    rows = [{"name": name, **row} for name, row in described.items() if isinstance(row, dict)]
+    return sorted(rows, key=lambda row: (-int(row.get("requests") or 0), row["name"]))
 
 
 def discover_jobmanagers(explicit: Iterable[str]) -> list[JobManagerSource]:

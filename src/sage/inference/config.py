@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -14,11 +16,20 @@ from sage.common.errors import ConfigError, unknown_key
 from sage.inference.protocol import InstanceSpec
 
 __all__ = [
+    "DEFAULT_TENANT",
     "BackendInstanceConfig",
     "RequestDefaults",
+    "RoutingPolicyType",
     "SchedulingPolicyType",
+    "TenantConfig",
     "UnifiedServerConfig",
+    "parse_policies",
 ]
+
+DEFAULT_TENANT = "default"
+"""The tenant of requests whose API key belongs to no configured tenant (or that send none)."""
+_TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_TENANT_KEY = re.compile(r"[!-~]+")
 
 
 class SchedulingPolicyType(StrEnum):
@@ -51,6 +62,64 @@ class SchedulingPolicyType(StrEnum):
         except ValueError:
             names = ", ".join([m.value for m in cls] + ["hybrid_slo"])
             raise ConfigError(f"unknown scheduling policy {value!r}; use one of: {names}") from None
+
+
+class RoutingPolicyType(StrEnum):
+    """Which of a model's instances a request is placed on (see
+    :mod:`~sage.inference.control_plane.routing`).
+
+    Names on the command line and in configs: ``least_loaded``, ``round_robin``,
+    ``prefix_aware`` (also ``cache_aware``, vllm-router's name), ``session``.
+    """
+
+    LEAST_LOADED = "least_loaded"
+    ROUND_ROBIN = "round_robin"
+    PREFIX_AWARE = "prefix_aware"
+    SESSION = "session"
+
+    @classmethod
+    def parse(cls, value: Any) -> RoutingPolicyType:
+        """The routing policy named ``value``.
+
+        Raises:
+            ConfigError: an unknown name (the message lists the valid ones).
+        """
+        if isinstance(value, cls):
+            return value
+        name = str(value).strip().lower().replace("-", "_")
+        name = {"cache_aware": "prefix_aware", "prefix": "prefix_aware"}.get(name, name)
+        try:
+            return cls(name)
+        except ValueError:
+            names = ", ".join([m.value for m in cls] + ["cache_aware"])
+            raise ConfigError(f"unknown routing policy {value!r}; use one of: {names}") from None
+
+
+def parse_policies(name: str) -> tuple[SchedulingPolicyType, RoutingPolicyType]:
+    """The scheduling and routing policies a combined name gives.
+
+    ``"slo_aware"``: that scheduling policy, least-loaded routing; ``"prefix_aware"``: FIFO
+    scheduling, that routing; ``"slo_aware+prefix_aware"``: both.
+
+    Raises:
+        ConfigError: a part that names neither kind of policy.
+    """
+    scheduling, routing = SchedulingPolicyType.FIFO, RoutingPolicyType.LEAST_LOADED
+    for part in str(name).split("+"):
+        try:
+            scheduling = SchedulingPolicyType.parse(part)
+        except ConfigError:
+            try:
+                routing = RoutingPolicyType.parse(part)
+            except ConfigError:
+                schedule = ", ".join(m.value for m in SchedulingPolicyType)
+                route = ", ".join(m.value for m in RoutingPolicyType)
+                raise ConfigError(
+                    f"unknown policy {part!r} in {name!r}; use a scheduling policy "
+                    f"({schedule}), a routing policy ({route}), or both as "
+                    "'slo_aware+prefix_aware'"
+                ) from None
+    return scheduling, routing
 
 
 def _hint(field_name: str) -> str:
@@ -203,6 +272,94 @@ class RequestDefaults:
 
 
 @dataclass
+class TenantConfig:
+    """One tenant of the gateway: the API keys that identify it, its share, its limits.
+
+    Example (a config file's ``tenants``)::
+
+        {"acme": {"api_keys": ["sk-acme-1"], "weight": 2, "rpm": 600, "tpm": 200000},
+         "hobby": {"api_keys": ["sk-hobby"], "rpm": 60, "priority": 5}}
+
+    Attributes:
+        weight: Its share when tenants wait for the same model: fair share serves each
+            tenant tokens in proportion to its weight (2 gets twice what 1 gets).
+        api_keys: Bearer keys that identify it; each is an accepted key of the gateway.
+        rpm: Requests per minute at most (``None``: no limit); beyond it, 429.
+        tpm: Tokens per minute at most, counted when a request is admitted as its prompt
+            estimate plus ``max_tokens`` (``None``: no limit); beyond it, 429.
+        priority: Priority of its requests that give none (``None``: the model's/gateway's).
+        slo_ms: Latency objective of its requests that give none (``None``: likewise).
+    """
+
+    weight: float = 1.0
+    api_keys: list[str] = field(default_factory=list)
+    rpm: int | None = None
+    tpm: int | None = None
+    priority: int | None = None
+    slo_ms: float | None = None
+
+    @classmethod
+    def of(cls, name: Any, value: Any) -> TenantConfig:
+        """Tenant ``name`` from a mapping of its fields (or a :class:`TenantConfig`), checked.
+
+        Raises:
+            ConfigError: a bad name, an unknown key or a bad value, named as
+                ``tenants.<name>.<field>`` with the fix.
+        """
+        if not isinstance(name, str) or not _TENANT_NAME.fullmatch(name):
+            raise ConfigError(
+                f"tenant name {name!r} is invalid; use 1 to 64 letters, digits, '.', '_' or '-'"
+            )
+        where = f"tenants.{name}"
+        if isinstance(value, Mapping):
+            valid = [f.name for f in fields(cls)]
+            for key in value:
+                if key not in valid:
+                    raise unknown_key(key, where, valid)
+            value = cls(**value)
+        if not isinstance(value, cls):
+            raise ConfigError(
+                f"{where} is {type(value).__name__}; give a mapping such as "
+                "{'api_keys': ['sk-...'], 'weight': 1, 'rpm': 60, 'tpm': 100000}"
+            )
+        value.check(where)
+        return value
+
+    def check(self, where: str = "tenant") -> None:
+        """Raise :class:`ConfigError` naming ``where.<field>`` if a field is out of range."""
+        weight = self.weight
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not math.isfinite(weight)
+            or weight <= 0
+        ):
+            raise ConfigError(f"{where}.weight={weight!r} is invalid; use a number > 0, e.g. 1")
+        keys: Any = self.api_keys
+        if isinstance(keys, str) or not isinstance(keys, list):
+            raise ConfigError(f"{where}.api_keys={keys!r} is invalid; use a list of keys")
+        for key in keys:
+            if not isinstance(key, str) or not _TENANT_KEY.fullmatch(key):
+                raise ConfigError(
+                    f"{where}.api_keys holds an invalid key (a {type(key).__name__}); each key "
+                    "is printable ASCII without spaces"
+                )
+        for limit in ("rpm", "tpm"):
+            value = getattr(self, limit)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigError(
+                    f"{where}.{limit}={value!r} is invalid; use an integer >= 1 (per minute) "
+                    "or None for no limit"
+                )
+        try:
+            RequestDefaults(self.priority, self.slo_ms)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+@dataclass
 class UnifiedServerConfig:
     """The gateway (``UnifiedAPIServer``).
 
@@ -210,6 +367,14 @@ class UnifiedServerConfig:
         host: Address to listen on (loopback unless told otherwise).
         port: Port to listen on.
         scheduling_policy: Request ordering policy (a :class:`SchedulingPolicyType` or name).
+        routing_policy: Which instance a request goes to (a :class:`RoutingPolicyType` or
+            name): ``least_loaded``, ``round_robin``, ``prefix_aware``, ``session``.
+        routing_balance_slack: ``prefix_aware``/``session``: how many more requests in
+            flight than the least loaded instance an instance may have and still get a
+            request for its cached prefix or its session.
+        prefix_block_chars: ``prefix_aware``: characters per hashed prompt block.
+        prefix_cache_tokens: ``prefix_aware``: prompt tokens the gateway remembers per
+            instance (about what its KV cache holds).
         enable_control_plane: Queue requests in the gateway and dispatch them by policy
             (off: forward at once to the least-loaded instance).
         llm_backends: Chat/completion instances.
@@ -226,6 +391,16 @@ class UnifiedServerConfig:
         model_defaults: Per model name, the priority/SLO of its requests that give none.
         api_key_defaults: Per bearer token sent by a client, the same (checked before the
             model's); keys are never logged.
+        tenants: Tenants by name (:class:`TenantConfig` or mappings of its fields): API keys
+            with a weight, per-minute limits and defaults. A request's tenant is the one its
+            key belongs to; requests with another key (``api_key``...) or none count as the
+            tenant ``"default"`` (configure one of that name, without keys, to give them a
+            weight or limits).
+        fair_share: With ``tenants`` (and the control plane on), serve the tenants waiting
+            in each priority band by weighted fair share of tokens, each tenant's requests in
+            the policy's order (off: the policy's order across all tenants; limits and
+            figures stay). On by default: weights that did nothing would surprise; off is
+            for comparing, or for a policy's strict global order.
         priority_aging_s: PRIORITY: seconds of waiting worth one level (``None``: strict).
         embedding_batch_max_texts: SLO_AWARE/HYBRID: inputs per batched embedding call.
         embedding_batch_wait_ms: HYBRID: longest a batch waits to fill while its model is busy.
@@ -247,6 +422,10 @@ class UnifiedServerConfig:
     host: str = "127.0.0.1"
     port: int = SagePorts.GATEWAY_DEFAULT
     scheduling_policy: SchedulingPolicyType | str = SchedulingPolicyType.FIFO
+    routing_policy: RoutingPolicyType | str = RoutingPolicyType.LEAST_LOADED
+    routing_balance_slack: int = 4
+    prefix_block_chars: int = 128
+    prefix_cache_tokens: int = 16384
     enable_control_plane: bool = True
     llm_backends: list[BackendInstanceConfig] = field(default_factory=list)
     embedding_backends: list[BackendInstanceConfig] = field(default_factory=list)
@@ -259,6 +438,8 @@ class UnifiedServerConfig:
     default_slo_ms: float | None = None
     model_defaults: dict[str, RequestDefaults] = field(default_factory=dict)
     api_key_defaults: dict[str, RequestDefaults] = field(default_factory=dict)
+    tenants: dict[str, TenantConfig] = field(default_factory=dict)
+    fair_share: bool = True
     priority_aging_s: float | None = 10.0
     embedding_batch_max_texts: int = 256
     embedding_batch_wait_ms: float = 5.0
@@ -273,6 +454,12 @@ class UnifiedServerConfig:
 
     def __post_init__(self) -> None:
         self.scheduling_policy = SchedulingPolicyType.parse(self.scheduling_policy)
+        self.routing_policy = RoutingPolicyType.parse(self.routing_policy)
+        for name in ("routing_balance_slack", "prefix_block_chars", "prefix_cache_tokens"):
+            value = getattr(self, name)
+            least = 0 if name == "routing_balance_slack" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name}={value!r} is invalid; use an integer >= {least}")
         for name in ("stream_chunk_timeout_s", "header_timeout_s", "idle_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
@@ -286,6 +473,7 @@ class UnifiedServerConfig:
         RequestDefaults(self.default_priority, self.default_slo_ms)  # validates both
         self.model_defaults = {k: RequestDefaults.of(v) for k, v in self.model_defaults.items()}
         self.api_key_defaults = {k: RequestDefaults.of(v) for k, v in self.api_key_defaults.items()}
+        self._check_tenants()
         if self.embedding_batch_max_texts < 1:
             raise ConfigError(
                 f"embedding_batch_max_texts={self.embedding_batch_max_texts} must be at least 1"
@@ -302,3 +490,21 @@ class UnifiedServerConfig:
             )
         for backend in self.embedding_backends:
             backend.instance_type = "embedding"
+
+    def _check_tenants(self) -> None:
+        """Check ``tenants`` (dicts become :class:`TenantConfig`); no key in two tenants."""
+        tenants: Any = self.tenants
+        if not isinstance(tenants, Mapping):
+            raise ConfigError(
+                f"tenants is {type(tenants).__name__}; give a mapping of tenant name to "
+                "{'api_keys': [...], 'weight': 1, 'rpm': ..., 'tpm': ...}"
+            )
+        self.tenants = {name: TenantConfig.of(name, value) for name, value in tenants.items()}
+        owner: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for key in tenant.api_keys:
+                if owner.setdefault(key, name) != name:
+                    raise ConfigError(
+                        f"tenants.{name}.api_keys: a key is also one of tenants.{owner[key]}'s; "
+                        "give each key to one tenant"
+                    )

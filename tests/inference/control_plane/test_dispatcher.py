@@ -231,15 +231,20 @@ def test_unhealthy_instances_leave_rotation_and_a_model_without_any_fails_its_wa
     run(body)
 
 
-def test_a_cancelled_waiter_is_skipped_and_a_cancelled_grant_gives_its_slot_back() -> None:
+@pytest.mark.parametrize("policy", ["fifo", "priority", "slo_aware"])
+def test_a_cancelled_waiter_leaves_the_queue_and_a_cancelled_grant_gives_its_slot_back(
+    policy: str,
+) -> None:
     async def body() -> None:
-        h = Harness("fifo", [1])
+        h = Harness(policy, [1])
         h.admit("busy")
         gone = h.admit("gone")
         h.admit("next")
         await h.settle()
+        assert h.dispatcher.queued == 2
         gone.cancel()
         await h.settle()
+        assert h.dispatcher.queued == 1  # at once, not when it would have reached the head
         h.finish("busy")
         await h.settle()
         assert h.order() == ["busy", "next"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from sage.common.errors import ConfigError
@@ -10,6 +12,7 @@ from sage.inference.control_plane.queues import (
     FifoQueue,
     PendingRequest,
     PriorityQueue,
+    RequestQueue,
     SloAwareQueue,
     make_queue,
 )
@@ -114,6 +117,36 @@ def test_slo_aware_default_slo_applies_to_requests_without_one() -> None:
     queue.push(PendingRequest(arrival=0.0, payload="no-slo"))  # deadline 10
     queue.push(PendingRequest(arrival=0.0, slo_ms=5000, payload="tight"))  # deadline 5
     assert drain(queue, now=0.0) == ["tight", "no-slo"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [FifoQueue, lambda: PriorityQueue(aging_s=None), SloAwareQueue],
+    ids=["fifo", "priority", "slo_aware"],
+)
+def test_a_request_whose_client_left_is_removed_and_the_others_keep_their_order(
+    make: Callable[[], RequestQueue],
+) -> None:
+    def filled() -> tuple[RequestQueue, list[PendingRequest]]:
+        queue = make()
+        trace = [
+            PendingRequest(i, priority=i % 3, slo_ms=i * 1000, payload=f"r{i}") for i in range(8)
+        ]
+        for request in trace:
+            queue.push(request)
+        return queue, trace
+
+    expected, _ = filled()
+    first = expected.pop(now=3.5)  # SLO-aware: r0..r3 are late by now
+    queue, trace = filled()
+    assert queue.pop(now=3.5) is not None and first is not None
+    gone = [r for r in trace if r.payload in ("r2", "r5") and r.payload != first.payload]
+    for request in gone:
+        assert queue.remove(request)
+    assert not queue.remove(PendingRequest(0.0))
+    assert len(queue) == len(trace) - 1 - len(gone)
+    left = [name for name in drain(expected, now=3.5) if name not in {r.payload for r in gone}]
+    assert drain(queue, now=3.5) == left
 
 
 def test_make_queue_by_name_and_unknown_names_raise() -> None:

@@ -165,15 +165,25 @@ def test_management_routes_policy_and_failover(stack: Stack) -> None:
         assert client.get("/v1/management/policy").json() == {
             "policy": "fifo",
             "active_policy": "fifo",
+            "routing": "least_loaded",
         }
         assert client.put("/v1/management/policy", json={"policy": "hybrid_slo"}).json() == {
             "policy": "hybrid",
             "active_policy": "hybrid",
+            "routing": "least_loaded",
+        }
+        assert client.put("/v1/management/policy", json={"routing": "cache_aware"}).json() == {
+            "policy": "hybrid",
+            "active_policy": "hybrid",
+            "routing": "prefix_aware",
         }
         bad = client.put("/v1/management/policy", json={"policy": "fastest"})
         assert (
             bad.status_code == 400 and "fifo, priority, slo_aware" in bad.json()["error"]["message"]
         )
+        for body, param in (({"routing": "nearest"}, "routing"), ({"polcy": "fifo"}, "polcy")):
+            bad = client.put("/v1/management/policy", json=body)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.json()
         first = stack.engine_ports[0]
         assert client.delete(f"/v1/management/instances/127.0.0.1:{first}").json() == {
             "removed": f"127.0.0.1:{first}"

@@ -42,6 +42,7 @@ from sage.benchmark.control_plane.config import (
     Mode,
     RequestClass,
     Shape,
+    TenantLoad,
     config_for_mode,
 )
 from sage.benchmark.control_plane.driver import RequestRecord
@@ -117,8 +118,9 @@ def bench(
             "--policy",
             "--policies",
             help="run: one policy; compare: a comma-separated list (default "
-            "fifo,priority,slo_aware). Names: fifo, priority, slo_aware, hybrid (hybrid_slo), "
-            "adaptive.",
+            "fifo,priority,slo_aware). Scheduling: fifo, priority, slo_aware, hybrid "
+            "(hybrid_slo), adaptive; routing: least_loaded, round_robin, prefix_aware "
+            "(cache_aware), session; or both: slo_aware+prefix_aware.",
         ),
     ] = None,
     requests: Annotated[int, typer.Option(help="Requests in the trace.")] = 100,
@@ -198,6 +200,16 @@ def bench(
     kill_kind: Annotated[
         Kind | None, typer.Option(help="Which kind to kill (default: the mode's; hybrid: llm).")
     ] = None,
+    tenants: Annotated[
+        str | None,
+        typer.Option(
+            help="Tenants name:weight:share,... each sending its share of the load with its "
+            "own API key (e.g. light:1:1,heavy:1:10); the gateway serves them by fair share."
+        ),
+    ] = None,
+    fair_share: Annotated[
+        bool, typer.Option(help="With --tenants: fair share among them (--no-fair-share: not).")
+    ] = True,
     output: Annotated[Path, typer.Option(help="Folder for the JSON, PNG and HTML reports.")] = Path(
         "cp_bench_results"
     ),
@@ -240,10 +252,13 @@ def bench(
             "timeout_seconds": timeout,
             "kill_instance_at": kill_instance_at,
             "kill_kind": kill_kind,
+            "fair_share": fair_share,
             "output_dir": output,
         }
         if classes is not None:
             values["classes"] = RequestClass.parse_list(classes)
+        if tenants is not None:
+            values["tenants"] = TenantLoad.parse_list(tenants)
         if sim_profile is not None:
             try:
                 values["sim_profile"] = json.loads(sim_profile)

@@ -114,6 +114,7 @@ class LocalCluster:
     Args:
         config: Engine kind, instance counts, simulator profile, models.
         policy: The gateway's scheduling policy.
+        routing: The gateway's routing policy.
         log_dir: Where each process's log and the gateway's config go.
         start_timeout_s: How long each process may take to listen (``None``: 60 s, or 600 s
             for the CPU engines, which load models).
@@ -125,8 +126,10 @@ class LocalCluster:
         policy: str,
         log_dir: Path,
         start_timeout_s: float | None = None,
+        routing: str = "least_loaded",
     ) -> None:
         self.config, self.policy, self.log_dir = config, policy, log_dir
+        self.routing = routing
         self.timeout_s = start_timeout_s or (600.0 if config.engine == "cpu" else 60.0)
         self.engines: list[EngineProcess] = []
         self.gateway_pid: int | None = None
@@ -216,9 +219,13 @@ class LocalCluster:
             "host": "127.0.0.1",
             "port": 0,
             "scheduling_policy": self.policy,
+            "routing_policy": self.routing,
             "llm_backends": backends("llm"),
             "embedding_backends": backends("embedding"),
         }
+        if self.config.tenants:
+            gateway["tenants"] = {t.name: t.gateway() for t in self.config.tenants}
+            gateway["fair_share"] = self.config.fair_share
         self.gateway_pid, self.gateway_port = spawn_gateway(
             gateway, self.log_dir / "gateway.json", self.log_dir / "gateway.log"
         )
@@ -251,6 +258,7 @@ class LocalCluster:
         return {
             "engine": self.config.engine,
             "policy": self.policy,
+            "routing": self.routing,
             "gateway_port": self.gateway_port,
             "instances": [e.describe() for e in self.engines],
             "logs": str(self.log_dir),

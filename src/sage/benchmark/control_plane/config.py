@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from sage.common.errors import ConfigError
-from sage.inference.config import SchedulingPolicyType
+from sage.inference.config import parse_policies
 
 __all__ = [
     "ARRIVAL_PATTERNS",
@@ -37,7 +37,9 @@ __all__ = [
     "LLMBenchmarkConfig",
     "LengthDistribution",
     "RequestClass",
+    "TenantLoad",
     "config_for_mode",
+    "tenant_key",
 ]
 
 Mode = Literal["llm", "embedding", "hybrid"]
@@ -95,6 +97,63 @@ DEFAULT_CLASSES: tuple[RequestClass, ...] = (
     RequestClass("batch", priority=5, slo_ms=30_000.0, share=0.7),
 )
 """Two classes: 30% interactive (priority 0, SLO 2 s), 70% batch (priority 5, SLO 30 s)."""
+
+
+def tenant_key(name: str) -> str:
+    """The API key the benchmark gives tenant ``name`` in its gateway (and sends as it)."""
+    return f"sage-cp-bench-{name}"
+
+
+@dataclass(frozen=True)
+class TenantLoad:
+    """A tenant of the workload: its share of the offered load, and its settings in the
+    benchmark's gateway (``UnifiedServerConfig.tenants``).
+
+    Each tenant's requests are drawn from their own random streams (seeded by the seed and
+    the tenant's name) at its share of the offered rate, so a tenant's requests are the same
+    whatever the other tenants send: "light alone" and "light beside heavy" are comparable.
+
+    Attributes:
+        name: The tenant (its requests carry the key :func:`tenant_key` of it).
+        weight: Its fair-share weight in the gateway.
+        share: Its relative share of the offered rate (shares need not add up to 1).
+        rpm: Its requests-per-minute limit in the gateway (``None``: none).
+        tpm: Its tokens-per-minute limit (``None``: none).
+    """
+
+    name: str
+    weight: float = 1.0
+    share: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+
+    @classmethod
+    def parse_list(cls, spec: str) -> list[TenantLoad]:
+        """Tenants from ``"name:weight:share,..."`` (the CLI's ``--tenants``).
+
+        Raises:
+            ConfigError: a part is not ``name:weight:share`` with numbers.
+        """
+        tenants = []
+        for part in spec.split(","):
+            try:
+                name, weight, share = part.strip().split(":")
+                tenants.append(cls(name.strip(), float(weight), float(share)))
+            except ValueError:
+                raise ConfigError(
+                    f"tenant {part.strip()!r} is invalid; write name:weight:share, e.g. "
+                    "--tenants light:1:1,heavy:1:10 (heavy offers 10x light's load)"
+                ) from None
+        return tenants
+
+    def gateway(self) -> dict[str, Any]:
+        """Its entry in the gateway's ``tenants``."""
+        return {
+            "api_keys": [tenant_key(self.name)],
+            "weight": self.weight,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+        }
 
 
 @dataclass(frozen=True)
@@ -194,8 +253,10 @@ class BenchmarkConfig:
     """What every mode shares: policies, load, arrivals, classes, cluster, outputs.
 
     Attributes:
-        policies: Scheduling policies to run (``run``: one; ``compare``: several), by the
-            names :class:`SchedulingPolicyType` accepts.
+        policies: Policies to run (``run``: one; ``compare``: several): a scheduling policy
+            (``slo_aware``), a routing policy (``prefix_aware``), or both
+            (``slo_aware+prefix_aware``), by the names
+            :func:`~sage.inference.config.parse_policies` accepts.
         num_requests: Requests in the measured trace (unless ``duration_s`` is set).
         duration_s: Length of the trace in seconds instead of a request count.
         request_rate: Offered requests per second (all kinds together); ``None``: ``load``
@@ -220,6 +281,11 @@ class BenchmarkConfig:
         kill_instance_at: Seconds into the trace at which one of its own instances is
             killed (SIGKILL), to measure failover.
         kill_kind: Which kind of instance to kill (default: the mode's; hybrid: ``llm``).
+        tenants: Tenants sending the trace (:class:`TenantLoad`), each its share of the
+            offered rate with its own API key; empty: one anonymous client. Needs the
+            benchmark's own gateway.
+        fair_share: With ``tenants``: the gateway serves them by weighted fair share (off:
+            the policy's order across all of them, for comparison).
         output_dir: Where JSON, PNG and HTML reports go.
     """
 
@@ -243,6 +309,8 @@ class BenchmarkConfig:
     sim_profile: dict[str, Any] = field(default_factory=dict)
     kill_instance_at: float | None = None
     kill_kind: Kind | None = None
+    tenants: list[TenantLoad] = field(default_factory=list)
+    fair_share: bool = True
     output_dir: Path = field(default_factory=lambda: Path("cp_bench_results"))
 
     @property
@@ -261,7 +329,7 @@ class BenchmarkConfig:
         if not self.policies:
             raise ConfigError(f"{owner}.policies is empty; name at least one, e.g. ['fifo']")
         for name in self.policies:
-            SchedulingPolicyType.parse(name)
+            parse_policies(name)
         if self.duration_s is None and (
             isinstance(self.num_requests, bool) or self.num_requests < 1
         ):
@@ -280,6 +348,7 @@ class BenchmarkConfig:
             if not (math.isfinite(self.burst_off_s) and self.burst_off_s >= 0):
                 raise ConfigError(f"{owner}.burst_off_s={self.burst_off_s!r} must be 0 or more")
         self._check_classes(owner)
+        self._check_tenants(owner)
         if self.warmup_requests < 0:
             raise ConfigError(f"{owner}.warmup_requests={self.warmup_requests} must be 0 or more")
         if self.engine not in ENGINES:
@@ -314,6 +383,28 @@ class BenchmarkConfig:
             SimulatorProfile.from_mapping(self.sim_profile)  # raises naming the bad field
         self._validate_mode(owner)
 
+    def _check_tenants(self, owner: str) -> None:
+        if not self.tenants:
+            return
+        if self.control_plane_url is not None:
+            raise ConfigError(
+                f"{owner}.tenants need the benchmark's own gateway (it gives each tenant its "
+                "key); drop control_plane_url, or the tenants"
+            )
+        names = [t.name for t in self.tenants]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{owner}.tenants: names must be unique, got {names}")
+        from sage.inference.config import TenantConfig
+
+        for t in self.tenants:
+            try:  # the gateway's own check: name, weight, limits
+                TenantConfig.of(t.name, t.gateway())
+            except ConfigError as exc:
+                raise ConfigError(f"{owner}: {exc}") from None
+        for t in self.tenants:
+            if not (math.isfinite(t.share) and t.share > 0):
+                raise ConfigError(f"{owner}.tenants[{t.name!r}].share={t.share!r} must be > 0")
+
     def _check_classes(self, owner: str) -> None:
         if not self.classes:
             raise ConfigError(f"{owner}.classes is empty; give at least one RequestClass")
@@ -337,7 +428,7 @@ class BenchmarkConfig:
             value = getattr(self, f.name)
             if isinstance(value, Path):
                 value = str(value)
-            elif f.name == "classes":
+            elif f.name in ("classes", "tenants"):
                 value = [vars(c) for c in value]
             elif isinstance(value, LengthDistribution):
                 value = {**vars(value), "maximum": value.upper}

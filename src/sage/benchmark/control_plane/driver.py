@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from sage.benchmark.control_plane.config import tenant_key
 from sage.benchmark.control_plane.workload import TraceRequest
 from sage.common.errors import ConfigError, GatewayError
 from sage.common.http import BackendUnavailable, HttpPool
@@ -102,6 +103,7 @@ class RequestRecord:
         texts: Texts embedded.
         status: HTTP status (0: no answer).
         error: Why it failed (``None`` when it succeeded).
+        tenant: The tenant that sent it (empty: no tenants).
     """
 
     index: int
@@ -119,6 +121,7 @@ class RequestRecord:
     texts: int = 0
     status: int = 0
     error: str | None = None
+    tenant: str = ""
 
     @property
     def ok(self) -> bool:
@@ -200,11 +203,15 @@ class _Sender:
             sent_s=self.loop.time() - self.t0,
             prompt_tokens=request.prompt_tokens * max(1, request.texts),
             texts=request.texts,
+            tenant=request.tenant,
         )
+        headers = _HEADERS
+        if request.tenant:  # its tenant's key: the gateway tells tenants apart by key
+            headers = {**_HEADERS, "authorization": f"Bearer {tenant_key(request.tenant)}"}
         try:
             async with asyncio.timeout(self.timeout_s):
                 path = self.endpoint.path(_PATHS[request.kind])
-                result = await self.pool.request("POST", path, body, _HEADERS, stream=stream)
+                result = await self.pool.request("POST", path, body, headers, stream=stream)
                 record.status = result.status
                 if result.chunks is not None:
                     chunks = cast(AsyncGenerator[bytes, None], result.chunks)
@@ -386,8 +393,11 @@ async def measure_capacity(
     return len(records) / max(elapsed, 1e-6)
 
 
-async def management(url: str, method: str, path: str, payload: Any = None) -> Any:
-    """Call a gateway management route (``/v1/management/...``); its JSON answer.
+async def management(
+    url: str, method: str, path: str, payload: Any = None, api_key: str | None = None
+) -> Any:
+    """Call a gateway management route (``/v1/management/...``) with ``api_key`` (if the
+    gateway wants one); its JSON answer.
 
     Raises:
         GatewayError: unreachable, or an answer other than 200.
@@ -395,9 +405,10 @@ async def management(url: str, method: str, path: str, payload: Any = None) -> A
     endpoint = Endpoint.parse(url)
     pool = endpoint.pool(limit=1)
     body = b"" if payload is None else orjson.dumps(payload)
+    headers = {**_HEADERS, "authorization": f"Bearer {api_key}"} if api_key else _HEADERS
     try:
         result = await asyncio.wait_for(
-            pool.request(method, endpoint.path(path), body, _HEADERS), 30.0
+            pool.request(method, endpoint.path(path), body, headers), 30.0
         )
     except (BackendUnavailable, TimeoutError) as exc:
         raise GatewayError(f"the gateway at {endpoint.url} did not answer: {exc}") from exc

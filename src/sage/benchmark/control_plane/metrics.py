@@ -1,10 +1,10 @@
 """Figures of a run: throughput, latency and TTFT percentiles, SLO attainment, errors.
 
 Computed from the per-request records, overall and per group (request class, kind,
-priority). Rates are per second of a window from the first scheduled arrival to the last
-answer: the run's window for the classes and priorities (so their rates add up to the
-total), each kind's own window for the kinds (so a backlog of embeddings draining long
-after the last chat does not dilute the chats' rate).
+priority, tenant). Rates are per second of a window from the first scheduled arrival to the
+last answer: the run's window for the classes, priorities and tenants (so their rates add up
+to the total), each kind's own window for the kinds (so a backlog of embeddings draining
+long after the last chat does not dilute the chats' rate).
 
 SLO attainment counts every request of the group: a failed request missed its SLO.
 Percentiles (nearest rank, :func:`sage.common.stats.percentile`) are over the requests that
@@ -114,6 +114,7 @@ class RunMetrics:
         by_class: Per request class (most urgent first).
         by_kind: Per kind (``llm``, ``embedding``), each over its own window.
         by_priority: Per priority value (``priority 0`` ...).
+        by_tenant: Per tenant (empty without tenants).
         errors: Per kind, each distinct error message with its count.
         failed_idempotent: Failed requests the gateway could have retried.
         failed_streaming: Failed streamed requests (not retryable once started).
@@ -126,6 +127,7 @@ class RunMetrics:
     by_class: dict[str, GroupMetrics] = field(default_factory=dict)
     by_kind: dict[str, GroupMetrics] = field(default_factory=dict)
     by_priority: dict[str, GroupMetrics] = field(default_factory=dict)
+    by_tenant: dict[str, GroupMetrics] = field(default_factory=dict)
     errors: dict[str, dict[str, int]] = field(default_factory=dict)
     failed_idempotent: int = 0
     failed_streaming: int = 0
@@ -144,6 +146,7 @@ class RunMetrics:
             "by_class": groups(self.by_class),
             "by_kind": groups(self.by_kind),
             "by_priority": groups(self.by_priority),
+            "by_tenant": groups(self.by_tenant),
             "errors": self.errors,
             "failed_idempotent": self.failed_idempotent,
             "failed_streaming": self.failed_streaming,
@@ -213,6 +216,7 @@ def summarize(records: Sequence[RequestRecord]) -> RunMetrics:
         by_class=_by(records, lambda r: (r.priority, r.request_class), lambda k: k[1], window),
         by_kind=_by(records, lambda r: r.kind, str, None),
         by_priority=_by(records, lambda r: r.priority, lambda p: f"priority {p}", window),
+        by_tenant=_by([r for r in records if r.tenant], lambda r: r.tenant, str, window),
         errors={kind: dict(counter.most_common()) for kind, counter in errors.items()},
         failed_idempotent=sum(1 for r in failed if r.idempotent),
         failed_streaming=sum(1 for r in failed if not r.idempotent),

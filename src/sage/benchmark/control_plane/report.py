@@ -96,7 +96,7 @@ def report_tables(result: BenchmarkResult) -> list[TableData]:
         f"{result.trace_requests} requests at {result.rate:,.2f} req/s",
         ["policy", *headers, *(f"SLO {name}" for name in classes)],
     )
-    groups = TableData("per kind and class (and priority)", ["policy", "group", *headers])
+    groups = TableData("per kind and class (and priority, tenant)", ["policy", "group", *headers])
     errors = TableData("errors", ["policy", "kind", "count", "message"])
     for run in result.runs:
         m = run.metrics
@@ -108,6 +108,7 @@ def report_tables(result: BenchmarkResult) -> list[TableData]:
         rows += [(f"{g.name} (priority {priority[g.name]})", g) for g in m.by_class.values()]
         if len(m.by_priority) != len(m.by_class):  # else the class rows say it all
             rows += [(g.name, g) for g in m.by_priority.values()]
+        rows += [(f"tenant {g.name}", g) for g in m.by_tenant.values()]
         groups.rows += [[run.policy, label, *_group_cells(g, ttft)] for label, g in rows]
         for kind, messages in m.errors.items():
             for message, count in messages.items():
@@ -135,6 +136,14 @@ def summary_lines(result: BenchmarkResult) -> list[str]:
         + ", ".join(f"{k} {v}" for k, v in result.models.items())
         + f"; arrivals {config.arrival_pattern}; seed {config.seed}"
     )
+    if config.tenants:
+        total = sum(t.share for t in config.tenants)
+        tenants = ", ".join(
+            f"{t.name} (weight {t.weight:g}, {t.share / total:.0%} of the load)"
+            for t in config.tenants
+        )
+        order = "weighted fair share" if config.fair_share else "the policy's order (no fair share)"
+        lines.append(f"tenants: {tenants}; served by {order}")
     if config.control_plane_url is not None and len(result.runs) > 1:
         lines.append(
             "the policies ran one after another on the same gateway (switched at run time), "

@@ -35,6 +35,7 @@ from sage.benchmark.control_plane.config import (
     HybridBenchmarkConfig,
     Kind,
     LLMBenchmarkConfig,
+    tenant_key,
 )
 from sage.benchmark.control_plane.driver import (
     RequestRecord,
@@ -52,7 +53,7 @@ from sage.benchmark.control_plane.workload import (
 )
 from sage.common.concurrency import run_loop
 from sage.common.errors import ConfigError, GatewayError
-from sage.inference.config import SchedulingPolicyType
+from sage.inference.config import parse_policies
 
 __all__ = [
     "BenchmarkResult",
@@ -239,9 +240,9 @@ async def _calibrate(
     return Capacity(per_kind, _mix(config, per_kind), "calibration")
 
 
-async def _gateway_instances(url: str) -> list[dict[str, Any]]:
+async def _gateway_instances(url: str, api_key: str | None = None) -> list[dict[str, Any]]:
     try:
-        answer = await management(url, "GET", "/management/instances")
+        answer = await management(url, "GET", "/management/instances", api_key=api_key)
     except GatewayError as exc:
         logger.warning("could not read the gateway's instances: %s", exc)
         return []
@@ -283,6 +284,8 @@ class _Benchmark:
         self.trace: Trace | None = None
         self.capacity: Capacity | None = None
         self.models: dict[str, str] = {}
+        # with tenants, the gateway wants a key for its management routes too
+        self.api_key = tenant_key(config.tenants[0].name) if config.tenants else None
         if config.engine == "simulated" and config.control_plane_url is None:
             self.capacity = simulated_capacity(config)
 
@@ -318,13 +321,18 @@ class _Benchmark:
     async def run_policy(self, policy: str, url: str, cluster: LocalCluster | None) -> PolicyRun:
         """Set the policy (a running gateway), warm up, send the trace, read the state."""
         config = self.config
-        canonical = SchedulingPolicyType.parse(policy).value
+        scheduling, routing = parse_policies(policy)
         if cluster is None:
-            await management(url, "PUT", "/management/policy", {"policy": canonical})
+            await management(
+                url,
+                "PUT",
+                "/management/policy",
+                {"policy": scheduling.value, "routing": routing.value},
+            )
         if self.trace is None:
             await self.prepare(url, cluster)
         assert self.trace is not None
-        active = await management(url, "GET", "/management/policy")
+        active = await management(url, "GET", "/management/policy", api_key=self.api_key)
         actions = []
         if cluster is not None and config.kill_instance_at is not None:
             kind: Kind = config.kill_kind or ("embedding" if config.mode == "embedding" else "llm")
@@ -350,7 +358,7 @@ class _Benchmark:
             records=result.records,
             metrics=summarize(result.records),
             events=result.events,
-            instances=await _gateway_instances(url),
+            instances=await _gateway_instances(url, self.api_key),
             cluster=cluster.describe() if cluster is not None else {},
         )
 
@@ -361,8 +369,8 @@ class _Benchmark:
             return run_loop(self.run_policy(policy, config.control_plane_url, None))
         log_dir = config.output_dir / "logs" / f"{self.stamp}-{policy}"
         self.observer.status(f"{policy}: starting the gateway and {config.engine} instances")
-        canonical = SchedulingPolicyType.parse(policy).value
-        with LocalCluster(config, canonical, log_dir) as cluster:
+        scheduling, routing = parse_policies(policy)
+        with LocalCluster(config, scheduling.value, log_dir, routing=routing.value) as cluster:
             return run_loop(self.run_policy(policy, cluster.url, cluster))
 
 

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -64,6 +65,7 @@ class TraceRequest:
         prompt_tokens: LLM: prompt length in words (~tokens); embedding: words per text.
         max_tokens: LLM: ``max_tokens`` (0 for embeddings).
         texts: Embedding: texts in ``input`` (0 for LLM requests).
+        tenant: The tenant sending it (empty: no tenants).
     """
 
     index: int
@@ -75,6 +77,7 @@ class TraceRequest:
     prompt_tokens: int
     max_tokens: int = 0
     texts: int = 0
+    tenant: str = ""
 
     def body(self, model: str, stream: bool) -> dict[str, Any]:
         """The OpenAI-style request body (with SAGE's ``priority`` and ``slo_ms``)."""
@@ -156,22 +159,44 @@ def _request(
     return TraceRequest(*head, config.text_tokens.sample(rng), texts=texts)
 
 
-def build_trace(config: BenchmarkConfig, rate: float) -> Trace:
-    """The measured trace of ``config`` at ``rate`` requests per second (all kinds).
-
-    ``config.num_requests`` requests, or as many as arrive within ``config.duration_s``.
-    Deterministic: equal ``(config, rate)`` give equal traces.
-    """
-    attributes = random.Random(f"sage-cp-bench/{config.seed}/attributes")
-    arrivals = random.Random(f"sage-cp-bench/{config.seed}/arrivals")
+def _stream(
+    config: BenchmarkConfig, rate: float, count: int, tenant: str = ""
+) -> list[TraceRequest]:
+    """``count`` requests (or those within ``config.duration_s``) at ``rate``, drawn from
+    the random streams of ``tenant`` (the seed's own for no tenant)."""
+    seeds = f"sage-cp-bench/{config.seed}" + (f"/tenant/{tenant}" if tenant else "")
+    attributes = random.Random(f"{seeds}/attributes")
+    arrivals = random.Random(f"{seeds}/arrivals")
     kinds = _kinds(config, attributes)
     times = arrival_times(config, rate, arrivals)
     if config.duration_s is not None:
         end = config.duration_s
         times = itertools.takewhile(lambda t: t < end, times)
     else:
-        times = itertools.islice(times, config.num_requests)
-    requests = tuple(_request(config, i, at, next(kinds), attributes) for i, at in enumerate(times))
+        times = itertools.islice(times, count)
+    return [
+        dataclasses.replace(_request(config, i, at, next(kinds), attributes), tenant=tenant)
+        for i, at in enumerate(times)
+    ]
+
+
+def build_trace(config: BenchmarkConfig, rate: float) -> Trace:
+    """The measured trace of ``config`` at ``rate`` requests per second (all kinds).
+
+    ``config.num_requests`` requests, or as many as arrive within ``config.duration_s``.
+    With tenants, each sends its share of ``rate`` (and of ``num_requests``) from random
+    streams of its own, merged by arrival: a tenant's requests do not depend on the others'.
+    Deterministic: equal ``(config, rate)`` give equal traces.
+    """
+    if not config.tenants:
+        return Trace(tuple(_stream(config, rate, config.num_requests)), rate, config.seed)
+    total = sum(t.share for t in config.tenants)
+    merged: list[TraceRequest] = []
+    for t in config.tenants:
+        count = max(1, round(config.num_requests * t.share / total))
+        merged += _stream(config, rate * t.share / total, count, t.name)
+    merged.sort(key=lambda r: (r.at_s, r.tenant))
+    requests = tuple(dataclasses.replace(r, index=i) for i, r in enumerate(merged))
     return Trace(requests, rate, config.seed)
 
 
@@ -182,6 +207,7 @@ def warmup_requests(config: BenchmarkConfig) -> list[TraceRequest]:
     """
     out: list[TraceRequest] = []
     cls = config.classes[-1]
+    tenant = config.tenants[0].name if config.tenants else ""  # the gateway wants a key
     for kind in config.kinds:
         for _ in range(config.warmup_requests):
             head = (-1 - len(out), 0.0, kind, cls.name, cls.priority, cls.slo_ms)
@@ -189,11 +215,16 @@ def warmup_requests(config: BenchmarkConfig) -> list[TraceRequest]:
                 assert isinstance(config, LLMBenchmarkConfig)
                 prompt = math.ceil(config.prompt_tokens.expected())
                 out.append(
-                    TraceRequest(*head, prompt, max_tokens=min(8, config.output_tokens.upper))
+                    TraceRequest(
+                        *head,
+                        prompt,
+                        max_tokens=min(8, config.output_tokens.upper),
+                        tenant=tenant,
+                    )
                 )
             else:
                 assert isinstance(config, EmbeddingBenchmarkConfig)
                 words = math.ceil(config.text_tokens.expected())
                 texts = math.ceil(config.texts_per_request.expected())
-                out.append(TraceRequest(*head, words, texts=texts))
+                out.append(TraceRequest(*head, words, texts=texts, tenant=tenant))
     return out

@@ -27,7 +27,13 @@ This module does only what SAGE's servers need:
   read: a refused request is answered (401...) without reading its body, and when it
   announced one the connection half-closes after the answer (what the peer still sends is
   discarded as it arrives, never parsed or kept);
-* a draining close: requests in progress finish, later ones get 503 and ``Retry-After``.
+* a draining close: requests in progress finish, later ones get 503 and ``Retry-After``;
+* a client that disconnects cancels its request's handler at once, whatever it awaits (a
+  place in a queue, a backend's answer, a stream's next chunk), so that work nobody will
+  read stops there: the gateway's queued request leaves its queue, a forwarded one closes
+  its upstream connection, an engine frees the request's slot before its next step. Routes
+  whose handler must finish whatever the client does (a change it asked for) are
+  registered with ``cancellable=False``.
 """
 
 from __future__ import annotations
@@ -191,6 +197,8 @@ class _Connection(asyncio.Protocol):
         self.dropping = False  # a refused body follows: nothing more is parsed, only dropped
         self.closed_after_answer = False  # a pipelined request stalled: close after this one
         self.busy = False
+        self.task: asyncio.Task[None] | None = None  # handling the current request
+        self.left = False  # the client disconnected while a request was being handled
         self.idle = asyncio.Event()  # set while no request is being handled
         self.idle.set()
         self.closed = False
@@ -248,6 +256,11 @@ class _Connection(asyncio.Protocol):
         self.can_write.set()
         if not self.busy:
             self.idle.set()
+        elif self.task is not None and not self.task.done():
+            # Nobody will read the answer: stop what the handler awaits now, not when its
+            # next chunk would have found the connection closed (see ``_handle``).
+            self.left = True
+            self.task.cancel()
         self.server._connections.discard(self)
 
     def pause_writing(self) -> None:
@@ -348,7 +361,7 @@ class _Connection(asyncio.Protocol):
         if self.pending and not self.closed:
             self.busy = True
             self.idle.clear()
-            self.server._loop.create_task(self._handle(*self.pending.popleft()))
+            self.task = self.server._loop.create_task(self._handle(*self.pending.popleft()))
         else:
             self.busy = False
             self.idle.set()
@@ -356,6 +369,27 @@ class _Connection(asyncio.Protocol):
                 self._arm(self.server.idle_timeout_s, self._idle_expired)
 
     async def _handle(self, request: Request, refusal: HttpError | None) -> None:
+        """Answer ``request``, then go on to the next one.
+
+        When the client disconnects meanwhile, ``connection_lost`` cancels this task: the
+        ``CancelledError`` comes out of whatever the handler (or the stream's producer)
+        awaits, whose ``finally`` clauses release what it holds, and ends here.
+        """
+        try:
+            await self._answer(request, refusal)
+        except asyncio.CancelledError:
+            if not self.left:
+                raise  # cancelled from outside (the loop is shutting down): pass it on
+            logger.debug(
+                "%s %s: the client left; its handler was cancelled (request %s)",
+                request.method,
+                request.path,
+                request.id,
+            )
+        finally:
+            self._next()
+
+    async def _answer(self, request: Request, refusal: HttpError | None) -> None:
         server = self.server
         response: Response | StreamResponse
         try:
@@ -397,7 +431,6 @@ class _Connection(asyncio.Protocol):
         finally:
             if not request.keep_alive and self.transport is not None:
                 self._end()
-            self._next()
 
     def _error_response(self, error: HttpError) -> Response:
         body = error.body or self.server.error_body(error.status, str(error))
@@ -461,7 +494,7 @@ class _Connection(asyncio.Protocol):
         chunks = response.chunks
         try:
             async for chunk in chunks:
-                if self._gone():
+                if self._gone():  # (a route that is not cancellable: see ``route``)
                     break  # the client went away: stop producing
                 if chunk:
                     transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -485,6 +518,41 @@ class _Connection(asyncio.Protocol):
             self._write(Response(status=status, body=body), keep_alive=False)
             self.transport.close()
         self.closed = True
+
+
+def _finishing(handler: Handler) -> Handler:
+    """``handler``, run to its end even when the client leaves (its task is cancelled)."""
+
+    async def finish(request: Request) -> Response | StreamResponse:
+        running = asyncio.ensure_future(handler(request))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            running.add_done_callback(_drop_answer)
+            raise
+
+    return finish
+
+
+def _drop_answer(done: asyncio.Future[Response | StreamResponse]) -> None:
+    """A finished handler's answer that no client will read: close a stream's producer
+    (it may hold an instance's slot); a failure is logged, not raised."""
+    if done.cancelled():
+        return
+    error = done.exception()
+    if error is not None:
+        if not isinstance(error, HttpError):
+            logger.warning("a handler whose client had left failed: %r", error)
+        return
+    answer = done.result()
+    aclose = getattr(answer.chunks, "aclose", None) if isinstance(answer, StreamResponse) else None
+    if aclose is not None:
+        closing = asyncio.ensure_future(aclose())
+        _CLOSING.add(closing)  # the loop keeps only a weak reference to a task
+        closing.add_done_callback(_CLOSING.discard)
+
+
+_CLOSING: set[asyncio.Future[None]] = set()
 
 
 _PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -547,9 +615,16 @@ class HttpServer:
         self.draining = False  # close() began: requests in progress finish, new ones get 503
         self._loop: asyncio.AbstractEventLoop  # the loop ``start`` runs on (set there)
 
-    def route(self, method: str, path: str, handler: Handler) -> None:
+    def route(self, method: str, path: str, handler: Handler, *, cancellable: bool = True) -> None:
         """Send ``method path`` to ``handler``; ``{name}`` segments of ``path`` match one
-        path segment each and reach the handler in ``request.params``."""
+        path segment each and reach the handler in ``request.params``.
+
+        A client that disconnects cancels its handler (see the module docstring), unless
+        ``cancellable`` is false: then the handler runs to its end (a change the client
+        asked for is made whole, never half) and its answer is dropped.
+        """
+        if not cancellable:
+            handler = _finishing(handler)
         pattern = _pattern(path)
         if pattern is None:
             self._routes[(method, path)] = handler

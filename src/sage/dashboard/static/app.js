@@ -865,8 +865,36 @@
             "</tr>";
         }).join("") + "</tbody></table></div>"
         : '<p class="muted small">No instances registered.</p>';
-      return '<div class="gateway" data-testid="gateway" data-url="' + esc(g.url) + '">' + head + err + table + "</div>";
+      return '<div class="gateway" data-testid="gateway" data-url="' + esc(g.url) + '">' + head + err + table +
+        renderTenants(arr(g.tenants).map(obj)) + "</div>";
     }).join("");
+  }
+
+  /** A gateway's tenants: limits, traffic, 429s, waiting, latency and fair share's counter. */
+  function renderTenants(tenants) {
+    if (!tenants.length) return "";
+    var limit = function (v, unit) { return isNum(v) ? fmtCount(v) + " " + unit : "none"; };
+    return '<h3>Tenants</h3><div class="table-wrap"><table class="data" data-testid="tenants">' +
+      thead([["Tenant"], ["Weight", "num", "Share under fair share, relative to the other tenants"],
+        ["Limits", "", "Requests and tokens per minute"], ["Requests", "num"],
+        ["429", "num", "Requests refused over the tenant's rate limits"], ["Tokens", "num", "Charged at admission: prompt estimate + max_tokens"],
+        ["Queued", "num"], ["p95 ms", "num"],
+        ["Virtual tokens", "num", "Fair share: tokens served per model over the tenant's weight"]]) + "<tbody>" +
+      tenants.map(function (t) {
+        var virt = obj(t.virtual_tokens);
+        var lanes = Object.keys(virt).map(function (k) { return fmtCount(virt[k]); }).join(" / ");
+        return '<tr data-testid="tenant-row" data-tenant="' + esc(t.name) + '">' +
+          td(esc(truncate(t.name, 40)), "mono", t.name) +
+          numTd(esc(isNum(t.weight) ? String(t.weight) : DASH)) +
+          td(esc(limit(t.rpm, "rpm") + ", " + limit(t.tpm, "tpm")), "nowrap muted") +
+          numTd(esc(fmtCount(t.requests)), fmtExact(t.requests)) +
+          errTd(t.rate_limited) +
+          numTd(esc(fmtCount(t.tokens)), fmtExact(t.tokens)) +
+          numTd(esc(isNum(t.queued) ? fmtQueue(t.queued) : DASH), "", num(t.queued) > 0 ? "warn-text" : "") +
+          numTd(esc(fmtMs(t.p95_ms))) +
+          numTd(esc(lanes || DASH), Object.keys(virt).join(", ")) +
+          "</tr>";
+      }).join("") + "</tbody></table></div>";
   }
 
   function renderJobManagers(s) {

@@ -2,7 +2,8 @@
 their model has a free slot; the policy decides which waiting request leaves first.
 
 An instance never holds more than its ``max_concurrent_requests``: a request is *granted* a
-slot on one instance (the healthy one with the most capacity left) or waits. Whenever a
+slot on one instance (chosen by the :class:`~.routing.Router`'s policy among the healthy ones
+with a free slot: the least loaded by default) or waits. Whenever a
 slot frees, an instance changes health or a request arrives, the lane dispatches from its
 queue while it has both waiting requests and free slots. All of it runs on the gateway's
 event loop; no locks.
@@ -30,12 +31,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sage.inference.config import SchedulingPolicyType
 from sage.inference.control_plane.adaptive import BATCHING, Traffic, first_active
+from sage.inference.control_plane.fairness import NO_COUNTERS, FairShareQueue, VirtualCounters
 from sage.inference.control_plane.figures import ClassTable, LatencyModel
 from sage.inference.control_plane.instances import Instance, InstanceRegistry
 from sage.inference.control_plane.queues import (
@@ -43,6 +45,7 @@ from sage.inference.control_plane.queues import (
     RequestQueue,
     make_queue,
 )
+from sage.inference.control_plane.routing import Router
 
 __all__ = [
     "Dispatcher",
@@ -120,9 +123,10 @@ def settle_riders(riders: list[PendingRequest], outcomes: list[tuple[int, bytes]
 class _Lane:
     """The waiting requests of one (kind, model)."""
 
-    __slots__ = ("key", "kind", "model", "queue", "texts", "timer")
+    __slots__ = ("counters", "key", "kind", "model", "queue", "texts", "timer")
 
     def __init__(self, kind: str, model: str, queue: RequestQueue):
+        self.counters: VirtualCounters = NO_COUNTERS  # fair share: the tenants' counters
         self.kind = kind
         self.model = model
         self.key = (kind, model)
@@ -142,6 +146,8 @@ class Dispatcher:
         batch_max_texts: Embedding inputs per batched call at most.
         batch_wait_s: HYBRID: how long a batch may wait to fill while its model is busy.
         adaptive_interval_s: ADAPTIVE: seconds between looks at the traffic.
+        router: Places granted requests on instances (default: least loaded).
+        tenant_weights: Fair share among tenants by these weights (:mod:`.fairness`; ``None``: off).
         clock: Monotonic seconds (tests pass a fake one).
     """
 
@@ -156,9 +162,12 @@ class Dispatcher:
         batch_wait_s: float = 0.005,
         adaptive_interval_s: float = 1.0,
         max_queued: int | None = None,
+        router: Router | None = None,
+        tenant_weights: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
+        self.router = router or Router(registry)
         self.max_queued = max_queued
         self._policy = SchedulingPolicyType.parse(policy)
         self.aging_s = aging_s
@@ -169,7 +178,8 @@ class Dispatcher:
         self.clock = clock
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self._models: dict[tuple[str, str], LatencyModel] = {}
-        self.classes = ClassTable()
+        self.classes, self.tenants = ClassTable(), ClassTable()  # figures per class, per tenant
+        self.tenant_weights = tenant_weights
         self._traffic = Traffic()
         self._active = first_active(self._policy)
         self._next_look = 0.0
@@ -211,6 +221,9 @@ class Dispatcher:
         now = self.clock()
         for lane in self._lanes.values():
             old = lane.queue
+            if isinstance(old, FairShareQueue):  # tenants keep their counters and places
+                old.reorder(now)  # its factory builds the new policy's queues
+                continue
             lane.queue = self._queue(lane.kind)
             while (request := old.pop(now)) is not None:
                 lane.queue.push(request)
@@ -250,6 +263,9 @@ class Dispatcher:
         lane = self._lanes.get((kind, model))
         if lane is None:
             lane = _Lane(kind, model, self._queue(kind))
+            if self.tenant_weights is not None:
+                lane.counters = VirtualCounters(self.tenant_weights)
+                lane.queue = FairShareQueue(lambda: self._queue(kind), lane.counters)
             self._lanes[(kind, model)] = lane
         return lane
 
@@ -271,9 +287,11 @@ class Dispatcher:
         if retry:
             self.retries += 1
         if not len(lane.queue):  # nobody waits: straight to a free instance if there is one
-            instance = self.registry.pick(request.kind, request.model)
+            instance = self.router.pick(request)
             if instance is not None:
                 self.registry.take(instance)
+                self.router.placed(instance, request)
+                lane.counters.charge_request(request)  # fair share: its tenant pays
                 return Grant(instance)
             if not self.registry.has_healthy(request.kind, request.model):
                 raise NoInstance(request.model)
@@ -293,7 +311,9 @@ class Dispatcher:
         except asyncio.CancelledError:
             if ticket.granted.done() and not ticket.granted.cancelled():
                 self._give_back(ticket.granted.result())  # granted as it was cancelled
-            ticket.granted.cancel()  # still queued: skipped when it reaches the head
+            ticket.granted.cancel()  # (if it stayed queued, it would be skipped at the head)
+            if lane.queue.remove(request):  # still queued: it leaves the queue now
+                lane.texts -= ticket.texts
             raise
 
     def _drain_s(self, request: PendingRequest, queued: int) -> int:
@@ -316,12 +336,13 @@ class Dispatcher:
         *,
         failed: bool,
         first_byte: float | None = None,
+        used_tokens: int | None = None,
     ) -> None:
         """A request granted ``instance`` at ``dispatched`` (perf_counter) is done.
 
         A request with an SLO counts towards the instance's SLO attainment: met when it did
         not fail and its time since arrival (queueing included, as for its class) is
-        within ``slo_ms``.
+        within ``slo_ms``. ``used_tokens`` (its usage, if known) corrects fair share's charge.
         """
         slo_met = None
         if request.slo_ms is not None:
@@ -333,6 +354,8 @@ class Dispatcher:
                 model = self._models[(request.kind, request.model)] = LatencyModel()
             model.add(time.perf_counter() - dispatched, request.tokens)
         lane = self._lanes.get((request.kind, request.model))
+        if lane is not None and used_tokens is not None:
+            lane.counters.charge_request(request, used_tokens)
         if lane is not None and len(lane.queue):
             self._dispatch(lane)
 
@@ -345,15 +368,14 @@ class Dispatcher:
         class_name: str | None = None,
         queue_s: float = 0.0,
     ) -> None:
-        """Count a request the client got an answer for, in its class's metrics.
+        """Count a request the client got an answer for, in its class's and tenant's figures.
 
         Times are seconds since its arrival: to the last byte (``latency_s``), the first
         byte (``ttft_s``) and the grant of an instance (``queue_s``).
         """
         name = class_name or f"{request.kind}:p{request.priority}"
-        self.classes.stats(name).record(
-            latency_s, ttft_s, request.slo_ms, failed, request.model, queue_s
-        )
+        for stats in (self.classes.stats(name), self.tenants.stats(request.tenant)):
+            stats.record(latency_s, ttft_s, request.slo_ms, failed, request.model, queue_s)
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -367,12 +389,11 @@ class Dispatcher:
         registry, queue = self.registry, lane.queue
         batching = lane.kind == "embedding" and self._active in BATCHING
         while len(queue):
-            instance = registry.pick(lane.kind, lane.model)
-            if instance is None:
+            if not registry.has_free_slot(lane.kind, lane.model):
                 if not registry.has_healthy(lane.kind, lane.model):
                     self._fail_lane(lane)
                 return
-            if batching and self._hold_for_batch(lane, instance):
+            if batching and self._hold_for_batch(lane):
                 return
             now = self.clock()
             request = queue.pop(now)
@@ -382,13 +403,17 @@ class Dispatcher:
             lane.texts -= ticket.texts
             if ticket.granted.done():  # its client went away while it waited
                 continue
+            instance = self.router.pick(request)
+            assert instance is not None  # a healthy instance has a free slot (checked above)
             grant = Grant(instance)
             if batching and ticket.batch_key is not None:
                 grant.riders = self._riders(lane, request, now)
             registry.take(instance)
+            self.router.placed(instance, request)
+            lane.counters.charge_request(request)
             ticket.granted.set_result(grant)
 
-    def _hold_for_batch(self, lane: _Lane, instance: Instance) -> bool:
+    def _hold_for_batch(self, lane: _Lane) -> bool:
         """HYBRID: whether to let the batch fill a little longer (sets a timer if so)."""
         if self._active is not SchedulingPolicyType.HYBRID or self.batch_wait_s <= 0:
             return False
@@ -438,6 +463,7 @@ class Dispatcher:
                 asyncio.get_running_loop().create_future()
             )
             ticket.granted.set_result(Grant(None, outcome=outcome))
+            lane.counters.charge_request(request)
         if riders:
             self.batches += 1
             self.batched_requests += len(riders) + 1
@@ -481,6 +507,7 @@ class Dispatcher:
                     "model": lane.model,
                     "queued": len(lane.queue),
                     "p95_ms_per_token": self._p95_ms_per_token(lane.key),
+                    "virtual_tokens": dict(lane.counters.values),
                 }
                 for lane in list(self._lanes.values())
             ],
@@ -488,4 +515,5 @@ class Dispatcher:
             "embedding_batches": self.batches,
             "batched_requests": self.batched_requests,
             "retries": self.retries,
+            "routing": self.router.describe(),
         }

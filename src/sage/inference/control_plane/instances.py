@@ -162,20 +162,9 @@ class InstanceRegistry:
         """Whether any instance of ``kind`` serves ``model``."""
         return (kind, model) in self._by_model
 
-    def pick(self, kind: str, model: str) -> Instance | None:
-        """The healthy instance of the model with the most capacity left (``None``: all full).
-
-        Ties go to the one registered first, so placement is deterministic.
-        """
-        best = None
-        for instance in self._by_model.get((kind, model), ()):
-            if (
-                instance.healthy
-                and instance.capacity_left > 0
-                and (best is None or instance.capacity_left > best.capacity_left)
-            ):
-                best = instance
-        return best
+    def has_free_slot(self, kind: str, model: str) -> bool:
+        """Whether a healthy instance of the model can take a request now."""
+        return any(i.healthy and i.capacity_left > 0 for i in self._by_model.get((kind, model), ()))
 
     def has_healthy(self, kind: str, model: str) -> bool:
         """Whether a healthy instance serves the model."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sage.common.errors import ConfigError
-from sage.inference.config import SchedulingPolicyType
+from sage.inference.config import DEFAULT_TENANT, SchedulingPolicyType
 
 __all__ = [
     "FifoQueue",
@@ -53,6 +53,12 @@ class PendingRequest:
         priority: Lower is more urgent (0 is the default).
         slo_ms: Latency objective in milliseconds (``None``: the queue's default).
         tokens: Tokens it is expected to cost (prompt + max_tokens), for predictions.
+        prefix: Chained hashes of its prompt's blocks, for prefix-aware routing (empty:
+            not computed, or a prompt shorter than a block).
+        session: The conversation it belongs to, for session routing (``None``: none).
+        tenant: Who sent it (from its API key): fair share and the tenant's figures.
+        cost: Tokens charged to its tenant when it is dispatched (prompt estimate plus
+            ``max_tokens``; 0: ``tokens``), for fair share.
         payload: Whatever the dispatcher needs to run it (opaque here).
     """
 
@@ -62,6 +68,10 @@ class PendingRequest:
     priority: int = 0
     slo_ms: float | None = None
     tokens: int = 1
+    prefix: tuple[int, ...] = ()
+    session: str | None = None
+    tenant: str = DEFAULT_TENANT
+    cost: int = 0
     payload: Any = None
 
 
@@ -76,6 +86,10 @@ class RequestQueue(Protocol):
 
     def requeue(self, request: PendingRequest) -> None:
         """Put back a request just popped (it keeps its place)."""
+        ...
+
+    def remove(self, request: PendingRequest) -> bool:
+        """Take out a waiting request (its client left); whether it was there. O(n): rare."""
         ...
 
     def __len__(self) -> int: ...
@@ -97,6 +111,13 @@ class FifoQueue:
 
     def requeue(self, request: PendingRequest) -> None:
         self._items.appendleft(request)
+
+    def remove(self, request: PendingRequest) -> bool:
+        try:
+            self._items.remove(request)
+        except ValueError:
+            return False
+        return True
 
     def __len__(self) -> int:
         return len(self._items)
@@ -132,6 +153,9 @@ class PriorityQueue:
 
     def requeue(self, request: PendingRequest) -> None:
         self.push(request)  # the key depends only on the request: same place
+
+    def remove(self, request: PendingRequest) -> bool:
+        return _heap_remove(self._heap, request)
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -182,8 +206,29 @@ class SloAwareQueue:
     def requeue(self, request: PendingRequest) -> None:
         self.push(request)
 
+    def remove(self, request: PendingRequest) -> bool:
+        if _heap_remove(self._heap, request):
+            return True
+        try:
+            self._late.remove(request)
+        except ValueError:
+            return False
+        return True
+
     def __len__(self) -> int:
         return len(self._heap) + len(self._late)
+
+
+def _heap_remove(heap: list[tuple[float, int, PendingRequest]], request: PendingRequest) -> bool:
+    """Take ``request`` out of a heap of ``(key, seq, request)``; whether it was there."""
+    for i, entry in enumerate(heap):
+        if entry[2] is request:
+            last = heap.pop()
+            if i < len(heap):
+                heap[i] = last
+                heapq.heapify(heap)
+            return True
+    return False
 
 
 def make_queue(

@@ -15,6 +15,7 @@ __all__ = [
     "EngineOverloaded",
     "LLMEngine",
     "SamplingParams",
+    "StepFigures",
     "TokenLogprob",
     "join_thread",
     "prompt_text",
@@ -131,6 +132,39 @@ class Delta:
     logprobs: list[TokenLogprob] | None = None
 
 
+@dataclass
+class StepFigures:
+    """What an engine that computes its running requests together, one step (one batched
+    forward pass) at a time, says about its scheduler; the engine server exposes them.
+
+    A request is cancelled when its caller stops reading before the answer ended (a client
+    that left, a timeout): the engine drops it at its next step, so at most the step under
+    way when the cancellation came still computes it.
+
+    Attributes:
+        running: Requests holding a slot (a sequence being computed) now.
+        waiting: Requests handed to the engine and waiting for a slot.
+        steps: Steps so far.
+        cancelled: Requests dropped because they were cancelled (running or waiting).
+        steps_after_cancel: Steps that computed a cancelled request and ended after it was
+            cancelled, all such requests together.
+        max_steps_after_cancel: The most such steps of one request.
+    """
+
+    running: int = 0
+    waiting: int = 0
+    steps: int = 0
+    cancelled: int = 0
+    steps_after_cancel: int = 0
+    max_steps_after_cancel: int = 0
+
+    def dropped(self, steps_after_cancel: int) -> None:
+        """Count a cancelled request dropped after ``steps_after_cancel`` such steps."""
+        self.cancelled += 1
+        self.steps_after_cancel += steps_after_cancel
+        self.max_steps_after_cancel = max(self.max_steps_after_cancel, steps_after_cancel)
+
+
 class LLMEngine(ABC):
     """A text generator (chat and completions)."""
 
@@ -149,6 +183,11 @@ class LLMEngine(ABC):
     def accepts(self, model: str) -> bool:
         """Whether requests naming ``model`` are for this engine."""
         return model == self.model_name or model in self.aliases
+
+    def step_figures(self) -> StepFigures | None:
+        """A copy of the scheduler's figures of an engine that steps (llama.cpp's);
+        ``None``: an engine that does not keep them."""
+        return None
 
     def check(self, params: SamplingParams) -> None:  # noqa: B027 - optional hook
         """Refuse parameters the engine cannot apply, before anything is sent.

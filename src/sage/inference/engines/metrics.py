@@ -1,7 +1,8 @@
 """What an engine server measures, as Prometheus families: requests, errors and requests
 running per endpoint; request latency, time to first token and time per output token as
 histograms in seconds; prompt and generated tokens as counters (vLLM's set, named
-``sage_engine_*``)."""
+``sage_engine_*``). An engine that steps (llama.cpp) adds its scheduler's figures: sequences
+running and waiting, steps, and what became of cancelled requests (:func:`step_families`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import Literal
 
 from sage.common.observability.prometheus import MetricFamily
 from sage.common.stats import REQUEST_BUCKETS, TOKEN_BUCKETS, Histogram
-from sage.inference.engines.base import Delta
+from sage.inference.engines.base import Delta, StepFigures
 
-__all__ = ["Endpoint", "EngineFigures"]
+__all__ = ["Endpoint", "EngineFigures", "step_families"]
 
 Endpoint = Literal["chat", "completions", "embeddings"]
 
@@ -124,3 +125,38 @@ class EngineFigures:
         prompt.add(self.prompt_tokens, model=model)
         generated.add(self.generation_tokens, model=model)
         return [requests, errors, running, duration, ttft, per_token, prompt, generated]
+
+
+def step_families(figures: StepFigures, model: str) -> list[MetricFamily]:
+    """A stepping engine's scheduler figures as Prometheus families (``model`` labels them)."""
+    running = MetricFamily(
+        "sage_engine_sequences_running", "gauge", "Requests holding a slot of the engine now."
+    )
+    waiting = MetricFamily(
+        "sage_engine_sequences_waiting", "gauge", "Requests in the engine waiting for a slot."
+    )
+    steps = MetricFamily(
+        "sage_engine_steps_total", "counter", "Steps (batched forward passes) computed."
+    )
+    cancelled = MetricFamily(
+        "sage_engine_cancelled_total",
+        "counter",
+        "Requests the engine dropped because their caller stopped reading (left, timed out).",
+    )
+    after = MetricFamily(
+        "sage_engine_steps_after_cancel_total",
+        "counter",
+        "Steps that computed a cancelled request and ended after it was cancelled.",
+    )
+    most = MetricFamily(
+        "sage_engine_steps_after_cancel_max",
+        "gauge",
+        "The most steps one cancelled request was computed in after it was cancelled.",
+    )
+    running.add(figures.running, model=model)
+    waiting.add(figures.waiting, model=model)
+    steps.add(figures.steps, model=model)
+    cancelled.add(figures.cancelled, model=model)
+    after.add(figures.steps_after_cancel, model=model)
+    most.add(figures.max_steps_after_cancel, model=model)
+    return [running, waiting, steps, cancelled, after, most]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from dataclasses import asdict
 from time import perf_counter
 from typing import Any
 
@@ -26,7 +27,7 @@ from sage.common.http import (
     json_response,
 )
 from sage.common.observability.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
-from sage.common.observability.prometheus import Collector, exposition
+from sage.common.observability.prometheus import Collector, MetricFamily, exposition
 from sage.inference.engines.answers import (
     chat_answer,
     chat_events,
@@ -39,7 +40,7 @@ from sage.inference.engines.base import (
     SamplingParams,
 )
 from sage.inference.engines.chat_plan import plan_chat
-from sage.inference.engines.metrics import EngineFigures
+from sage.inference.engines.metrics import EngineFigures, step_families
 from sage.inference.protocol import (
     ENGINE_OPTIONAL,
     ChatCompletionRequest,
@@ -90,7 +91,7 @@ class EngineServer:
         self.requests = 0
         self.started = time.time()
         self.figures = EngineFigures(engine.model_name)
-        self.collector = Collector(self.figures.families)
+        self.collector = Collector(self._families)
         """A ``prometheus_client`` collector of :attr:`figures` (what ``GET /metrics`` serves)."""
         self._http: HttpServer | None = None
 
@@ -120,6 +121,14 @@ class EngineServer:
         await self.engine.stop()
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _families(self) -> list[MetricFamily]:
+        """The server's figures, and the engine's scheduler's when it keeps them."""
+        families = self.figures.families()
+        stepping = self.engine.step_figures() if isinstance(self.engine, LLMEngine) else None
+        if stepping is not None:
+            families += step_families(stepping, self.engine.model_name)
+        return families
 
     def _check_key(self, request: Request) -> None:
         if self.api_key is None:
@@ -306,12 +315,15 @@ class EngineServer:
         return Response(body=exposition(self.collector), content_type=PROMETHEUS_CONTENT_TYPE)
 
     async def _health(self, request: Request) -> Response:
-        kind = "llm" if isinstance(self.engine, LLMEngine) else "embedding"
-        return json_response(
-            {
-                "status": "ok",
-                "model": self.engine.model_name,
-                "type": kind,
-                "requests": self.requests,
-            }
-        )
+        engine = self.engine
+        health: dict[str, Any] = {
+            "status": "ok",
+            "model": engine.model_name,
+            "type": "llm" if isinstance(engine, LLMEngine) else "embedding",
+            "requests": self.requests,
+            "running": self.figures.running,
+        }
+        stepping = engine.step_figures() if isinstance(engine, LLMEngine) else None
+        if stepping is not None:
+            health["scheduler"] = asdict(stepping)
+        return json_response(health)

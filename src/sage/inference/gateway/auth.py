@@ -15,7 +15,8 @@ __all__ = ["KeyCheck", "accepted_keys", "bearer_of"]
 
 def accepted_keys(config: UnifiedServerConfig) -> tuple[bytes, ...]:
     """The API keys the gateway accepts: ``config.api_key``, the lines of
-    ``config.api_key_file`` and ``SAGE_API_KEY`` (environment or ``.env``).
+    ``config.api_key_file``, ``SAGE_API_KEY`` (environment or ``.env``) and every key of
+    ``config.tenants``.
 
     Raises:
         ConfigError: the key file cannot be read, or holds no key.
@@ -41,6 +42,7 @@ def accepted_keys(config: UnifiedServerConfig) -> tuple[bytes, ...]:
     env_key = load_settings().SAGE_API_KEY
     if env_key:
         keys.append(env_key)
+    keys += [key for tenant in config.tenants.values() for key in tenant.api_keys]
     return tuple(dict.fromkeys(key.encode() for key in keys))
 
 

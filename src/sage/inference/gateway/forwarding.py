@@ -33,7 +33,8 @@ from sage.inference.control_plane.queues import PendingRequest
 from sage.inference.gateway.errors import gateway_error
 from sage.inference.gateway.relay import StreamRelay
 from sage.inference.gateway.routes import API_KINDS
-from sage.inference.gateway.scheduling import pending_request
+from sage.inference.gateway.scheduling import charged_tokens, pending_request, place_by
+from sage.inference.gateway.tenants import Tenants, usage_tokens
 from sage.inference.protocol import CLASS_HEADER
 
 __all__ = ["Forwarder"]
@@ -60,6 +61,8 @@ class Forwarder:
         registry: The instances.
         dispatcher: The control plane's queues and policy.
         check_key: Refuses a request without an accepted API key.
+        tenants: Who sent a request, and its tenant's rate limits (default: from
+            ``config.tenants``, on the dispatcher's clock).
     """
 
     def __init__(
@@ -68,11 +71,13 @@ class Forwarder:
         registry: InstanceRegistry,
         dispatcher: Dispatcher,
         check_key: Callable[[Request], None],
+        tenants: Tenants | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.dispatcher = dispatcher
         self._check_key = check_key
+        self.tenants = tenants or Tenants(config, dispatcher.clock)
         self.requests = 0
         """API requests received."""
 
@@ -81,7 +86,8 @@ class Forwarder:
 
         Raises:
             HttpError: a 4xx naming the parameter (no key, unknown model, a field out of
-                bounds), 429 (queue full), 503 (no instance can serve it).
+                bounds), 429 (queue full, or the tenant over its rate limit), 503 (no
+                instance can serve it).
         """
         self._check_key(request)
         registry, dispatcher = self.registry, self.dispatcher
@@ -111,19 +117,26 @@ class Forwarder:
                         param=field_name,
                         code="max_tokens_too_large",
                     )
+        tenants = self.tenants
+        tenant = tenants.name_of(request)
+        cost = charged_tokens(kind, body)
         pending, payload = pending_request(
-            request, kind, model, body, self.config, dispatcher.clock()
+            request, kind, model, body, self.config, dispatcher.clock(), tenant, cost
         )
+        place_by(pending, request, body, dispatcher.router)
         class_name = request.headers.get(CLASS_HEADER) or None
         stream = kind == "llm" and body.get("stream") is True
         key = batch_key(body) if kind == "embedding" else None
         texts = len(texts_of(body) or ()) if kind == "embedding" else 1
         self.requests += 1
+        limits = tenants.admit(tenant, cost)  # x-ratelimit-* headers of a limited tenant
+        waiting = tenants.counts[tenant]
         arrived = perf_counter()
         loop = asyncio.get_running_loop()
         failures = 0
         while True:
             ticket = Ticket(loop.create_future(), body, key, max(texts, 1))
+            waiting.queued += 1
             try:
                 grant = await dispatcher.admit(pending, ticket, retry=failures > 0)
             except NoInstance:
@@ -142,6 +155,8 @@ class Forwarder:
                     code="queue_full",
                     headers={"retry-after": str(full.retry_after_s)},
                 ) from None
+            finally:
+                waiting.queued -= 1
             queued = perf_counter() - arrived
             if grant.instance is None:  # riding on another request's batched call
                 assert grant.outcome is not None
@@ -153,7 +168,7 @@ class Forwarder:
                 status, answer = outcome
                 elapsed = perf_counter() - arrived
                 dispatcher.record(pending, elapsed, elapsed, status >= 500, class_name, queued)
-                return Response(status=status, body=answer, content_type="application/json")
+                return Response(status, answer, "application/json", limits)
             instance = grant.instance
             send = payload
             if grant.riders:
@@ -168,9 +183,17 @@ class Forwarder:
                     stream=stream,
                     timeout_s=self.config.request_timeout_s,  # swept: no timer per request
                 )
-            except BackendUnavailable as exc:  # BackendTimeout too
-                # Nothing reached the client yet, so the request can run again elsewhere.
+            except asyncio.CancelledError:
+                # The client left (the HTTP server cancels its handler): the pool has closed
+                # the instance's connection, so the engine drops the request; give the slot
+                # back and let riders go again alone.
                 dispatcher.finish(pending, instance, dispatched, failed=True)
+                settle_riders(grant.riders, None)
+                raise
+            except BackendUnavailable as exc:  # BackendTimeout too
+                # Nothing reached the client yet, so the request can run again elsewhere
+                # (its tenant was served nothing: 0 tokens used, what it was charged comes back).
+                dispatcher.finish(pending, instance, dispatched, failed=True, used_tokens=0)
                 registry.mark(instance, False, str(exc) or type(exc).__name__)
                 settle_riders(grant.riders, None)
                 logger.warning("instance %s failed (request %s): %s", instance.id, request.id, exc)
@@ -186,7 +209,10 @@ class Forwarder:
             content_type = result.headers.get("content-type", "application/json")
             if result.chunks is None:
                 failed = result.status >= 500
-                dispatcher.finish(pending, instance, dispatched, failed=failed)
+                used = None  # fair share: what it cost, when the answer says (cheap to read)
+                if tenants.fair_share and not failed and not grant.riders:
+                    used = usage_tokens(result.body)
+                dispatcher.finish(pending, instance, dispatched, failed=failed, used_tokens=used)
                 answer = result.body
                 if grant.riders:
                     parts = _split(result.status, result.body, counts)
@@ -201,7 +227,7 @@ class Forwarder:
                             continue
                 elapsed = perf_counter() - arrived
                 dispatcher.record(pending, elapsed, elapsed, failed, class_name, queued)
-                return Response(status=result.status, body=answer, content_type=content_type)
+                return Response(result.status, answer, content_type, limits)
             settle = partial(
                 self._settle, pending, instance, dispatched, arrived, queued, class_name
             )
@@ -211,7 +237,7 @@ class Forwarder:
                 self.config.request_timeout_s,
                 self.config.stream_chunk_timeout_s,
             )
-            return StreamResponse(relay, result.status, content_type)
+            return StreamResponse(relay, result.status, content_type, limits)
 
     def _settle(
         self,

@@ -11,7 +11,12 @@ from pydantic import ValidationError
 
 from sage.common.errors import ConfigError
 from sage.common.http import Request, Response, json_response
-from sage.inference.config import BackendInstanceConfig, SchedulingPolicyType, UnifiedServerConfig
+from sage.inference.config import (
+    BackendInstanceConfig,
+    RoutingPolicyType,
+    SchedulingPolicyType,
+    UnifiedServerConfig,
+)
 from sage.inference.control_plane.dispatcher import Dispatcher
 from sage.inference.control_plane.instances import InstanceRegistry
 from sage.inference.gateway.errors import gateway_error
@@ -93,6 +98,7 @@ class Management:
         instance_id = request.params["instance_id"]  # as the client wrote it (decoded)
         try:
             await self.registry.remove(instance_id)
+            self.dispatcher.router.forget(instance_id)
         except KeyError:
             raise gateway_error(404, f"no instance {instance_id!r}", param="instance_id") from None
         return json_response(InstanceRemoved(removed=instance_id))
@@ -100,7 +106,11 @@ class Management:
     def _policy_state(self) -> PolicyState:
         dispatcher = self.dispatcher
         return PolicyState.model_validate(
-            {"policy": str(dispatcher.policy), "active_policy": str(dispatcher.active_policy)}
+            {
+                "policy": str(dispatcher.policy),
+                "active_policy": str(dispatcher.active_policy),
+                "routing": str(dispatcher.router.policy),
+            }
         )
 
     async def get_policy(self, request: Request) -> Response:
@@ -110,8 +120,20 @@ class Management:
     async def set_policy(self, request: Request) -> Response:
         self._check_key(request)
         payload = request.json()
-        name = payload.get("policy") if isinstance(payload, dict) else None
-        if not self.config.enable_control_plane:
+        payload = payload if isinstance(payload, dict) else {}
+        name, routing = payload.get("policy"), payload.get("routing")
+        unknown = sorted(set(payload) - {"policy", "routing"})
+        if unknown:
+            raise gateway_error(
+                400,
+                f"unknown field {unknown[0]!r}; give 'policy' and/or 'routing'",
+                param=unknown[0],
+            )
+        if name is None and routing is None:
+            raise gateway_error(
+                400, "give 'policy' (scheduling) and/or 'routing' (placement)", param="policy"
+            )
+        if name is not None and not self.config.enable_control_plane:
             raise gateway_error(
                 409,
                 "the control plane is off (enable_control_plane=False): requests go in "
@@ -119,8 +141,15 @@ class Management:
                 param="policy",
             )
         try:
-            policy = SchedulingPolicyType.parse(name)
+            policy = None if name is None else SchedulingPolicyType.parse(name)
         except ConfigError as exc:
             raise gateway_error(400, str(exc), param="policy") from None
-        self.config.scheduling_policy = self.dispatcher.set_policy(policy)
+        try:
+            placement = None if routing is None else RoutingPolicyType.parse(routing)
+        except ConfigError as exc:
+            raise gateway_error(400, str(exc), param="routing") from None
+        if policy is not None:
+            self.config.scheduling_policy = self.dispatcher.set_policy(policy)
+        if placement is not None:
+            self.config.routing_policy = self.dispatcher.router.set_policy(placement)
         return json_response(self._policy_state())

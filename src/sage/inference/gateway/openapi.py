@@ -41,7 +41,8 @@ _ERRORS = {
     "404": "Unknown model or resource",
     "409": "The control plane is off: the policy cannot change",
     "413": "Request body too large",
-    "429": "The gateway's queue for the model is full (see Retry-After)",
+    "429": "The gateway's queue for the model is full, or the tenant of the API key is over "
+    "its rate limit (code rate_limit_exceeded); see Retry-After",
     "503": "No healthy instance serves the model now, or the gateway is shutting down",
 }
 
@@ -111,6 +112,21 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+_RATELIMIT_HEADERS: dict[str, Any] = {
+    f"x-ratelimit-{what}-{unit}": {
+        "description": f"{text} (tenants with a {limit} limit only)",
+        "schema": {"type": "string"},
+    }
+    for unit, limit in (("requests", "rpm"), ("tokens", "tpm"))
+    for what, text in (
+        ("limit", f"The tenant's {unit} per minute"),
+        ("remaining", f"{unit.capitalize()} it has left now"),
+        ("reset", "Until its budget is full again, e.g. '1s', '6m0s'"),
+    )
+}
+"""OpenAI's rate-limit headers, sent with the answers of a tenant that has limits."""
+
+
 def _errors(*statuses: str) -> dict[str, Any]:
     error = {"$ref": _REF.format(model="ErrorResponse")}
     responses: dict[str, Any] = {}
@@ -118,7 +134,8 @@ def _errors(*statuses: str) -> dict[str, Any]:
         responses[status] = {"description": _ERRORS[status], "content": _json(error)}
     if "429" in statuses:
         responses["429"]["headers"] = {
-            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}
+            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}},
+            **_RATELIMIT_HEADERS,
         }
     return responses
 
@@ -150,12 +167,12 @@ def _operation(route: Route, refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         content = {route.content_type: {"schema": {"type": "string"}}}
     if route.stream:  # OpenAPI 3.1: the schema of one event
         content["text/event-stream"] = {"schema": _SSE_EVENT}
+    ok: dict[str, Any] = {"description": "OK", "content": content}
+    if route.scheduled:
+        ok["headers"] = _RATELIMIT_HEADERS
     operation: dict[str, Any] = {
         "summary": route.summary,
-        "responses": {
-            route.status: {"description": "OK", "content": content},
-            **_errors(*route.errors),
-        },
+        "responses": {route.status: ok, **_errors(*route.errors)},
     }
     if route.body is not None:
         operation["requestBody"] = {"required": True, "content": _json(refs[route.body.__name__])}

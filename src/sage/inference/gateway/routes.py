@@ -52,6 +52,9 @@ class Route:
         scheduled: It takes SAGE's scheduling headers.
         secured: The API key (when the gateway has one) is checked.
         content_type: The content type of an answer that is not JSON.
+        cancellable: A client that disconnects cancels the handler (its forwarded request
+            leaves the queue or the engine); ``False`` for changes to the gateway, which
+            are made whole whatever the client does.
     """
 
     name: str
@@ -66,6 +69,7 @@ class Route:
     scheduled: bool = False
     secured: bool = True
     content_type: str = "application/json"
+    cancellable: bool = True
 
 
 API_KINDS = {
@@ -136,6 +140,7 @@ ROUTES: tuple[Route, ...] = (
         MANAGEMENT_ERRORS,
         body=InstanceSpec,
         status="201",
+        cancellable=False,  # registered and health-checked, never registered unchecked
     ),
     Route(
         "remove_instance",
@@ -144,6 +149,7 @@ ROUTES: tuple[Route, ...] = (
         "Remove an instance",
         InstanceRemoved,
         ("401", "404"),
+        cancellable=False,  # unregistered and its connections closed, never half
     ),
     Route(
         "get_policy", "GET", "/v1/management/policy", "The scheduling policy", PolicyState, ("401",)

@@ -9,14 +9,21 @@ import orjson
 from pydantic import ValidationError
 
 from sage.common.http import Request
-from sage.inference.config import UnifiedServerConfig
+from sage.inference.config import (
+    DEFAULT_TENANT,
+    RequestDefaults,
+    TenantConfig,
+    UnifiedServerConfig,
+)
 from sage.inference.control_plane.batching import texts_of
+from sage.inference.control_plane.prefixes import prompt_blocks, prompt_text
 from sage.inference.control_plane.queues import PendingRequest
+from sage.inference.control_plane.routing import Router
 from sage.inference.gateway.auth import bearer_of
 from sage.inference.gateway.errors import gateway_error
-from sage.inference.protocol import SCHEDULING_HEADERS, SchedulingFields
+from sage.inference.protocol import SCHEDULING_HEADERS, SESSION_HEADER, SchedulingFields
 
-__all__ = ["pending_request", "predicted_tokens"]
+__all__ = ["charged_tokens", "pending_request", "place_by", "predicted_tokens"]
 
 
 def predicted_tokens(kind: str, body: dict[str, Any]) -> int:
@@ -31,6 +38,36 @@ def predicted_tokens(kind: str, body: dict[str, Any]) -> int:
         return sum(len(text) for text in texts_of(body) or ()) // 4 + 1
     limit = body.get("max_tokens", body.get("max_completion_tokens"))
     return limit if isinstance(limit, int) and limit > 0 else 256
+
+
+def charged_tokens(kind: str, body: dict[str, Any]) -> int:
+    """Tokens a request is charged to its tenant (rate limits, fair share): for generation
+    the prompt's estimate (about 4 characters a token) plus ``max_tokens``, as OpenAI counts
+    a request against its TPM limit; for embeddings the inputs' estimate."""
+    predicted = predicted_tokens(kind, body)
+    if kind == "embedding":
+        return predicted
+    return _prompt_chars(body) // 4 + 1 + predicted
+
+
+def _prompt_chars(body: dict[str, Any]) -> int:
+    """Characters of a chat's messages (their text parts) or a completion's prompt (a token
+    id counts as 4); parts of any other shape count 0 (the engine validates them)."""
+    prompt = body.get("prompt")
+    if prompt is not None:
+        items = prompt if isinstance(prompt, list) else [prompt]
+        return sum(len(p) if isinstance(p, str) else 4 for p in items)
+    total = 0
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                total += len(text) if isinstance(text, str) else 0
+    return total
 
 
 def _fields(request: Request, body: dict[str, Any]) -> SchedulingFields:
@@ -53,23 +90,29 @@ def pending_request(
     body: dict[str, Any],
     config: UnifiedServerConfig,
     arrival: float,
+    tenant: str = DEFAULT_TENANT,
+    cost: int = 0,
 ) -> tuple[PendingRequest, bytes]:
     """The request as the dispatcher sees it, and the body to send on.
 
     Priority and SLO come from the body (``priority``, ``slo_ms``), else the headers
     (``x-sage-priority``, ``x-sage-slo-ms``), else the defaults of the caller's API key,
-    of the model, of the gateway. The body fields are removed before forwarding (an
-    engine such as vLLM may refuse a priority it does not schedule by).
+    of its ``tenant``, of the model, of the gateway. The body fields are removed before
+    forwarding (an engine such as vLLM may refuse a priority it does not schedule by).
+    ``cost`` is what its tenant is charged (:func:`charged_tokens`).
 
     Raises:
         HttpError: a scheduling field is invalid (400 naming it).
     """
     fields = _fields(request, body)
     priority, slo_ms = fields.priority, fields.slo_ms
-    defaults = []
+    defaults: list[RequestDefaults | TenantConfig] = []
     key = bearer_of(request) if config.api_key_defaults else None
     if key is not None and key in config.api_key_defaults:
         defaults.append(config.api_key_defaults[key])
+    tenant_config = config.tenants.get(tenant)
+    if tenant_config is not None:
+        defaults.append(tenant_config)
     if model in config.model_defaults:
         defaults.append(config.model_defaults[model])
     for default in defaults:
@@ -85,5 +128,21 @@ def pending_request(
         priority=config.default_priority if priority is None else priority,
         slo_ms=config.default_slo_ms if slo_ms is None else slo_ms,
         tokens=predicted_tokens(kind, body),
+        tenant=tenant,
+        cost=cost,
     )
     return pending, payload
+
+
+def place_by(
+    pending: PendingRequest, request: Request, body: dict[str, Any], router: Router
+) -> None:
+    """Fill in what ``router``'s policy places ``pending`` by: its prompt's prefix blocks
+    (``prefix_aware``, chat and completions only), or its session (``session``: the
+    ``x-sage-session`` header, else the body's ``user``). Nothing for other policies, so
+    that they pay nothing for it."""
+    if router.wants_prefix and pending.kind == "llm":
+        pending.prefix = prompt_blocks(prompt_text(body), router.block_chars)
+    elif router.wants_session:
+        session = request.headers.get(SESSION_HEADER) or body.get("user")
+        pending.session = session if isinstance(session, str) and session else None

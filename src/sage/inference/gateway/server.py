@@ -21,6 +21,11 @@ instance that cannot be reached or times out leaves the rotation (health checks 
 back), and a request whose answer had not started reaching the client (every non-streamed
 request, and a streamed one before its first byte) runs again on another instance of the
 model, at the head of the queue; when none is left it gets 503.
+
+With ``tenants`` configured, a request's API key names its tenant: its rate limits answer 429
+with ``Retry-After`` and ``x-ratelimit-*`` headers (:mod:`~sage.inference.gateway.tenants`),
+and tenants waiting for a model are served by weighted fair share
+(:mod:`~sage.inference.control_plane.fairness`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from typing import Any, ClassVar
 
 from sage.common.concurrency import run_loop
@@ -39,6 +45,7 @@ from sage.common.observability.prometheus import Collector, MetricFamily, exposi
 from sage.inference.config import UnifiedServerConfig
 from sage.inference.control_plane.dispatcher import Dispatcher
 from sage.inference.control_plane.instances import InstanceRegistry
+from sage.inference.control_plane.routing import Router
 from sage.inference.gateway.auth import KeyCheck, accepted_keys
 from sage.inference.gateway.errors import error_body
 from sage.inference.gateway.forwarding import Forwarder
@@ -47,6 +54,7 @@ from sage.inference.gateway.management import Management
 from sage.inference.gateway.metrics import gateway_families, snapshot
 from sage.inference.gateway.openapi import openapi_json
 from sage.inference.gateway.routes import ROUTES
+from sage.inference.gateway.tenants import Tenants
 from sage.inference.protocol import GatewayHealth, ModelCard, ModelList
 
 __all__ = ["UnifiedAPIServer"]
@@ -81,6 +89,7 @@ class UnifiedAPIServer:
         self._check_key = KeyCheck(accepted_keys(self.config))
         self.registry: InstanceRegistry | None = None
         self.dispatcher: Dispatcher | None = None
+        self.tenants: Tenants | None = None
         self.health: HealthChecks | None = None
         self.port: int | None = None
         self._forwarder: Forwarder | None = None
@@ -162,6 +171,7 @@ class UnifiedAPIServer:
         registry = self.registry = InstanceRegistry()
         for backend in [*config.llm_backends, *config.embedding_backends]:
             registry.add(backend)
+        tenants = self.tenants = Tenants(config, time.monotonic)
         dispatcher = self.dispatcher = Dispatcher(
             registry,
             config.scheduling_policy if config.enable_control_plane else "fifo",
@@ -169,9 +179,19 @@ class UnifiedAPIServer:
             batch_max_texts=config.embedding_batch_max_texts,
             batch_wait_s=config.embedding_batch_wait_ms / 1000,
             max_queued=config.max_queued_requests,
+            router=Router(
+                registry,
+                config.routing_policy,
+                balance_slack=config.routing_balance_slack,
+                block_chars=config.prefix_block_chars,
+                cache_tokens=config.prefix_cache_tokens,
+            ),
+            tenant_weights=tenants.weights,
         )
         health = self.health = HealthChecks(registry, config.health_check_interval_s)
-        forward = self._forwarder = Forwarder(config, registry, dispatcher, self._check_key)
+        forward = self._forwarder = Forwarder(
+            config, registry, dispatcher, self._check_key, tenants
+        )
         manage = Management(
             config, registry, dispatcher, health, self._check_key, self.metrics_snapshot
         )
@@ -197,7 +217,9 @@ class UnifiedAPIServer:
             "management_metrics": manage.metrics,
         }
         for route in ROUTES:  # the table the OpenAPI document is made from
-            http.route(route.method, route.path, handlers[route.name])
+            http.route(
+                route.method, route.path, handlers[route.name], cancellable=route.cancellable
+            )
         self._http = http
         self._stopping = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -267,9 +289,9 @@ class UnifiedAPIServer:
         """The gateway's Prometheus families now (:func:`~.metrics.gateway_families`); read
         them on the gateway's loop."""
         assert self.registry is not None and self.dispatcher is not None
-        return gateway_families(self.requests, self.registry, self.dispatcher)
+        return gateway_families(self.requests, self.registry, self.dispatcher, self.tenants)
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """The gateway's state as JSON-ready data (``ControlPlaneVLLMService.get_metrics``,
         ``GET /v1/management/metrics``); see :func:`~.metrics.snapshot`."""
-        return snapshot(self.requests, self.registry, self.dispatcher, self.config)
+        return snapshot(self.requests, self.registry, self.dispatcher, self.config, self.tenants)

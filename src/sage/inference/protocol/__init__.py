@@ -14,6 +14,7 @@ OpenAI API's fields), never accepted and silently dropped. Errors are
 from sage.inference.protocol.base import (
     CLASS_HEADER,
     SCHEDULING_HEADERS,
+    SESSION_HEADER,
     ApiRequest,
     ErrorDetail,
     ErrorResponse,
@@ -65,6 +66,7 @@ from sage.inference.protocol.management import (
     PolicyChange,
     PolicyName,
     PolicyState,
+    TenantState,
 )
 from sage.inference.protocol.models import ModelCard, ModelList
 from sage.inference.protocol.tools import (
@@ -85,6 +87,7 @@ __all__ = [
     "ENGINE_OPTIONAL",
     "OPENAI_FIELDS",
     "SCHEDULING_HEADERS",
+    "SESSION_HEADER",
     "ApiRequest",
     "AssistantMessage",
     "ChatCompletionChunk",
@@ -131,6 +134,7 @@ __all__ = [
     "SchedulingFields",
     "SloMs",
     "StreamOptions",
+    "TenantState",
     "TextPart",
     "TokenLogprob",
     "Tool",

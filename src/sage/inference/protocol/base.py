@@ -156,6 +156,9 @@ SCHEDULING_HEADERS = {"priority": "x-sage-priority", "slo_ms": "x-sage-slo-ms"}
 """The header that may carry each scheduling field instead of the body."""
 CLASS_HEADER = "x-sage-class"
 """Names the request's class in the gateway's metrics (``llm:p0`` by default)."""
+SESSION_HEADER = "x-sage-session"
+"""Names the conversation a request belongs to, for the gateway's ``session`` routing (the
+body's ``user`` is the fallback)."""
 
 
 class SchedulingFields(BaseModel):

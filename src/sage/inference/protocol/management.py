@@ -70,6 +70,7 @@ class InstanceSpec(BaseModel):
 
 
 PolicyName = Literal["fifo", "priority", "slo_aware", "hybrid", "adaptive"]
+RoutingName = Literal["least_loaded", "round_robin", "prefix_aware", "session"]
 
 
 class GatewayHealth(BaseModel):
@@ -126,22 +127,46 @@ class InstanceRemoved(BaseModel):
 
 class PolicyState(BaseModel):
     """``GET|PUT /v1/management/policy``: the configured policy and the one in use now
-    (they differ under ``adaptive``)."""
+    (they differ under ``adaptive``), and the routing policy."""
 
     policy: PolicyName
     active_policy: PolicyName
+    routing: RoutingName
 
 
 class PolicyChange(BaseModel):
-    """``PUT /v1/management/policy`` (names are case-insensitive; ``hybrid_slo`` is
-    ``hybrid``)."""
+    """``PUT /v1/management/policy``: the scheduling policy, the routing policy, or both
+    (names are case-insensitive; ``hybrid_slo`` is ``hybrid``, ``cache_aware`` is
+    ``prefix_aware``)."""
 
-    policy: PolicyName | Literal["hybrid_slo"]
+    policy: PolicyName | Literal["hybrid_slo"] | None = None
+    routing: RoutingName | Literal["cache_aware"] | None = None
+
+
+class TenantState(BaseModel):
+    """One tenant as ``GET /v1/management/metrics`` describes it."""
+
+    weight: float = Field(description="Its share under fair share (relative to the others).")
+    rpm: int | None = Field(description="Requests per minute it may send (None: no limit).")
+    tpm: int | None = Field(description="Tokens per minute it may use (None: no limit).")
+    requests: int = Field(description="API requests received from it (refused ones included).")
+    rate_limited: int = Field(description="Requests refused with 429: over its rpm or tpm.")
+    tokens: int = Field(description="Tokens charged at admission (prompt estimate + max_tokens).")
+    queued: int = Field(description="Requests of it waiting for an instance now.")
+    answered: int = Field(description="Requests answered (failed ones included).")
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    ttft_p95_ms: float | None
+    virtual_tokens: dict[str, float] = Field(
+        description="Fair share: tokens served in each lane ('type/model') over its weight."
+    )
 
 
 class GatewayMetrics(BaseModel):
-    """``GET /v1/management/metrics``: counters, queues, per-class and per-instance figures
-    (``UnifiedAPIServer.metrics_snapshot``)."""
+    """``GET /v1/management/metrics``: counters, queues, per-class, per-tenant and
+    per-instance figures (``UnifiedAPIServer.metrics_snapshot``)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -151,3 +176,4 @@ class GatewayMetrics(BaseModel):
     active_policy: PolicyName
     queued: int
     instances: list[InstanceState]
+    tenants: dict[str, TenantState] = Field(default_factory=dict)

@@ -9,7 +9,9 @@ new request joins at the next step and a long prompt never stalls the others for
 a step. After ``llama_decode`` every sequence that produced logits samples its next token
 with its own sampler chain (:mod:`.sampler`), and its new text goes to its request. With
 nothing to do the thread blocks on its queue (no polling); ``llama_decode`` releases the
-GIL, so the HTTP server keeps answering while the model computes.
+GIL, so the HTTP server keeps answering while the model computes. A request whose caller
+stops reading is dropped before the next step, the step under way the last to compute it
+(counted in :meth:`step_figures`).
 
 The weights stay quantised and memory-mapped: a 4 GB Q4 GGUF takes 4 GB, not 28.
 """
@@ -23,6 +25,7 @@ import queue
 import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from time import perf_counter
 from typing import Any
 
@@ -33,6 +36,7 @@ from sage.inference.engines.base import (
     EngineOverloaded,
     LLMEngine,
     SamplingParams,
+    StepFigures,
     TokenLogprob,
     join_thread,
 )
@@ -101,6 +105,7 @@ class LlamaCppEngine(LLMEngine):
         self._outbox: list[tuple[SequenceState, Delta]] = []  # the step's deltas
         self.compute_seconds = 0.0  # in llama_decode
         self.busy_seconds = 0.0  # in steps (llama_decode, sampling, handing out text)
+        self.figures = StepFigures()  # written by the worker (``steps`` aside)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -164,6 +169,9 @@ class LlamaCppEngine(LLMEngine):
             self._ctx = None
             self.model.close()
             self.model = None
+
+    def step_figures(self) -> StepFigures:
+        return replace(self.figures, steps=self.steps)
 
     def check(self, params: SamplingParams) -> None:
         if params.json_schema is not None:
@@ -241,7 +249,9 @@ class LlamaCppEngine(LLMEngine):
                 if item.finish_reason is not None:
                     return
         finally:
-            request.cancelled = True  # the caller stopped reading: free its slot
+            # The caller stopped reading (or the answer ended): the worker frees the slot
+            # before its next step; the step under way, if any, is the last to compute it.
+            request.cancelled = True
 
     def _bos_or_zero(self) -> int:
         assert self.model is not None
@@ -255,21 +265,26 @@ class LlamaCppEngine(LLMEngine):
         active: list[SequenceState] = []
         while True:
             try:
+                self.figures.running, self.figures.waiting = len(active), len(waiting)
                 if not self._take(waiting, block=not active and not waiting):
                     break
-                while waiting and not waiting[0].cancelled:
-                    placement = self._slots.place(waiting[0].prompt)
+                while waiting:
+                    request = waiting[0]
+                    if request.cancelled:  # its caller left while it waited
+                        waiting.popleft()
+                        self._end(request)
+                        continue
+                    placement = self._slots.place(request.prompt)
                     if placement is None:
                         break
-                    request = waiting.popleft()
+                    waiting.popleft()
                     if self._begin(request, placement.slot, placement.source, placement.reused):
                         active.append(request)
-                while waiting and waiting[0].cancelled:
-                    waiting.popleft()
                 for request in active:
                     if request.cancelled and not request.done:
                         self._end(request)
                 active = [r for r in active if not r.done]
+                self.figures.running, self.figures.waiting = len(active), len(waiting)
                 if active:
                     stepping = perf_counter()
                     self._step(active)
@@ -331,7 +346,10 @@ class LlamaCppEngine(LLMEngine):
         return True
 
     def _end(self, request: SequenceState) -> None:
-        """Release ``request``'s slot (its tokens stay: the prefix cache) and sampler."""
+        """Release ``request``'s slot (its tokens stay: the prefix cache) and sampler; count
+        it if it ends because it was cancelled."""
+        if request.cancelled and not request.done:
+            self.figures.dropped(request.steps_after_cancel)
         request.done = True
         if request.slot is not None:
             request.slot.busy = False
@@ -386,6 +404,8 @@ class LlamaCppEngine(LLMEngine):
         self.steps += 1
         self.batched_tokens += batch.n
         for request, tokens in fed:
+            if request.cancelled:  # cancelled before this step ended (``_sample`` ends it)
+                request.steps_after_cancel += 1
             slot = request.slot
             assert slot is not None
             slot.tokens.extend(tokens)

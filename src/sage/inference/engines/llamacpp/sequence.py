@@ -38,6 +38,7 @@ class SequenceState:
         "raw",
         "sampler",
         "slot",
+        "steps_after_cancel",
     )
 
     def __init__(
@@ -57,7 +58,8 @@ class SequenceState:
         self.raw = bytearray()  # the answer's bytes (a token may end inside a character)
         self.next_token: int | None = None  # sampled, to be fed at the next step
         self.pending_logprobs: list[TokenLogprob] = []
-        self.cancelled = False
+        self.cancelled = False  # set by the caller (on the event loop) when it stops reading
+        self.steps_after_cancel = 0  # steps that computed it and ended after ``cancelled``
         self.done = False
 
     def send(self, item: Delta | BaseException) -> None:
