@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -52,16 +52,7 @@ class SchedulingPolicyType(StrEnum):
         Raises:
             ConfigError: an unknown name (the message lists the valid ones).
         """
-        if isinstance(value, cls):
-            return value
-        name = str(value).strip().lower().replace("-", "_")
-        if name == "hybrid_slo":
-            return cls.HYBRID
-        try:
-            return cls(name)
-        except ValueError:
-            names = ", ".join([m.value for m in cls] + ["hybrid_slo"])
-            raise ConfigError(f"unknown scheduling policy {value!r}; use one of: {names}") from None
+        return _parse_name(cls, value, {"hybrid_slo": "hybrid"}, "scheduling policy")
 
 
 class RoutingPolicyType(StrEnum):
@@ -84,15 +75,27 @@ class RoutingPolicyType(StrEnum):
         Raises:
             ConfigError: an unknown name (the message lists the valid ones).
         """
-        if isinstance(value, cls):
-            return value
-        name = str(value).strip().lower().replace("-", "_")
-        name = {"cache_aware": "prefix_aware", "prefix": "prefix_aware"}.get(name, name)
-        try:
-            return cls(name)
-        except ValueError:
-            names = ", ".join([m.value for m in cls] + ["cache_aware"])
-            raise ConfigError(f"unknown routing policy {value!r}; use one of: {names}") from None
+        aliases = {"cache_aware": "prefix_aware", "prefix": "prefix_aware"}
+        return _parse_name(cls, value, aliases, "routing policy")
+
+
+_Policy = TypeVar("_Policy", bound=StrEnum)
+
+
+def _parse_name(cls: type[_Policy], value: Any, aliases: dict[str, str], what: str) -> _Policy:
+    """The member of ``cls`` named ``value`` (any case, ``-`` for ``_``, or an alias).
+
+    Raises:
+        ConfigError: an unknown name, listing the valid ones.
+    """
+    if isinstance(value, cls):
+        return value
+    name = str(value).strip().lower().replace("-", "_")
+    try:
+        return cls(aliases.get(name, name))
+    except ValueError:
+        names = ", ".join([m.value for m in cls] + list(aliases))
+        raise ConfigError(f"unknown {what} {value!r}; use one of: {names}") from None
 
 
 def parse_policies(name: str) -> tuple[SchedulingPolicyType, RoutingPolicyType]:
