@@ -13,11 +13,12 @@ from __future__ import annotations
 import inspect
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sage.common.core.functions.sink_function import SinkFunction
-from sage.common.errors import PlanError
+from sage.common.errors import ConfigError, PlanError
 from sage.kernel.api.collect import (
     DEFAULT_MAX_RECORDS,
     CollectResult,
@@ -32,12 +33,19 @@ from sage.kernel.graph.logical import (
     validate_scheduling,
 )
 from sage.kernel.graph.partition import Partitioning
+from sage.kernel.windows import (
+    Aggregate,
+    BoundedOutOfOrderness,
+    Reduce,
+    WindowAssigner,
+    WindowedState,
+)
 
 if TYPE_CHECKING:
     from sage.kernel.api.base_environment import BaseEnvironment
     from sage.kernel.api.connected_streams import ConnectedStreams
 
-__all__ = ["DataStream", "KeyedStream", "PrintSink"]
+__all__ = ["DataStream", "KeyedStream", "PrintSink", "WindowedStream"]
 
 
 class PrintSink(SinkFunction):
@@ -381,6 +389,100 @@ class KeyedStream(DataStream):
     The operator applied next gets per-key state (``self.state``) and sees every record of a
     key in the same parallel instance.
     """
+
+    def window(
+        self,
+        assigner: WindowAssigner,
+        *,
+        timestamp: Callable[[Any], float],
+        max_delay: float = 0,
+        allowed_lateness: float = 0,
+    ) -> WindowedStream:
+        """Event-time windows of each key (:mod:`sage.kernel.windows`); then ``.reduce(fn)``
+        or ``.aggregate(agg)`` gives one :class:`~sage.kernel.windows.Fired` record per
+        window and key once the watermark passes the window's end.
+
+        Args:
+            assigner: ``TumblingWindows(size)``, ``SlidingWindows(size, slide)`` or
+                ``SessionWindows(gap)``.
+            timestamp: A record's event time (the unit of the window sizes).
+            max_delay: How far out of order records may come: the watermark is the largest
+                timestamp seen minus this.
+            allowed_lateness: How long after its end a window still takes records (it fires
+                again, updated); later records go to the dead letters as late.
+
+        Raises:
+            PlanError: a setting that is not valid (named, with the fix).
+        """
+        if not all(hasattr(assigner, name) for name in ("assign", "merging")):
+            raise PlanError(
+                f"window: {assigner!r:.80} is not a window assigner; use TumblingWindows(size), "
+                "SlidingWindows(size, slide) or SessionWindows(gap) from sage.kernel.windows"
+            )
+        if not callable(timestamp):
+            raise PlanError(
+                f"window: timestamp={timestamp!r:.80} is not callable; pass a function from a "
+                "record to its event time, e.g. timestamp=lambda r: r['ts']"
+            )
+        try:
+            BoundedOutOfOrderness(max_delay)
+            WindowedState(assigner, Reduce(lambda a, b: a), allowed_lateness)
+        except ConfigError as exc:
+            raise PlanError(f"window: {exc}") from None
+        options = {
+            "assigner": assigner,
+            "timestamp": timestamp,
+            "max_delay": max_delay,
+            "allowed_lateness": allowed_lateness,
+        }
+        return WindowedStream(self, options)
+
+
+class WindowedStream:
+    """A keyed stream cut into event-time windows (:meth:`KeyedStream.window`); a reduce or
+    an aggregate makes it a stream of :class:`~sage.kernel.windows.Fired` records again."""
+
+    def __init__(self, keyed: KeyedStream, options: dict[str, Any]) -> None:
+        self._keyed = keyed
+        self._options = options
+
+    def reduce(
+        self,
+        function: Callable[[Any, Any], Any],
+        *,
+        parallelism: int | None = None,
+        name: str | None = None,
+    ) -> DataStream:
+        """Each window's records folded pairwise by ``function`` (``lambda a, b: a + b``)."""
+        if not callable(function):
+            raise PlanError(f"window reduce: {function!r:.80} is not callable")
+        return self.aggregate(Reduce(function), parallelism=parallelism, name=name)
+
+    def aggregate(
+        self, aggregate: Aggregate, *, parallelism: int | None = None, name: str | None = None
+    ) -> DataStream:
+        """Each window's records through ``aggregate`` (``create``, ``add``, ``merge``,
+        ``result``: :class:`~sage.kernel.windows.Aggregate`)."""
+        methods = ("create", "add", "merge", "result")
+        missing = [m for m in methods if not callable(getattr(aggregate, m, None))]
+        if missing:
+            raise PlanError(
+                f"window aggregate: {aggregate!r:.80} lacks {', '.join(m + '()' for m in missing)};"
+                " give an object with create(), add(acc, value), merge(a, b) and result(acc), "
+                "or use .reduce(function)"
+            )
+        keyed = self._keyed
+        label = f"{type(self._options['assigner']).__name__}"
+        node = keyed._env.graph.add(
+            OpKind.WINDOW,
+            FunctionSpec.of_iterable((), label),
+            parallelism=keyed._parallelism("window", parallelism),
+            inputs=(keyed._node.id,),
+            name=name or label,
+            input_partitioning=keyed._partitioning,
+            options={**self._options, "aggregate": aggregate},
+        )
+        return DataStream(keyed._env, node)
 
 
 def check_same_env(env: BaseEnvironment, other: Any, op: str) -> DataStream:

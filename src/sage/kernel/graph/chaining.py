@@ -23,7 +23,7 @@ def can_follow_in_chain(kind: OpKind) -> bool:
     match kind:
         case OpKind.MAP | OpKind.FILTER | OpKind.FLATMAP | OpKind.KEYBY | OpKind.SINK:
             return True
-        case OpKind.SOURCE | OpKind.BATCH | OpKind.COMAP | OpKind.JOIN:
+        case OpKind.SOURCE | OpKind.BATCH | OpKind.WINDOW | OpKind.COMAP | OpKind.JOIN:
             return False
     raise AssertionError(f"unknown operator kind {kind!r}")  # pragma: no cover
 

@@ -36,6 +36,7 @@ class OpKind(StrEnum):
     KEYBY = "keyby"
     SINK = "sink"
     BATCH = "batch"
+    WINDOW = "window"
     COMAP = "comap"
     JOIN = "join"
 

@@ -39,6 +39,7 @@ from sage.kernel.runtime.task import (
     OperatorInstance,
     TaskLoop,
 )
+from sage.kernel.runtime.window_head import WindowHead
 
 __all__ = ["build_task", "task_scheduling"]
 
@@ -167,6 +168,10 @@ def build_task(
         case OpKind.BATCH:
             opts = head_node.options
             head = BatchHead(opts["size"], opts["timeout_s"], head_op.stats, keyed_input)
+        case OpKind.WINDOW:
+            head = WindowHead(
+                dict(head_node.options), head_op.stats, errors(head_op), dead_letters, keyed_input
+            )
         case OpKind.COMAP:
             head = CoMapHead(
                 call_of(head_op), head_op.stats, errors(head_op), keyed_input, head_op.state
