@@ -129,6 +129,18 @@ def interleave(cases: list[Case], rounds: int, warmup: int = 1) -> None:
                 case.records = records
 
 
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` in Prometheus text whose labels include ``labels``."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name)
+        and line[len(name)] in " {"
+        and all(label in line for label in wanted)
+    )
+
+
 def fmt_rate(rate: float) -> str:
     """``"2.31 M"`` / ``"512 k"`` records per second."""
     return f"{rate / 1e6:.2f} M" if rate >= 1e6 else f"{rate / 1e3:.0f} k"

@@ -40,6 +40,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 
 import _llama_server
+from _common import metric_sum as metric
 from _common import report_checked
 from sage.common.config.ports import SagePorts
 from sage.inference.deploy.processes import spawn_engine, spawn_gateway, terminate
@@ -73,15 +74,6 @@ async def stream_then_leave(port: int, body: dict[str, Any], events: int) -> flo
     finally:
         writer.close()
     return time.perf_counter()
-
-
-def metric(text: str, name: str) -> float:
-    """The sum of a Prometheus family's samples named ``name`` (any labels)."""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and line[len(name)] in " {"
-    )
 
 
 class Server:

@@ -44,7 +44,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import cpu_ticks, report_checked
+from _common import cpu_ticks, metric_sum, report_checked
 from inference import PEERS, _version, peer
 from sage.common.config.ports import SagePorts
 from sage.inference.deploy.processes import spawn_engine, spawn_gateway, terminate
@@ -192,17 +192,16 @@ async def ask(
 
 def served(engines: list[int]) -> list[int]:
     """Chat requests each engine has finished (its own count)."""
-    counts = []
-    for port in engines:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        counts.append(
-            sum(
-                int(float(line.rsplit(" ", 1)[1]))
-                for line in text.splitlines()
-                if line.startswith("sage_engine_requests_total{") and 'endpoint="chat"' in line
+    return [
+        int(
+            metric_sum(
+                httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text,
+                "sage_engine_requests_total",
+                endpoint="chat",
             )
         )
-    return counts
+        for port in engines
+    ]
 
 
 async def closed_loop(

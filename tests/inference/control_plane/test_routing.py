@@ -67,6 +67,8 @@ def test_prompt_text_reads_chat_and_completions_bodies() -> None:
     assert prompt_text(chat) == "<system>be brief\n<user>hi"
     assert prompt_text({"prompt": "once upon"}) == "once upon"
     assert prompt_text({"tools": [{"type": "function"}], "messages": []}).startswith("[{")
+    odd = {"messages": [{"role": "user", "content": [{"text": {}}, {"text": "ok"}]}, "x"]}
+    assert prompt_text(odd) == "<user>ok"  # shapes the engine will refuse: never an error here
 
 
 def test_prefix_index_matches_the_leading_blocks_and_forgets_the_oldest() -> None:

@@ -20,19 +20,21 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["PrefixIndex", "prompt_blocks", "prompt_text"]
+__all__ = ["PrefixIndex", "content_text", "prompt_blocks", "prompt_text"]
 
 CHARS_PER_TOKEN = 4
 """About how many characters of English text one token covers (for the estimates)."""
 
 
-def _content(value: Any) -> str:
-    """A message's content as text (the text parts of a list of parts)."""
+def content_text(value: Any) -> str:
+    """A message's content as text: a string, or the string ``text`` of a list of parts.
+    Anything else is empty (the engine validates shapes; the gateway only estimates)."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "".join(part.get("text", "") for part in value if isinstance(part, dict))
-    return "" if value is None else str(value)
+        texts = (part.get("text") for part in value if isinstance(part, dict))
+        return "".join(text for text in texts if isinstance(text, str))
+    return ""
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -48,7 +50,7 @@ def prompt_text(body: dict[str, Any]) -> str:
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
-                parts.append(f"<{message.get('role')}>{_content(message.get('content'))}")
+                parts.append(f"<{message.get('role')}>{content_text(message.get('content'))}")
     return "\n".join(parts)
 
 

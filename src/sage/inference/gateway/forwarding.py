@@ -33,7 +33,7 @@ from sage.inference.control_plane.queues import PendingRequest
 from sage.inference.gateway.errors import gateway_error
 from sage.inference.gateway.relay import StreamRelay
 from sage.inference.gateway.routes import API_KINDS
-from sage.inference.gateway.scheduling import charged_tokens, pending_request, place_by
+from sage.inference.gateway.scheduling import pending_request, place_by
 from sage.inference.gateway.tenants import Tenants, usage_tokens
 from sage.inference.protocol import CLASS_HEADER
 
@@ -119,9 +119,8 @@ class Forwarder:
                     )
         tenants = self.tenants
         tenant = tenants.name_of(request)
-        cost = charged_tokens(kind, body)
         pending, payload = pending_request(
-            request, kind, model, body, self.config, dispatcher.clock(), tenant, cost
+            request, kind, model, body, self.config, dispatcher.clock(), tenant
         )
         place_by(pending, request, body, dispatcher.router)
         class_name = request.headers.get(CLASS_HEADER) or None
@@ -129,7 +128,7 @@ class Forwarder:
         key = batch_key(body) if kind == "embedding" else None
         texts = len(texts_of(body) or ()) if kind == "embedding" else 1
         self.requests += 1
-        limits = tenants.admit(tenant, cost)  # x-ratelimit-* headers of a limited tenant
+        limits = tenants.admit(tenant, pending.cost)  # x-ratelimit-* headers of a limited tenant
         waiting = tenants.counts[tenant]
         arrived = perf_counter()
         loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ from sage.inference.config import (
     UnifiedServerConfig,
 )
 from sage.inference.control_plane.batching import texts_of
-from sage.inference.control_plane.prefixes import prompt_blocks, prompt_text
+from sage.inference.control_plane.prefixes import content_text, prompt_blocks, prompt_text
 from sage.inference.control_plane.queues import PendingRequest
 from sage.inference.control_plane.routing import Router
 from sage.inference.gateway.auth import bearer_of
@@ -40,11 +40,13 @@ def predicted_tokens(kind: str, body: dict[str, Any]) -> int:
     return limit if isinstance(limit, int) and limit > 0 else 256
 
 
-def charged_tokens(kind: str, body: dict[str, Any]) -> int:
+def charged_tokens(kind: str, body: dict[str, Any], predicted: int | None = None) -> int:
     """Tokens a request is charged to its tenant (rate limits, fair share): for generation
     the prompt's estimate (about 4 characters a token) plus ``max_tokens``, as OpenAI counts
-    a request against its TPM limit; for embeddings the inputs' estimate."""
-    predicted = predicted_tokens(kind, body)
+    a request against its TPM limit; for embeddings the inputs' estimate. ``predicted``:
+    its :func:`predicted_tokens`, when already known."""
+    if predicted is None:
+        predicted = predicted_tokens(kind, body)
     if kind == "embedding":
         return predicted
     return _prompt_chars(body) // 4 + 1 + predicted
@@ -57,17 +59,12 @@ def _prompt_chars(body: dict[str, Any]) -> int:
     if prompt is not None:
         items = prompt if isinstance(prompt, list) else [prompt]
         return sum(len(p) if isinstance(p, str) else 4 for p in items)
-    total = 0
     messages = body.get("messages")
-    for message in messages if isinstance(messages, list) else ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            total += len(content)
-        elif isinstance(content, list):
-            for part in content:
-                text = part.get("text") if isinstance(part, dict) else None
-                total += len(text) if isinstance(text, str) else 0
-    return total
+    return sum(
+        len(content_text(message.get("content")))
+        for message in (messages if isinstance(messages, list) else ())
+        if isinstance(message, dict)
+    )
 
 
 def _fields(request: Request, body: dict[str, Any]) -> SchedulingFields:
@@ -91,7 +88,6 @@ def pending_request(
     config: UnifiedServerConfig,
     arrival: float,
     tenant: str = DEFAULT_TENANT,
-    cost: int = 0,
 ) -> tuple[PendingRequest, bytes]:
     """The request as the dispatcher sees it, and the body to send on.
 
@@ -99,7 +95,7 @@ def pending_request(
     (``x-sage-priority``, ``x-sage-slo-ms``), else the defaults of the caller's API key,
     of its ``tenant``, of the model, of the gateway. The body fields are removed before
     forwarding (an engine such as vLLM may refuse a priority it does not schedule by).
-    ``cost`` is what its tenant is charged (:func:`charged_tokens`).
+    Its ``cost`` is what its tenant is charged (:func:`charged_tokens`).
 
     Raises:
         HttpError: a scheduling field is invalid (400 naming it).
@@ -119,6 +115,7 @@ def pending_request(
         priority = default.priority if priority is None else priority
         slo_ms = default.slo_ms if slo_ms is None else slo_ms
     payload = request.body
+    tokens = predicted_tokens(kind, body)
     if any(name in body for name in SCHEDULING_HEADERS):
         payload = orjson.dumps({k: v for k, v in body.items() if k not in SCHEDULING_HEADERS})
     pending = PendingRequest(
@@ -127,9 +124,9 @@ def pending_request(
         model=model,
         priority=config.default_priority if priority is None else priority,
         slo_ms=config.default_slo_ms if slo_ms is None else slo_ms,
-        tokens=predicted_tokens(kind, body),
+        tokens=tokens,
         tenant=tenant,
-        cost=cost,
+        cost=charged_tokens(kind, body, tokens),
     )
     return pending, payload
 

@@ -38,7 +38,7 @@ from sage.kernel.windows import (
     BoundedOutOfOrderness,
     Reduce,
     WindowAssigner,
-    WindowedState,
+    check_lateness,
 )
 
 if TYPE_CHECKING:
@@ -426,7 +426,7 @@ class KeyedStream(DataStream):
             )
         try:
             BoundedOutOfOrderness(max_delay)
-            WindowedState(assigner, Reduce(lambda a, b: a), allowed_lateness)
+            check_lateness(allowed_lateness)
         except ConfigError as exc:
             raise PlanError(f"window: {exc}") from None
         options = {

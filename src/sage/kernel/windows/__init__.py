@@ -9,7 +9,14 @@ from sage.kernel.windows.assigners import (
     Window,
     WindowAssigner,
 )
-from sage.kernel.windows.state import Aggregate, Fired, Late, Reduce, WindowedState
+from sage.kernel.windows.state import (
+    Aggregate,
+    Fired,
+    Late,
+    Reduce,
+    WindowedState,
+    check_lateness,
+)
 from sage.kernel.windows.watermarks import BoundedOutOfOrderness
 
 __all__ = [
@@ -24,4 +31,5 @@ __all__ = [
     "Window",
     "WindowAssigner",
     "WindowedState",
+    "check_lateness",
 ]

@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sage.common.errors import ConfigError
 from sage.kernel.windows.assigners import Window, WindowAssigner
 
-__all__ = ["Aggregate", "Fired", "Late", "Reduce", "WindowedState"]
+__all__ = ["Aggregate", "Fired", "Late", "Reduce", "WindowedState", "check_lateness"]
 
 V = TypeVar("V")
 
@@ -93,6 +93,18 @@ class Late:
     value: Any
 
 
+def check_lateness(allowed_lateness: float) -> None:
+    """Refuse an ``allowed_lateness`` that is not a number >= 0.
+
+    Raises:
+        ConfigError: naming the value and the fix.
+    """
+    if isinstance(allowed_lateness, bool) or not allowed_lateness >= 0:
+        raise ConfigError(
+            f"allowed_lateness={allowed_lateness!r}: use a number >= 0 (event-time units)"
+        )
+
+
 class WindowedState:
     """The open windows of the keys of one operator instance; see the module docstring.
 
@@ -109,10 +121,7 @@ class WindowedState:
     def __init__(
         self, assigner: WindowAssigner, aggregate: Aggregate, allowed_lateness: float = 0
     ) -> None:
-        if isinstance(allowed_lateness, bool) or not allowed_lateness >= 0:
-            raise ConfigError(
-                f"allowed_lateness={allowed_lateness!r}: use a number >= 0 (event-time units)"
-            )
+        check_lateness(allowed_lateness)
         self.assigner = assigner
         self.aggregate = aggregate
         self.allowed_lateness = allowed_lateness
