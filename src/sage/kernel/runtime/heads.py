@@ -295,6 +295,10 @@ class CollectionSource(SourceHead):
                 pass
 
 
+def _never() -> bool:
+    return False
+
+
 class BlockingSourceHead(SourceHead):
     """A source whose code may block between records: a generator or a source function.
 
@@ -335,6 +339,10 @@ class BlockingSourceHead(SourceHead):
         self.lock = threading.Lock()
         self.on_pending: Callable[[float], None] | None = None
         self.ended = False
+        self.interrupted: Callable[[], bool] = _never
+        """Whether the task has something to do between batches (a checkpoint is due, the
+        job is stopping): tested when a source function returns ``None``, so an idle
+        never-ending source returns at once instead of after up to 64 more empty polls."""
         self._pending: list[Any] = []
 
     def take_pending(self) -> list[Any]:
@@ -364,7 +372,7 @@ class BlockingSourceHead(SourceHead):
                 if none_means == "end":
                     break
                 if none_means == "skip":
-                    if calls % every == 0 and perf_counter() >= deadline:
+                    if self.interrupted() or (calls % every == 0 and perf_counter() >= deadline):
                         return self._take(), False
                     continue
             elif record is StopSignal or type(record) is StopSignal:

@@ -365,6 +365,8 @@ class TaskLoop:
             return
         flusher = PartialBatchFlusher(self, head)
         head.on_pending = flusher.schedule
+        control = self.control
+        head.interrupted = lambda: self._due_checkpoint is not None or control.stop_requested
         flusher.start()
         head.lock.acquire()
         try:
