@@ -16,17 +16,28 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sage.kernel.services.base_service import BaseService
+from sage.middleware.services.documents import (
+    SQLiteDocumentTable,
+    check_doc_id,
+    check_version,
+    chunk_id,
+    chunk_metadata,
+    chunk_texts,
+    chunk_vectors,
+    describe,
+)
 from sage.middleware.services.vector_index import VectorIndex
 
 __all__ = ["MemoryService"]
@@ -53,6 +64,7 @@ CREATE INDEX IF NOT EXISTS links_by_dst ON links (dst, relation);
 Embedder = Callable[[str], Any]
 _COLUMNS = "rowid, id, session_id, memory_type, content, metadata, created_at"
 _M_COLUMNS = ", ".join("m." + column for column in _COLUMNS.split(", "))
+_INSERT = f"INSERT INTO memories ({_COLUMNS}, vector) VALUES ({', '.join('?' * 8)})"
 
 
 class MemoryService(BaseService):
@@ -93,6 +105,7 @@ class MemoryService(BaseService):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._docs = SQLiteDocumentTable(self._db)
         self._load_vectors()
 
     def _load_vectors(self) -> None:
@@ -220,28 +233,28 @@ class MemoryService(BaseService):
         queries = self.vectors.prepare(vector, "vector")
         np = self.vectors.np
         allowed = None
-        if where:
-            with self._db_lock:
-                allowed = np.fromiter(
-                    (r[0] for r in self._db.execute(f"SELECT rowid FROM memories{where}", params)),
-                    dtype=np.int64,
-                )
-            if not len(allowed):
-                return []
+        # read-locked throughout: a document being replaced is seen all old or all new
         with self.vectors.lock.read():
+            if where:
+                with self._db_lock:
+                    sql = f"SELECT rowid FROM memories{where} AND vector IS NOT NULL"
+                    cursor = self._db.execute(sql, params)
+                    allowed = np.fromiter((r[0] for r in cursor), dtype=np.int64)
+                if not len(allowed):
+                    return []
             scores, ids = self.vectors.search(queries[:1], top_k, allowed)
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-        if not found:
-            return []
-        with self._db_lock:
-            marks = ",".join("?" * len(found))
-            by_rowid = {
-                r["rowid"]: r
-                for r in self._db.execute(
-                    f"SELECT {_COLUMNS} FROM memories WHERE rowid IN ({marks})",
-                    [i for i, _ in found],
-                )
-            }
+            found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+            if not found:
+                return []
+            with self._db_lock:
+                marks = ",".join("?" * len(found))
+                by_rowid = {
+                    r["rowid"]: r
+                    for r in self._db.execute(
+                        f"SELECT {_COLUMNS} FROM memories WHERE rowid IN ({marks})",
+                        [i for i, _ in found],
+                    )
+                }
         return [self._record(by_rowid[i], s) for i, s in found if i in by_rowid]
 
     def get_memory(self, memory_id: str) -> dict[str, Any]:
@@ -282,19 +295,124 @@ class MemoryService(BaseService):
             ).fetchall()
             if not rows:
                 return 0
-            ids = [r[1] for r in rows]
-            marks = ",".join("?" * len(ids))
             self._db.execute("BEGIN")
-            self._db.execute(
-                f"DELETE FROM links WHERE src IN ({marks}) OR dst IN ({marks})", ids + ids
-            )
-            self._db.execute(f"DELETE FROM memories WHERE {where}", params)
+            self._drop([r[1] for r in rows])
             self._db.execute("COMMIT")
         with_vectors = [r[0] for r in rows if r[2]]
         if with_vectors:
             with self.vectors.lock.write():
                 self.vectors.remove(with_vectors)
         return len(rows)
+
+    def _drop(self, ids: list[str]) -> None:
+        """Delete memories by id, and their links (in the caller's transaction)."""
+        marks = ",".join("?" * len(ids))
+        self._db.execute(f"DELETE FROM links WHERE src IN ({marks}) OR dst IN ({marks})", ids * 2)
+        self._db.execute(f"DELETE FROM memories WHERE id IN ({marks})", ids)
+
+    # -- documents ------------------------------------------------------------------------
+
+    def upsert_document(
+        self,
+        doc_id: str,
+        chunks: Iterable[str],
+        vectors: Any = None,
+        *,
+        session_id: str = "documents",
+        memory_type: str = "document",
+        metadata: Any = None,
+        version: int | None = None,
+    ) -> list[str]:
+        """Replace every chunk of ``doc_id`` with ``chunks``, one memory each; return their ids.
+
+        Ids are ``f"{doc_id}#{i}"``; metadata (one mapping per chunk, one for all, or None)
+        gets ``"doc_id"`` and ``"chunk"``. Vectors: ``vectors`` (one row per chunk), else the
+        embedder's, else none, as for :meth:`store_memory`. The old chunks go (links too, as by
+        :meth:`delete_memory`) and the new arrive in one SQLite transaction inside one
+        write-locked section of the index: a similarity search sees all the old chunks or all
+        the new. Versions work as for ``VDBService.upsert_document`` (a call older than the
+        recorded version, a delete's included, is ignored: ``[]``) and survive a restart.
+        Raises ``TypeError`` for arguments of the wrong type or metadata that is not JSON, and
+        ``ValueError`` unless there is one vector per chunk, of the right dimension, finite.
+        """
+        doc_id, version = check_doc_id(doc_id), check_version(version)
+        texts = chunk_texts(chunks)
+        if vectors is None and self._embed is not None:
+            vectors = [self._embed(text) for text in texts]
+        prepared = chunk_vectors(self.vectors, vectors, doc_id, len(texts))
+        metas = [self._json(m, "metadata") for m in chunk_metadata(doc_id, metadata, len(texts))]
+        blobs = [None] * len(texts) if prepared is None else [v.tobytes() for v in prepared]
+        now, session, kind = time.time(), str(session_id), str(memory_type)
+        rows = [
+            (chunk_id(doc_id, i), session, kind, text, metas[i], now, blobs[i])
+            for i, text in enumerate(texts)
+        ]
+        stale = self._replace(doc_id, version, rows, prepared, deleted=False) is None
+        return [] if stale else [row[0] for row in rows]
+
+    def delete_document(self, doc_id: str, *, version: int | None = None) -> int:
+        """Forget every chunk of ``doc_id``; return how many (0 if unknown: not an error).
+
+        Versions and tombstones (one small row per document deleted with a version, kept for
+        good) work as for ``VDBService.delete_document``.
+        """
+        doc_id, version = check_doc_id(doc_id), check_version(version)
+        return self._replace(doc_id, version, [], None, deleted=True) or 0
+
+    def _replace(
+        self, doc_id: str, version: int | None, rows: list[Any], vectors: Any, deleted: bool
+    ) -> int | None:
+        """Swap ``doc_id``'s chunks for ``rows`` (or delete it); how many went, None if stale."""
+        np, db, docs = self.vectors.np, self._db, self._docs
+        with self.vectors.lock.write(), self._db_lock:
+            db.execute("BEGIN")
+            try:
+                if not docs.applies(doc_id, version):
+                    db.execute("ROLLBACK")
+                    return None
+                new = [row[0] for row in rows]
+                old_ids = (
+                    docs.delete(doc_id, version) if deleted else docs.put(doc_id, version, new)
+                )
+                marks = ",".join("?" * len(old_ids))
+                sql = f"SELECT rowid, vector IS NOT NULL FROM memories WHERE id IN ({marks})"
+                old = db.execute(sql, old_ids).fetchall()
+                # new rowids above the old: SQLite reuses the largest ones once deleted
+                top = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM memories").fetchone()[0]
+                self._drop(old_ids)
+                db.executemany(_INSERT, [(top + 1 + i, *row) for i, row in enumerate(rows)])
+                rowids = np.arange(top + 1, top + 1 + len(rows), dtype=np.int64)
+                if vectors is not None:
+                    self.vectors.add(vectors, rowids)
+                try:
+                    db.execute("COMMIT")
+                except BaseException:
+                    if vectors is not None:
+                        self.vectors.remove(rowids)
+                    raise
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):  # none is open if COMMIT failed late
+                    db.execute("ROLLBACK")
+                raise
+            dead = [r[0] for r in old if r[1]]
+            if dead:
+                self.vectors.remove(dead)
+        return len(old)
+
+    def document(self, doc_id: str) -> dict[str, Any] | None:
+        """``{"doc_id", "version", "chunks": [ids]}``, or ``None`` if absent or deleted."""
+        with self._db_lock:
+            found = self._docs.get(check_doc_id(doc_id))
+            if found is None:
+                return None
+            sql = f"SELECT id FROM memories WHERE id IN ({','.join('?' * len(found.chunks))})"
+            stored = {row[0] for row in self._db.execute(sql, found.chunks)}
+        return describe(doc_id, found.version, [i for i in found.chunks if i in stored])
+
+    def documents(self) -> dict[str, int | None]:
+        """doc id -> version of every document present (deleted ones are left out)."""
+        with self._db_lock:
+            return self._docs.present()
 
     # -- sessions -------------------------------------------------------------------------
 

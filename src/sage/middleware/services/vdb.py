@@ -7,97 +7,56 @@ Example:
     ['a', 'b', 'c', 'd']
     >>> [hit["id"] for hit in vdb.search([1.0, 0.1, 0.0, 0.0], top_k=2)]
     ['a', 'b']
+
+Documents split into chunks are replaced or deleted as a whole with ``upsert_document`` and
+``delete_document`` (ids ``f"{doc_id}#{i}"``; see :mod:`sage.middleware.services.documents`):
+    >>> vdb.upsert_document("notes.txt", np.eye(4)[:2], version=1)
+    ['notes.txt#0', 'notes.txt#1']
+    >>> vdb.upsert_document("notes.txt", np.eye(4)[2:3], version=2)
+    ['notes.txt#0']
+    >>> [hit["id"] for hit in vdb.search(np.eye(4)[0], filter={"doc_id": "notes.txt"})]
+    ['notes.txt#0']
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import operator
+import logging
 import os
-from collections.abc import Callable, Hashable, Iterable, Mapping, Set
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sage.common.errors import ConfigError
 from sage.kernel.services.base_service import BaseService
+from sage.middleware.services.documents import (
+    DocumentTable,
+    check_doc_id,
+    check_version,
+    chunk_id,
+    chunk_metadata,
+    chunk_vectors,
+    describe,
+)
+from sage.middleware.services.inputs import (
+    as_int,
+    check_json,
+    id_list,
+    id_sequence,
+    metadata_list,
+    one_id,
+)
 from sage.middleware.services.vector_index import VectorIndex, import_faiss
 
 __all__ = ["VDBService"]
+
+logger = logging.getLogger(__name__)
 
 Hit = dict[str, Any]
 Filter = Mapping[str, Any] | Callable[[Mapping[str, Any]], bool]
 _STATE, _INDEX, _PENDING = "state.json", "index.faiss", "pending.faiss"
 _OPTIONS = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "train_size")
-
-
-def _as_int(value: Any) -> int | None:
-    """``value`` as an ``int`` if it is an integer (NumPy's too) but not a ``bool``."""
-    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:  # an array of several integers
-        return None
-
-
-def _json_problem(value: Any, path: tuple[int, ...] = ()) -> str | None:
-    """Why ``value`` would not come back equal from JSON, or ``None``.
-
-    Non-string keys would come back as strings, tuples as lists, other objects not at all.
-    ``path`` holds the ids of the containers being walked, so a cycle is reported, not
-    followed forever.
-    """
-    if value is None or isinstance(value, str | int | float):
-        return None
-    if id(value) in path:
-        return "it contains itself"
-    if isinstance(value, list):
-        for item in value:
-            problem = _json_problem(item, (*path, id(value)))
-            if problem is not None:
-                return problem
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"key {key!r:.40} is not a str"
-            problem = _json_problem(item, (*path, id(value)))
-            if problem is not None:
-                return problem
-        return None
-    hint = " (use a list)" if isinstance(value, tuple) else ""
-    return f"{type(value).__name__} {value!r:.40} is not a JSON value{hint}"
-
-
-def _one_id(value: Any, what: str = "ids") -> int | str:
-    """``value`` as an id (``int`` or ``str``), else a ``TypeError`` naming ``what``.
-
-    NumPy integers become ``int`` (they come from ``np.arange`` and would not survive
-    :meth:`VDBService.save`); ``bool`` is refused, as ``True == 1`` would address id 1.
-    """
-    if isinstance(value, str):
-        return value
-    as_int = _as_int(value)
-    if as_int is not None:
-        return as_int
-    raise TypeError(f"{what} must be int or str, got {type(value).__name__} {value!r:.60}")
-
-
-def _id_sequence(ids: Any, what: str = "ids") -> list[int | str]:
-    """One id or an ordered collection of ids, as a list; ``TypeError`` naming ``what``.
-
-    Sets and mappings are refused: their order, which pairs each id with a vector, is not
-    the caller's. ``bytes`` would iterate as small integers.
-    """
-    if isinstance(ids, str) or _as_int(ids) is not None:
-        return [_one_id(ids, what)]
-    if isinstance(ids, bytes | bytearray | Set | Mapping) or not isinstance(ids, Iterable):
-        raise TypeError(
-            f"{what} must be an int or str id, or a list of them, got {type(ids).__name__} "
-            f"{ids!r:.60}"
-        )
-    return [_one_id(i, what) for i in ids]
 
 
 class VDBService(BaseService):
@@ -146,6 +105,8 @@ class VDBService(BaseService):
         self._metadata: dict[int, Any] = {}
         self._next = 0
         self._custom_ids = 0  # ids that differ from the internal integer
+        self._documents = DocumentTable()
+        self._by_doc: dict[str, set[int]] = {}  # metadata["doc_id"] (a str) -> internal ids
         if self.path is not None and (self.path / _STATE).exists():
             self.load(self.path)
 
@@ -174,10 +135,10 @@ class VDBService(BaseService):
         """
         array = self.vectors.prepare(vectors)
         n = int(array.shape[0])
-        metas = self._metadata_list(metadata, n)
-        wanted = self._id_list(ids, n)
+        metas = metadata_list(metadata, n)
+        wanted = id_list(ids, n)
         if self.path is not None:
-            self._check_json(metas)
+            check_json(metas, self.path)
         if n == 0:  # nothing to store; in particular, an unset dim stays unset
             return []
         with self.vectors.lock.write():
@@ -190,16 +151,43 @@ class VDBService(BaseService):
                     )
             internal = list(range(self._next, self._next + n))
             external = wanted if wanted is not None else self._fresh_ids(internal)
-            self.vectors.add(array, self.vectors.np.asarray(internal, dtype="int64"))
-            self._next += n
-            for i, ext, meta in zip(internal, external, metas, strict=True):
-                self._external[i] = ext
-                self._internal[ext] = i
-                if ext != i:
-                    self._custom_ids += 1
-                if meta is not None:
-                    self._metadata[i] = meta
+            self._add_vectors(array, internal)
+            self._register(internal, external, metas)
         return list(external)
+
+    def _add_vectors(self, array: Any, internal: list[int]) -> None:
+        """Add prepared vectors under new internal ids (under the write lock)."""
+        self.vectors.add(array, self.vectors.np.asarray(internal, dtype="int64"))
+        self._next = internal[-1] + 1
+
+    def _register(self, internal: list[int], external: list[Hashable], metas: list[Any]) -> None:
+        """Record the ids and metadata of vectors just added (under the write lock)."""
+        for i, ext, meta in zip(internal, external, metas, strict=True):
+            self._external[i] = ext
+            self._internal[ext] = i
+            if ext != i:
+                self._custom_ids += 1
+            if meta is not None:
+                self._metadata[i] = meta
+                if isinstance(meta.get("doc_id"), str):
+                    self._by_doc.setdefault(meta["doc_id"], set()).add(i)
+
+    def _forget(self, internal: list[int]) -> None:
+        """Remove vectors by internal id with their ids and metadata (under the write lock)."""
+        if not internal:
+            return
+        self.vectors.remove(internal)
+        for i in internal:
+            ext = self._external.pop(i, i)
+            self._internal.pop(ext, None)
+            if ext != i:
+                self._custom_ids -= 1
+            meta = self._metadata.pop(i, None)
+            if meta is not None and isinstance(meta.get("doc_id"), str):
+                same_doc = self._by_doc.get(meta["doc_id"], set())
+                same_doc.discard(i)
+                if not same_doc:
+                    self._by_doc.pop(meta["doc_id"], None)
 
     def _fresh_ids(self, internal: list[int]) -> list[Hashable]:
         out: list[Hashable] = []
@@ -210,54 +198,6 @@ class VDBService(BaseService):
             out.append(candidate)
         return out
 
-    def _check_json(self, metas: list[Any]) -> None:
-        """Refuse metadata that :meth:`save` (run at cleanup) could not write back as it is.
-
-        Found here, the caller can fix the record; found at cleanup, the whole index would
-        fail to save. Non-string keys and tuples would load back changed, so they count.
-        """
-        for i, meta in enumerate(metas):
-            problem = _json_problem(meta)
-            if problem is not None:
-                raise ValueError(
-                    f"metadata[{i}] cannot be saved to {self.path} as it is: {problem}; use "
-                    "JSON values (str keys; str, numbers, bool, None, lists, dicts)"
-                )
-
-    @staticmethod
-    def _metadata_list(metadata: Any, n: int) -> list[Any]:
-        if metadata is None:
-            return [None] * n
-        if isinstance(metadata, Mapping):
-            if n != 1:
-                raise ValueError(
-                    f"metadata is one mapping but {n} vectors were given; pass a list of {n}"
-                )
-            return [dict(metadata)]
-        if isinstance(metadata, str | bytes) or not isinstance(metadata, Iterable):
-            raise TypeError(
-                f"metadata must be a mapping (one vector) or a list of mappings (one per "
-                f"vector), got {type(metadata).__name__} {metadata!r:.60}"
-            )
-        metas = list(metadata)
-        if len(metas) != n:
-            raise ValueError(f"metadata has {len(metas)} entries for {n} vectors")
-        for i, meta in enumerate(metas):
-            if meta is not None and not isinstance(meta, Mapping):
-                raise TypeError(f"metadata[{i}] must be a mapping (dict) or None, got {meta!r:.60}")
-        return [dict(m) if m is not None else None for m in metas]
-
-    @staticmethod
-    def _id_list(ids: Any, n: int) -> list[Hashable] | None:
-        if ids is None:
-            return None
-        wanted: list[Hashable] = list(_id_sequence(ids))
-        if len(wanted) != n:
-            raise ValueError(f"{len(wanted)} ids given for {n} vectors; pass one id per vector")
-        if len(set(wanted)) != n:
-            raise ValueError("ids must be unique within one add()")
-        return wanted
-
     def delete(self, ids: Iterable[Hashable] | Hashable) -> int:
         """Delete vectors by id; return how many.
 
@@ -265,18 +205,111 @@ class VDBService(BaseService):
             KeyError: an id is not in the index (nothing is deleted then).
             TypeError: ``ids`` is not an id (int or str) or a list of them.
         """
-        wanted = _id_sequence(ids)
+        wanted = id_sequence(ids)
         with self.vectors.lock.write():
             unknown = [i for i in wanted if i not in self._internal]
             if unknown:
                 raise KeyError(f"unknown ids {unknown[:5]!r}; nothing was deleted")
-            internal = [self._internal.pop(i) for i in dict.fromkeys(wanted)]
-            self.vectors.remove(internal)
-            for i in internal:
-                if self._external.pop(i, i) != i:
-                    self._custom_ids -= 1
-                self._metadata.pop(i, None)
+            internal = [self._internal[i] for i in dict.fromkeys(wanted)]
+            self._forget(internal)
+            self._documents.forget_chunks(wanted)
         return len(internal)
+
+    # -- documents --------------------------------------------------------------------------
+
+    def upsert_document(
+        self,
+        doc_id: str,
+        vectors: Any,
+        metadata: Mapping[str, Any] | Iterable[Mapping[str, Any] | None] | None = None,
+        *,
+        version: int | None = None,
+    ) -> list[str]:
+        """Replace every chunk of document ``doc_id`` with ``vectors`` (one row per chunk).
+
+        The chunks get ids ``f"{doc_id}#{i}"`` and metadata with ``"doc_id"`` and ``"chunk"``
+        (``i``) added, so ``search(..., filter={"doc_id": doc_id})`` finds them. The old
+        chunks go and the new arrive under one write lock: a concurrent search sees all the
+        old chunks or all the new ones, never a mix, both or neither. Every argument is
+        checked first, so a bad call leaves the old chunks in place. Applying the same call
+        twice gives the same index.
+
+        Args:
+            doc_id: The document (e.g. the file's path).
+            vectors: A 2-D array, one row per chunk; no rows (``[]``) leaves the document
+                present with no chunks.
+            metadata: One mapping per chunk, one mapping for all, or ``None``.
+            version: The document's version (e.g. a modification counter or clock); a call
+                older than the version recorded for it, a delete's included, is ignored.
+
+        Returns:
+            The chunk ids, or ``[]`` when the call was ignored as stale.
+
+        Raises:
+            ValueError: wrong dimension, NaN values, metadata count, metadata that would not
+                survive saving as JSON (with a ``path``), or a chunk id already used by a
+                vector stored with :meth:`add` (delete it, or use another ``doc_id``).
+            TypeError: ``doc_id`` is not a str, ``version`` not an int, or bad vectors or
+                metadata types.
+        """
+        doc_id, version = check_doc_id(doc_id), check_version(version)
+        array = chunk_vectors(self.vectors, vectors, doc_id)
+        n = 0 if array is None else int(array.shape[0])
+        metas = chunk_metadata(doc_id, metadata, n)
+        if self.path is not None:
+            check_json(metas, self.path)
+        ids = [chunk_id(doc_id, i) for i in range(n)]
+        with self.vectors.lock.write():
+            if not self._documents.applies(doc_id, version):
+                logger.debug("upsert of %r at stale version %s ignored", doc_id, version)
+                return []
+            current = self._documents.get(doc_id)
+            old = set(current.chunks) if current is not None else set()
+            taken = [i for i in ids if i in self._internal and i not in old]
+            if taken:
+                raise ValueError(
+                    f"chunk ids {taken[:5]!r} of document {doc_id!r} are taken by vectors "
+                    "stored with add(); delete() them first, or use another doc_id"
+                )
+            internal = list(range(self._next, self._next + n))
+            if n:  # the new vectors first: if FAISS fails, the old chunks are still there
+                self._add_vectors(array, internal)
+            self._forget([self._internal[i] for i in old if i in self._internal])
+            self._register(internal, list(ids), metas)
+            self._documents.put(doc_id, version, ids)
+        return ids
+
+    def delete_document(self, doc_id: str, *, version: int | None = None) -> int:
+        """Remove every chunk of ``doc_id``; return how many (0 for an unknown document).
+
+        Deleting twice is not an error: a job replaying its source after a restart deletes
+        again. With a ``version``, a call older than the recorded version is ignored (0),
+        and the document leaves a tombstone (its id and version: one small entry per deleted
+        document, kept and saved for good) so that a late, older upsert cannot bring it back.
+        Without one, the document is forgotten entirely.
+
+        Raises:
+            TypeError: ``doc_id`` is not a str or ``version`` not an int.
+        """
+        doc_id, version = check_doc_id(doc_id), check_version(version)
+        with self.vectors.lock.write():
+            if not self._documents.applies(doc_id, version):
+                logger.debug("delete of %r at stale version %s ignored", doc_id, version)
+                return 0
+            old = [self._internal[i] for i in self._documents.delete(doc_id, version)]
+            self._forget(old)
+        return len(old)
+
+    def document(self, doc_id: str) -> dict[str, Any] | None:
+        """``{"doc_id", "version", "chunks": [ids]}``, or ``None`` if absent or deleted."""
+        with self.vectors.lock.read():
+            found = self._documents.get(check_doc_id(doc_id))
+            return None if found is None else describe(doc_id, found.version, found.chunks)
+
+    def documents(self) -> dict[str, int | None]:
+        """doc id -> version of every document present (deleted ones are left out)."""
+        with self.vectors.lock.read():
+            return self._documents.present()
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -309,7 +342,7 @@ class VDBService(BaseService):
         np = self.vectors.np
         queries = self.vectors.prepare(query, "query")  # first: it names a bad query
         single = np.ndim(query) == 1
-        k = _as_int(top_k)  # NumPy integers too; a huge one is clamped by the index
+        k = as_int(top_k)  # NumPy integers too; a huge one is clamped by the index
         if k is None or k < 1:
             raise ValueError(f"top_k={top_k!r:.60} is invalid; use an integer >= 1")
         with self.vectors.lock.read():
@@ -349,6 +382,10 @@ class VDBService(BaseService):
 
     def _matching(self, filter: Filter) -> Any:
         np = self.vectors.np
+        doc = filter.get("doc_id") if isinstance(filter, Mapping) and len(filter) == 1 else None
+        if isinstance(doc, str):  # one document: a lookup, not a scan of every metadata dict
+            found = self._by_doc.get(doc, set())  # str values only: lookup and == agree
+            return np.fromiter(found, dtype=np.int64, count=len(found))
         if callable(filter):
             test = filter
         elif isinstance(filter, Mapping):
@@ -385,7 +422,7 @@ class VDBService(BaseService):
             KeyError: unknown id.
             TypeError: ``id`` is not an int or str.
         """
-        id = _one_id(id, "id")
+        id = one_id(id, "id")
         with self.vectors.lock.read():
             if id not in self._internal:
                 raise KeyError(f"unknown id {id!r}")
@@ -414,6 +451,7 @@ class VDBService(BaseService):
                 "ids": [[i, ext] for i, ext in self._external.items()],
                 "metadata": [[i, meta] for i, meta in self._metadata.items()],
                 "tombstones": sorted(v._tombstones),
+                "documents": self._documents.to_json(),
             }
             try:
                 text = json.dumps(state)
@@ -463,6 +501,11 @@ class VDBService(BaseService):
             self._metadata = {int(i): meta for i, meta in state["metadata"]}
             self._next = int(state["next"])
             self._custom_ids = sum(1 for i, ext in self._external.items() if ext != i)
+            self._documents = DocumentTable.from_json(state.get("documents", []))
+            self._by_doc = {}
+            for i, meta in self._metadata.items():
+                if isinstance(meta, Mapping) and isinstance(meta.get("doc_id"), str):
+                    self._by_doc.setdefault(meta["doc_id"], set()).add(i)
 
     def cleanup(self) -> None:
         """Save to ``path`` (when one was given) at the end of the job."""
