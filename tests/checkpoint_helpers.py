@@ -7,15 +7,18 @@ checks that every record was written exactly once with exactly the right running
 
 from __future__ import annotations
 
+import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.core.functions.source_function import SourceFunction, StopSignal
-from sage.kernel.checkpoint import read_committed
+from sage.kernel.checkpoint import TransactionalFileSink, read_committed
+from sage.kernel.checkpoint.state import END_OF_INPUT
 
 KEYS = 37
+checkpointed = threading.Event()  # set once a checkpoint has completed (clear it per test)
 
 
 class Numbers(SourceFunction):
@@ -51,6 +54,15 @@ class AlwaysFails(MapFunction):
         if value == 10:
             raise ValueError("record 10 is poison")
         return value
+
+
+class SignallingSink(TransactionalFileSink):
+    """A transactional sink that sets :data:`checkpointed` once a checkpoint completes."""
+
+    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        super().notify_checkpoint_complete(checkpoint_id)
+        if checkpoint_id != END_OF_INPUT:
+            checkpointed.set()
 
 
 def check_exactly_once(directory: Path, n: int) -> None:

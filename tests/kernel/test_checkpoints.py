@@ -9,15 +9,20 @@ from typing import Any
 
 import pytest
 
-from checkpoint_helpers import AlwaysFails, Numbers, RunningCount, check_exactly_once
+from checkpoint_helpers import (
+    AlwaysFails,
+    Numbers,
+    RunningCount,
+    SignallingSink,
+    check_exactly_once,
+    checkpointed,
+)
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.errors import ConfigError, OperatorError
 from sage.kernel.api.local_environment import LocalEnvironment
 from sage.kernel.checkpoint import RestartsExhaustedError, TransactionalFileSink
-from sage.kernel.checkpoint.state import END_OF_INPUT
 
 N = 200_000
-checkpointed = threading.Event()  # set once a checkpoint has completed
 failed = threading.Event()  # set by the injected failure (once per test)
 
 
@@ -47,13 +52,6 @@ class FailOnce(MapFunction):
             failed.set()
             raise RuntimeError(f"injected failure at record {self.at}")
         return row
-
-
-class SignallingSink(TransactionalFileSink):
-    def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
-        super().notify_checkpoint_complete(checkpoint_id)
-        if checkpoint_id != END_OF_INPUT:
-            checkpointed.set()
 
 
 @pytest.fixture(autouse=True)

@@ -12,23 +12,7 @@ from tests.kernel.test_windows import reference
 
 from sage.common.errors import PlanError
 from sage.kernel.api.local_environment import LocalEnvironment
-from sage.kernel.windows import Fired, SessionWindows, SlidingWindows, TumblingWindows
-
-
-class Count:
-    """An aggregate: how many records a window holds."""
-
-    def create(self) -> int:
-        return 0
-
-    def add(self, accumulator: int, value: Any) -> int:
-        return accumulator + 1
-
-    def merge(self, a: int, b: int) -> int:
-        return a + b
-
-    def result(self, accumulator: int) -> int:
-        return accumulator
+from sage.kernel.windows import Count, Fired, SessionWindows, SlidingWindows, TumblingWindows
 
 
 def events(n: int, max_delay: int, seed: int) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from sage.kernel.windows.assigners import (
 )
 from sage.kernel.windows.state import (
     Aggregate,
+    Count,
     Fired,
     Late,
     Reduce,
@@ -22,6 +23,7 @@ from sage.kernel.windows.watermarks import BoundedOutOfOrderness
 __all__ = [
     "Aggregate",
     "BoundedOutOfOrderness",
+    "Count",
     "Fired",
     "Late",
     "Reduce",

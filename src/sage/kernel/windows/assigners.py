@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sage.common.errors import ConfigError
 
 __all__ = ["SessionWindows", "SlidingWindows", "TumblingWindows", "Window", "WindowAssigner"]
 
 
-@dataclass(frozen=True, order=True)
-class Window:
-    """The event-time interval ``[start, end)``."""
+class Window(NamedTuple):
+    """The event-time interval ``[start, end)``.
+
+    A named tuple rather than a dataclass: windows are dictionary keys touched for every
+    record, and a tuple's hash and equality run in C (it orders by start, then end).
+    """
 
     start: float
     end: float

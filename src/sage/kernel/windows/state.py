@@ -18,8 +18,10 @@ Semantics, as Flink's event-time windows:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from heapq import heappop, heappush
 from typing import Any, Generic, Protocol, TypeVar
 
 from sage.common.errors import ConfigError
@@ -50,7 +52,9 @@ class Aggregate(Protocol):
         ...
 
 
-_EMPTY = object()
+_EMPTY = object()  # Reduce's accumulator before its first value
+_MISSING = object()  # no accumulator for the window yet
+_ASSIGNED = 1024  # timestamps whose windows are cached
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,22 @@ class Reduce(Generic[V]):
         return a if b is _EMPTY else self.function(a, b)
 
     def result(self, accumulator: Any) -> Any:
+        return accumulator
+
+
+class Count:
+    """An :class:`Aggregate`: how many records a window holds."""
+
+    def create(self) -> int:
+        return 0
+
+    def add(self, accumulator: int, value: Any) -> int:
+        return accumulator + 1
+
+    def merge(self, a: int, b: int) -> int:
+        return a + b
+
+    def result(self, accumulator: int) -> int:
         return accumulator
 
 
@@ -108,6 +128,11 @@ def check_lateness(allowed_lateness: float) -> None:
 class WindowedState:
     """The open windows of the keys of one operator instance; see the module docstring.
 
+    Each window has a timer (as in Flink): at its end, to fire, then at its end plus the
+    allowed lateness, to be dropped. :meth:`fire` pops the timers the watermark has
+    reached, so it costs the windows that are due, not every open window of every key
+    (a batch of records usually completes no window at all).
+
     Args:
         assigner: Which windows a record belongs to.
         aggregate: How a window's records become its result.
@@ -125,63 +150,131 @@ class WindowedState:
         self.assigner = assigner
         self.aggregate = aggregate
         self.allowed_lateness = allowed_lateness
+        self._merging = assigner.merging
         self._windows: dict[Hashable, dict[Window, Any]] = {}
         self._fired: set[tuple[Hashable, Window]] = set()  # fired at least once
         self._dirty: set[tuple[Hashable, Window]] = set()  # changed since it last fired
+        # (time, sequence, key, window): a heap; the sequence orders timers due together
+        # (keys need not be comparable) and makes the order survive a snapshot
+        self._timers: list[tuple[float, int, Hashable, Window]] = []
+        self._sequence = 0
+        self._fired_up_to = -math.inf  # every timer at or below this has been popped
+        self._assigned: dict[float, list[Window]] = {}  # the assigner's answers, cached:
+        # records near in time share timestamps (bounded: cleared when it fills)
 
     def _expired(self, window: Window, watermark: float) -> bool:
         return window.end + self.allowed_lateness <= watermark
 
+    def _schedule(self, time: float, key: Hashable, window: Window) -> None:
+        self._sequence += 1
+        heappush(self._timers, (time, self._sequence, key, window))
+
     def add(self, key: Hashable, timestamp: float, value: Any, watermark: float) -> Late | None:
         """Add a record to its windows; a :class:`Late` if every one is closed for good."""
-        per_key = self._windows.setdefault(key, {})
-        placed = False
-        for window in self.assigner.assign(timestamp):
-            absorbed: list[Window] = []
-            if self.assigner.merging:
-                for other in per_key:
-                    if window.overlaps(other):
-                        absorbed.append(other)
-                        window = window.cover(other)
-            if self._expired(window, watermark):
-                continue
-            aggregate = self.aggregate
-            accumulator = aggregate.create()
-            was_fired = False
-            for other in absorbed:  # sessions: the merged window takes over their state
-                accumulator = aggregate.merge(accumulator, per_key.pop(other))
-                was_fired |= (key, other) in self._fired
-                self._fired.discard((key, other))
-                self._dirty.discard((key, other))
-            accumulator = aggregate.add(per_key.get(window, accumulator), value)
-            per_key[window] = accumulator
-            if was_fired:
-                self._fired.add((key, window))
-            self._dirty.add((key, window))
-            placed = True
+        per_key = self._windows.get(key)
+        if per_key is None:
+            per_key = self._windows[key] = {}
+        assigned = self._assigned.get(timestamp)
+        if assigned is None:
+            assigned = self._assign(timestamp)
+        if self._merging:
+            placed = self._add_merging(per_key, key, assigned[0], value, watermark)
+        else:
+            placed = False
+            lateness, aggregate = self.allowed_lateness, self.aggregate
+            for window in assigned:
+                if window.end + lateness <= watermark:
+                    continue
+                accumulator = per_key.get(window, _MISSING)
+                if accumulator is _MISSING:
+                    accumulator = aggregate.create()
+                    self._schedule(window.end, key, window)
+                    self._dirty.add((key, window))
+                elif window.end <= self._fired_up_to and (key, window) not in self._dirty:
+                    # it fired: an update is due. (A window ending later has not fired
+                    # yet, so it is dirty already: nothing to note, the common case.)
+                    self._schedule(window.end, key, window)
+                    self._dirty.add((key, window))
+                per_key[window] = aggregate.add(accumulator, value)
+                placed = True
         if not per_key:
             del self._windows[key]
         return None if placed else Late(key, timestamp, value)
 
+    def _assign(self, timestamp: float) -> list[Window]:
+        if len(self._assigned) >= _ASSIGNED:
+            self._assigned.clear()
+        assigned = self._assigned[timestamp] = self.assigner.assign(timestamp)
+        return assigned
+
+    def _add_merging(
+        self,
+        per_key: dict[Window, Any],
+        key: Hashable,
+        window: Window,
+        value: Any,
+        watermark: float,
+    ) -> bool:
+        """Sessions: add to the window that ``window`` and the sessions it overlaps merge
+        into; whether the record was placed (not late)."""
+        absorbed: list[Window] = []
+        for other in per_key:
+            # A session past its lateness is closed for good even if the next ``fire``
+            # has not dropped it yet: merging into it would make the result depend on
+            # where the runtime's batches happen to end.
+            if window.overlaps(other) and not self._expired(other, watermark):
+                absorbed.append(other)
+                window = window.cover(other)
+        if self._expired(window, watermark):
+            return False
+        aggregate = self.aggregate
+        marker = (key, window)
+        if absorbed:  # the merged window takes over their state
+            accumulator = aggregate.create()
+            was_fired = False
+            for other in absorbed:
+                accumulator = aggregate.merge(accumulator, per_key.pop(other))
+                was_fired |= (key, other) in self._fired
+                self._fired.discard((key, other))
+                self._dirty.discard((key, other))
+            if was_fired:
+                self._fired.add(marker)
+        else:
+            accumulator = aggregate.create()
+        self._schedule(window.end, key, window)
+        per_key[window] = aggregate.add(accumulator, value)
+        self._dirty.add(marker)
+        return True
+
     def fire(self, watermark: float) -> list[Fired]:
         """The windows complete at ``watermark`` that have not fired since they changed,
         in order of their end; windows past their lateness are dropped afterwards."""
+        timers = self._timers
+        if watermark > self._fired_up_to:
+            self._fired_up_to = watermark
+        if not timers or timers[0][0] > watermark:
+            return []
         fired = []
-        for key, per_key in list(self._windows.items()):
-            for window in sorted(per_key, key=lambda w: (w.end, w.start)):
-                if window.end > watermark:
-                    continue
-                marker = (key, window)
-                if marker in self._dirty:
-                    result = self.aggregate.result(per_key[window])
-                    fired.append(Fired(key, window, result, update=marker in self._fired))
-                    self._dirty.discard(marker)
-                    self._fired.add(marker)
-                if self._expired(window, watermark):
-                    del per_key[window]
-                    self._fired.discard(marker)
-            if not per_key:
-                del self._windows[key]
+        windows, dirty, fired_before = self._windows, self._dirty, self._fired
+        lateness = self.allowed_lateness
+        while timers and timers[0][0] <= watermark:
+            time, _, key, window = heappop(timers)
+            per_key = windows.get(key)
+            if per_key is None or window not in per_key:
+                continue  # merged into a larger session, or dropped
+            marker = (key, window)
+            if marker in dirty:  # the timer's time, hence the window's end, is reached
+                result = self.aggregate.result(per_key[window])
+                fired.append(Fired(key, window, result, update=marker in fired_before))
+                dirty.discard(marker)
+                fired_before.add(marker)
+            if window.end + lateness <= watermark:
+                del per_key[window]
+                fired_before.discard(marker)
+                if not per_key:
+                    del windows[key]
+            elif time < window.end + lateness:
+                self._schedule(window.end + lateness, key, window)
         fired.sort(key=lambda f: (f.window.end, f.window.start))
         return fired
 
@@ -195,10 +288,30 @@ class WindowedState:
             "windows": {key: dict(per_key) for key, per_key in self._windows.items()},
             "fired": set(self._fired),
             "dirty": set(self._dirty),
+            "timers": list(self._timers),
+            "sequence": self._sequence,
+            "fired_up_to": self._fired_up_to,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Take back a :meth:`snapshot` (what it held before is replaced)."""
+        """Take back a :meth:`snapshot` (what it held before is replaced).
+
+        A snapshot without timers (taken before windows had them) gets one per window at
+        its end: the first :meth:`fire` then sorts out which are due. Every window ending
+        after ``_fired_up_to`` must be dirty (:meth:`add` relies on it): a clean window
+        has fired, so the watermark had reached its end.
+        """
         self._windows = {key: dict(per_key) for key, per_key in state["windows"].items()}
         self._fired = set(state["fired"])
         self._dirty = set(state["dirty"])
+        if "timers" in state:
+            self._timers = list(state["timers"])
+            self._sequence = state["sequence"]
+            self._fired_up_to = state["fired_up_to"]
+            return
+        self._timers, self._sequence, self._fired_up_to = [], 0, -math.inf
+        for key, per_key in self._windows.items():
+            for window in per_key:
+                self._schedule(window.end, key, window)
+                if (key, window) not in self._dirty:  # it fired: the watermark passed it
+                    self._fired_up_to = max(self._fired_up_to, window.end)

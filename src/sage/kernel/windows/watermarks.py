@@ -48,6 +48,11 @@ class BoundedOutOfOrderness:
             self._max_seen = timestamp
 
     @property
+    def max_seen(self) -> float:
+        """The largest timestamp seen (``-inf`` before the first record)."""
+        return self._max_seen
+
+    @property
     def watermark(self) -> float:
         """No record below this is expected (``-inf`` before the first record)."""
         return self._max_seen - self.max_delay
