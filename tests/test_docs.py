@@ -34,6 +34,11 @@ def test_doc_examples_run_and_print_what_they_claim(doc: str) -> None:
             logging.disable(logging.NOTSET)
         printed = out.getvalue().splitlines()
         assert printed == [comment.strip() for _, comment in claimed]
+    # The embedded engines (an example's LLMService in this process) are process-wide by
+    # design, kept until shut down or the interpreter exits: this test is their end.
+    from sage.inference.client.unified import UnifiedInferenceClient
+
+    UnifiedInferenceClient.shutdown_embedded()
 
 
 def test_the_grafana_dashboard_queries_only_documented_current_metrics() -> None:

@@ -57,3 +57,22 @@ def test_rag_demo_answers_with_sources_and_remembers() -> None:
     shown = console.export_text()
     assert "retrieval found the expected topic for 3/3 questions" in shown
     assert "3 exchanges stored in memory" in shown
+
+
+@pytest.mark.slow
+def test_live_demo_answers_from_the_current_files_as_they_change() -> None:
+    from sage.demos.live import run_live_demo
+
+    console = Console(record=True, width=120)
+    try:
+        first, edited, deleted = run_live_demo(console, script=True, max_tokens=16)
+    finally:
+        UnifiedInferenceClient.shutdown_embedded()
+    assert first.sources[0][0] == "aurora/warranty.md" and "two-year" in first.sources[0][2]
+    assert edited.sources[0][0] == "aurora/warranty.md" and "five-year" in edited.sources[0][2]
+    assert "aurora/warranty.md" not in [path for path, _, _ in deleted.sources]
+    assert all(answer.text for answer in (first, edited, deleted))
+    shown = console.export_text()
+    assert "index updated aurora/warranty.md" in shown
+    assert "index removed aurora/warranty.md" in shown
+    assert "freshness p50" in shown
