@@ -19,16 +19,20 @@ __all__ = ["EmbeddedEngines"]
 class EmbeddedEngines:
     """Engines in this process, on one private event-loop thread shared by embedded clients.
 
-    Each model is loaded on first use and kept (one copy per process) until :meth:`shutdown`
-    or interpreter exit, so creating many embedded clients costs nothing after the first.
+    Each model is loaded on first use and kept (one copy per process and embedding dtype)
+    until :meth:`shutdown` or interpreter exit, so creating many embedded clients costs
+    nothing after the first.
     """
 
     _runtime: ClassVar[LoopThread | None] = None
-    _engines: ClassVar[dict[tuple[str, str], Any]] = {}
+    _engines: ClassVar[dict[tuple[str, str, str], Any]] = {}
     _lock: ClassVar[threading.RLock] = threading.RLock()
 
-    def __init__(self, llm_model: str, embedding_model: str) -> None:
+    def __init__(
+        self, llm_model: str, embedding_model: str, embedding_dtype: str = "float32"
+    ) -> None:
         self.llm_model, self.embedding_model = llm_model, embedding_model
+        self.embedding_dtype = embedding_dtype
 
     @classmethod
     def _loop_thread(cls) -> LoopThread:
@@ -58,12 +62,14 @@ class EmbeddedEngines:
 
     def _engine(self, kind: str) -> Any:
         name = self.llm_model if kind == "llm" else self.embedding_model
+        options = {} if kind == "llm" else {"dtype": self.embedding_dtype}
+        key = (kind, name, options.get("dtype", ""))
         with self._lock:
-            engine = self._engines.get((kind, name))
+            engine = self._engines.get(key)
             if engine is None:
-                engine = build_engine(kind, name)
+                engine = build_engine(kind, name, **options)
                 self.call(engine.start())
-                self._engines[(kind, name)] = engine
+                self._engines[key] = engine
         return engine
 
     def stream(self, params: SamplingParams, messages: Any, prompt: str | None) -> Iterator[str]:

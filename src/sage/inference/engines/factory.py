@@ -44,7 +44,7 @@ def build_engine(
     options. The CPU engines take ``max_batch`` (sequences decoded together) and
     ``threads``; transformers also ``dtype``; llama.cpp also ``context_length`` and
     ``kv_tokens``. An embedding model is served by sentence-transformers whichever CPU
-    engine is named.
+    engine is named, and takes ``dtype`` (``float32``, ``bfloat16``, ``auto``).
 
     Raises:
         ConfigError: the model is not available, the engine name is unknown, the engine
@@ -77,7 +77,7 @@ def build_engine(
     if kind != "llm":
         from sage.inference.engines.sentence_embedding import SentenceTransformerEngine
 
-        return SentenceTransformerEngine(spec)
+        return SentenceTransformerEngine(spec, dtype=str(options.get("dtype") or "float32"))
     threads = options.get("threads")
     if cpu_llm_engine(spec, engine) == "llama.cpp":
         if options.get("dtype") not in (None, "float32"):
