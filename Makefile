@@ -11,7 +11,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check --quiet
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo     create .venv, install SAGE and the CPU models, run the RAG demo (offline)"
+	@echo "make demo     create .venv, install SAGE and the CPU models, run the live RAG demo (offline)"
 	@echo "make test     create .venv, install SAGE and test tools, run the whole test suite"
 	@echo "make bench    run every benchmark under benchmarks/ (installs the peers they compare with)"
 	@echo "make quality  ruff check, ruff format --check, mypy (to fix what ruff can: sage-dev quality)"
@@ -83,8 +83,19 @@ $(PEERS)/.stamp: Makefile | $(PY)
 		aiohttp starlette 'uvicorn[standard]' httpx
 	@touch $@
 
+# Pathway's live document store, the peer benchmarks/live_rag.py measures freshness against
+# (benchmarks/_pathway_live.py), in a virtualenv of its own: pathway[xpack-llm] needs another
+# LiteLLM than the peers' pin. torch's CPU wheel first (else pip pulls CUDA builds).
+PATHWAY_VENV := .venv-pathway
+$(PATHWAY_VENV)/.stamp: Makefile | $(PY)
+	$(PYTHON) -m venv $(PATHWAY_VENV)
+	$(PATHWAY_VENV)/bin/python -m pip --disable-pip-version-check --quiet install torch==2.13.0
+	$(PATHWAY_VENV)/bin/python -m pip --disable-pip-version-check --quiet install \
+		'pathway[xpack-llm]==0.33.0' sentence-transformers==6.3.0
+	@touch $@
+
 demo: $(VENV)/.stamp-llm
-	$(BIN)/sage demo
+	$(BIN)/sage demo live --script
 
 # Tests send traffic to 127.0.0.1 only, but Ray binds to the machine's interface address
 # unless its processes run in a network namespace whose only interface is loopback: as root
@@ -99,7 +110,7 @@ test: $(VENV)/.stamp-test browser
 		$(PY) -m pytest --durations=25; \
 	fi
 
-bench: $(VENV)/.stamp-bench $(PEERS)/.stamp
+bench: $(VENV)/.stamp-bench $(PEERS)/.stamp $(PATHWAY_VENV)/.stamp
 	@set -e; for script in benchmarks/[!_]*.py; do \
 		echo "== $$script"; $(PY) $$script --write-readme; \
 	done
@@ -110,4 +121,4 @@ quality: $(VENV)/.stamp-quality
 	$(BIN)/sage-dev quality --check-only
 
 clean:
-	rm -rf $(VENV) $(PEERS) .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
+	rm -rf $(VENV) $(PEERS) $(PATHWAY_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
