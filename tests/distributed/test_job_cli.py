@@ -55,6 +55,8 @@ def test_job_list_status_and_logs(server: JobManagerServer) -> None:
     status = sage("job", "status", job_id, "--port", port)
     assert status.exit_code == 0, status.output
     assert "finished" in status.output and "map 'inc'" in status.output
+    shown = sage("job", "show", job_id, "--port", port)  # the reference's name
+    assert shown.exit_code == 0 and shown.output == status.output
 
     logs = sage("job", "logs", job_id, "--port", port)
     assert logs.exit_code == 0, logs.output
@@ -79,12 +81,13 @@ def test_job_logs_follow_ends_when_the_job_ends(server: JobManagerServer) -> Non
 
 
 def test_job_stop_and_cancel(server: JobManagerServer) -> None:
-    for command, outcome in (("stop", "finished"), ("cancel", "cancelled")):
+    for command, outcome in (("stop", "finished"), ("cancel", "cancelled"), ("force", "cancelled")):
         env = RemoteEnvironment(f"to_{command}", port=server.port)
         env.from_source(lambda: 1).sink(lambda x: None)
         job = env.submit(autostop=False)
         assert job.job_id is not None
-        result = sage("job", command, job.job_id, "--port", str(server.port))
+        args = ["stop", "--force"] if command == "force" else [command]
+        result = sage("job", *args, job.job_id, "--port", str(server.port))
         assert result.exit_code == 0, result.output
         assert outcome in result.output
         env.close()
@@ -159,6 +162,14 @@ def test_start_submit_status_stop_as_processes(home: Path, tmp_path: Path) -> No
         assert f"127.0.0.1:{port} (pid {pid})" in status.stdout
         listed = cli("job", "list")
         assert listed.returncode == 0 and str(job.job_id) in listed.stdout
+
+        restarted = cli("jobmanager", "restart")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert "stopped the JobManager" in restarted.stdout
+        assert f"127.0.0.1:{port}" in restarted.stdout and "runtime: local" in restarted.stdout
+        old, pid = pid, int(json.loads(state_file().read_text())["pid"])
+        assert pid != old and psutil.pid_exists(pid)
+        assert cli("jobmanager", "status").returncode == 0
     finally:
         stopped = cli("jobmanager", "stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -167,3 +178,5 @@ def test_start_submit_status_stop_as_processes(home: Path, tmp_path: Path) -> No
     assert not state_file().exists()
     gone = cli("jobmanager", "status", "--port", str(port))
     assert gone.returncode == 1 and "sage jobmanager start" in gone.stderr
+    nothing = cli("jobmanager", "restart")
+    assert nothing.returncode == 1 and "sage jobmanager start" in nothing.stderr

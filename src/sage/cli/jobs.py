@@ -191,6 +191,31 @@ def jobmanager_stop(
     console.print(f"{how} the JobManager at {state['host']}:{state['port']} (pid {pid})")
 
 
+@jobmanager_app.command("restart")
+def jobmanager_restart(
+    timeout: Annotated[
+        float,
+        typer.Option(help="Seconds to let running jobs be cancelled, and to start again."),
+    ] = 60,
+) -> None:
+    """Stop the JobManager started from this $SAGE_HOME and start it again on the same
+    address with the same runtime (its running jobs are cancelled)."""
+    state = _running_state()
+    if state is None:
+        raise fail("no JobManager is running here; start one with `sage jobmanager start`")
+    # the state file describes the runtime ("local (threads of ...)"): its first word
+    runtime = Runtime(str(state.get("runtime") or Runtime.RAY.value).split()[0])
+    jobmanager_stop(timeout=timeout)
+    jobmanager_start(
+        host=str(state["host"]),
+        port=int(state["port"]),
+        ray_address=None,
+        runtime=runtime,
+        foreground=False,
+        timeout=timeout,
+    )
+
+
 @jobmanager_app.command("status")
 def jobmanager_status(host: HostOption = None, port: PortOption = None) -> None:
     """Whether the JobManager answers, its runtime and its jobs (exit code 1 if not running)."""
@@ -243,6 +268,7 @@ def job_list(host: HostOption = None, port: PortOption = None) -> None:
     console.print(table)
 
 
+@job_app.command("show", help="Show one job: status, times, error, operator table (= status).")
 @job_app.command("status")
 def job_status(
     job_id: Annotated[str, typer.Argument(help="The job's id (see `sage job list`).")],
@@ -283,10 +309,19 @@ def job_stop(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the job to end (0: do not wait).")
     ] = 60,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", "-f", help="Cancel now, dropping records in flight (= sage job cancel)."
+        ),
+    ] = False,
     host: HostOption = None,
     port: PortOption = None,
 ) -> None:
     """Stop a job gracefully: sources end and records in flight reach the sinks."""
+    if force:
+        job_cancel(job_id, host, port)
+        return
     with _client(host, port) as client:
         info = client.stop(job_id)
         if timeout > 0 and not info.ended:
