@@ -293,3 +293,33 @@ def test_tenants_come_from_a_json_file_and_a_bad_one_is_refused_before_starting(
         openai.OpenAI(
             base_url=f"http://127.0.0.1:{stack.gateway}/v1", api_key="other", max_retries=0
         ).models.list()
+
+
+def test_logs_follow_prints_new_lines_and_stop_force_kills(stack: Stack) -> None:
+    served = stack.serve("--engine", "stub")
+    assert served.returncode == 0, served.stdout + served.stderr
+    pids = stack.pids()
+    follower = subprocess.Popen(
+        [*SAGE, "llm", "logs", "gateway", "-f", "-n", "1"],
+        env={**stack.env, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        # the tail of the log comes first, after the file's rule
+        assert "gateway.log" in follower.stdout.readline()
+        follower.stdout.readline()
+        with (stack.home / "llm" / "logs" / "gateway.log").open("a") as log:
+            log.write("a line written after -f started\n")
+        assert follower.stdout.readline().strip() == "gateway: a line written after -f started"
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=30) == 0
+    finally:
+        follower.kill()
+        follower.wait()
+    stopped = stack.sage("stop", "--force", timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert stopped.stdout.count("killed ") == 3
+    assert not [name for name, pid in pids.items() if _alive(pid)]

@@ -502,7 +502,14 @@ def status() -> None:
 
 
 @llm_app.command()
-def stop() -> None:
+def stop(
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", "-f", help="Kill at once instead of letting requests in flight finish."
+        ),
+    ] = False,
+) -> None:
     """Stop every process of the stack (engines and gateway); none is left behind."""
     state = load_state()
     if not state:
@@ -513,8 +520,8 @@ def stop() -> None:
         if not _alive(state, name):
             console.print(f"{name} (pid {pid}) had already exited")
             continue
-        terminate(pid, started=started.get(name))
-        console.print(f"stopped {name} (pid {pid})")
+        terminate(pid, 0.0 if force else 20.0, started=started.get(name))
+        console.print(f"{'killed' if force else 'stopped'} {name} (pid {pid})")
     left = [f"{n} ({p})" for n, p in state["pids"].items() if _alive(state, n)]
     _state_file().unlink(missing_ok=True)
     if left:
@@ -529,16 +536,53 @@ def logs(
     lines: Annotated[
         int, typer.Option("--lines", "-n", help="Lines from the end of each log.")
     ] = 40,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Then print new lines as they come, until Ctrl-C."),
+    ] = False,
 ) -> None:
-    """Print the end of the processes' logs."""
+    """Print the end of the processes' logs (and follow them with -f)."""
     folder = state_dir() / "logs"
     files = [folder / f"{name}.log"] if name else sorted(folder.glob("*.log"))
     if not files or not all(f.exists() for f in files):
         raise fail(f"no logs in {folder}" + (f" for {name!r}" if name else ""))
+    positions = {}
     for path in files:
+        with path.open("rb") as fh:  # the tail and the follow's start: the same bytes
+            data = fh.read()
+            positions[path] = {"inode": os.fstat(fh.fileno()).st_ino, "offset": len(data)}
         console.rule(path.name)
         console.print(
-            "\n".join(path.read_text(errors="replace").splitlines()[-lines:]),
+            "\n".join(data.decode(errors="replace").splitlines()[-lines:]),
             highlight=False,
             markup=False,
         )
+    if follow:
+        _follow(positions)
+
+
+def _follow(positions: dict[Path, dict[str, int]]) -> None:
+    """Print lines appended to the files after ``positions`` as they come (each after its
+    file's name), woken by the folder's watcher, across rotations, until Ctrl-C."""
+    from sage.kernel.connectors import DirectoryWatcher, LineReader
+
+    readers = {}
+    for path, position in positions.items():
+        readers[path] = reader = LineReader(path, parse="text")
+        reader.open(position)
+    watcher = DirectoryWatcher(next(iter(positions)).parent, recursive=False)
+    watcher.start()
+    try:
+        while True:
+            for path, reader in readers.items():
+                while got := reader.read(1000):
+                    for line in got:
+                        console.print(f"{path.stem}: {line}", highlight=False, markup=False)
+            console.file.flush()  # a pipe is block-buffered: show each line as it comes
+            watcher.changes(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.stop()
+        for reader in readers.values():
+            reader.close()

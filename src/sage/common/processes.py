@@ -165,5 +165,7 @@ def terminate(
         pass
     except psutil.TimeoutExpired:
         os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+            psutil.Process(pid).wait(10)  # a kill is delivered asynchronously: see it land
         return False
     return True
