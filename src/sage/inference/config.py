@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
@@ -14,6 +12,7 @@ from pydantic import ValidationError
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError, unknown_key
 from sage.inference.protocol import InstanceSpec
+from sage.inference.tenant_config import DEFAULT_TENANT, RequestDefaults, TenantConfig
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -25,11 +24,6 @@ __all__ = [
     "UnifiedServerConfig",
     "parse_policies",
 ]
-
-DEFAULT_TENANT = "default"
-"""The tenant of requests whose API key belongs to no configured tenant (or that send none)."""
-_TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_TENANT_KEY = re.compile(r"[!-~]+")
 
 
 class SchedulingPolicyType(StrEnum):
@@ -236,130 +230,12 @@ class BackendInstanceConfig:
         return self.instance_id
 
 
-@dataclass
-class RequestDefaults:
-    """Scheduling defaults for requests that do not say (per API key or per model).
-
-    Attributes:
-        priority: Lower is more urgent (``None``: fall through to the next default).
-        slo_ms: Latency objective in milliseconds (``None``: fall through).
-    """
-
-    priority: int | None = None
-    slo_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.priority is not None and (
-            isinstance(self.priority, bool) or not isinstance(self.priority, int)
-        ):
-            raise ConfigError(f"priority={self.priority!r} must be an integer (lower first)")
-        if self.slo_ms is not None and not (
-            isinstance(self.slo_ms, int | float) and self.slo_ms > 0
-        ):
-            raise ConfigError(f"slo_ms={self.slo_ms!r} must be a positive number of ms")
-
-    @classmethod
-    def of(cls, value: RequestDefaults | dict[str, Any]) -> RequestDefaults:
-        """From a mapping such as ``{"priority": 0, "slo_ms": 2000}``.
-
-        Raises:
-            ConfigError: an unknown key or a bad value.
-        """
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, dict) or set(value) - {"priority", "slo_ms"}:
-            raise ConfigError(
-                f"request defaults {value!r} must be a mapping with 'priority' and/or 'slo_ms'"
-            )
-        return cls(**value)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""The values of :attr:`UnifiedServerConfig.log_level`."""
 
 
-@dataclass
-class TenantConfig:
-    """One tenant of the gateway: the API keys that identify it, its share, its limits.
-
-    Example (a config file's ``tenants``)::
-
-        {"acme": {"api_keys": ["sk-acme-1"], "weight": 2, "rpm": 600, "tpm": 200000},
-         "hobby": {"api_keys": ["sk-hobby"], "rpm": 60, "priority": 5}}
-
-    Attributes:
-        weight: Its share when tenants wait for the same model: fair share serves each
-            tenant tokens in proportion to its weight (2 gets twice what 1 gets).
-        api_keys: Bearer keys that identify it; each is an accepted key of the gateway.
-        rpm: Requests per minute at most (``None``: no limit); beyond it, 429.
-        tpm: Tokens per minute at most, counted when a request is admitted as its prompt
-            estimate plus ``max_tokens`` (``None``: no limit); beyond it, 429.
-        priority: Priority of its requests that give none (``None``: the model's/gateway's).
-        slo_ms: Latency objective of its requests that give none (``None``: likewise).
-    """
-
-    weight: float = 1.0
-    api_keys: list[str] = field(default_factory=list)
-    rpm: int | None = None
-    tpm: int | None = None
-    priority: int | None = None
-    slo_ms: float | None = None
-
-    @classmethod
-    def of(cls, name: Any, value: Any) -> TenantConfig:
-        """Tenant ``name`` from a mapping of its fields (or a :class:`TenantConfig`), checked.
-
-        Raises:
-            ConfigError: a bad name, an unknown key or a bad value, named as
-                ``tenants.<name>.<field>`` with the fix.
-        """
-        if not isinstance(name, str) or not _TENANT_NAME.fullmatch(name):
-            raise ConfigError(
-                f"tenant name {name!r} is invalid; use 1 to 64 letters, digits, '.', '_' or '-'"
-            )
-        where = f"tenants.{name}"
-        if isinstance(value, Mapping):
-            valid = [f.name for f in fields(cls)]
-            for key in value:
-                if key not in valid:
-                    raise unknown_key(key, where, valid)
-            value = cls(**value)
-        if not isinstance(value, cls):
-            raise ConfigError(
-                f"{where} is {type(value).__name__}; give a mapping such as "
-                "{'api_keys': ['sk-...'], 'weight': 1, 'rpm': 60, 'tpm': 100000}"
-            )
-        value.check(where)
-        return value
-
-    def check(self, where: str = "tenant") -> None:
-        """Raise :class:`ConfigError` naming ``where.<field>`` if a field is out of range."""
-        weight = self.weight
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, int | float)
-            or not math.isfinite(weight)
-            or weight <= 0
-        ):
-            raise ConfigError(f"{where}.weight={weight!r} is invalid; use a number > 0, e.g. 1")
-        keys: Any = self.api_keys
-        if isinstance(keys, str) or not isinstance(keys, list):
-            raise ConfigError(f"{where}.api_keys={keys!r} is invalid; use a list of keys")
-        for key in keys:
-            if not isinstance(key, str) or not _TENANT_KEY.fullmatch(key):
-                raise ConfigError(
-                    f"{where}.api_keys holds an invalid key (a {type(key).__name__}); each key "
-                    "is printable ASCII without spaces"
-                )
-        for limit in ("rpm", "tpm"):
-            value = getattr(self, limit)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ConfigError(
-                    f"{where}.{limit}={value!r} is invalid; use an integer >= 1 (per minute) "
-                    "or None for no limit"
-                )
-        try:
-            RequestDefaults(self.priority, self.slo_ms)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+class _DefaultSeconds(float):
+    """A default number of seconds: tells "not given" from the same number given."""
 
 
 @dataclass
@@ -387,7 +263,10 @@ class UnifiedServerConfig:
             ``.env``); with none of them the API is open. Keys are never logged.
         api_key_file: A file of accepted keys, one per line (``#`` starts a comment).
         max_body_bytes: Largest request body accepted.
-        request_timeout_s: Longest a backend may take to answer.
+        request_timeout_s: Longest a backend may take to answer (seconds); past it the
+            request gets 503 and the instance leaves the rotation until a health check.
+        request_timeout: The same setting under the SAGE reference's name (seconds): when
+            given it sets ``request_timeout_s``; both given with different values is an error.
         health_check_interval_s: Seconds between health checks of each instance.
         default_priority: Priority of requests that give none (lower first).
         default_slo_ms: Latency objective of requests that give none (``None``: none).
@@ -420,6 +299,9 @@ class UnifiedServerConfig:
         idle_timeout_s: A client connection idle this long is closed.
         enable_cors: Answer browsers' CORS preflights and allow ``cors_origins``.
         cors_origins: Origins a browser may call from when ``enable_cors`` (``["*"]``: any).
+        log_level: ``"debug"``, ``"info"``, ``"warning"`` or ``"error"`` (any case): the level
+            :meth:`UnifiedAPIServer.start_async` sets on the ``sage.inference`` loggers
+            (process-wide; ``None``: leave them as the application configured them).
     """
 
     host: str = "127.0.0.1"
@@ -435,7 +317,7 @@ class UnifiedServerConfig:
     api_key: str | None = None
     api_key_file: str | None = None
     max_body_bytes: int = 8 * 1024 * 1024
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = _DefaultSeconds(600.0)
     health_check_interval_s: float = 5.0
     default_priority: int = 0
     default_slo_ms: float | None = None
@@ -454,6 +336,8 @@ class UnifiedServerConfig:
     idle_timeout_s: float = 75.0
     enable_cors: bool = False
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    request_timeout: float | None = None
+    log_level: str | None = None
 
     def __post_init__(self) -> None:
         self.scheduling_policy = SchedulingPolicyType.parse(self.scheduling_policy)
@@ -463,6 +347,7 @@ class UnifiedServerConfig:
             least = 0 if name == "routing_balance_slack" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"{name}={value!r} is invalid; use an integer >= {least}")
+        self._check_reference_names()
         for name in ("stream_chunk_timeout_s", "header_timeout_s", "idle_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
@@ -493,6 +378,32 @@ class UnifiedServerConfig:
             )
         for backend in self.embedding_backends:
             backend.instance_type = "embedding"
+
+    def _check_reference_names(self) -> None:
+        """Apply ``request_timeout`` to ``request_timeout_s`` and check both; normalize
+        ``log_level``. A value is never accepted and then ignored."""
+        alias, own = self.request_timeout, self.request_timeout_s
+        for name, value in (("request_timeout", alias), ("request_timeout_s", own)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            ):
+                raise ConfigError(f"{name}={value!r} is invalid; use a number of seconds > 0")
+        if alias is not None:
+            if not isinstance(own, _DefaultSeconds) and own != alias:
+                raise ConfigError(
+                    f"request_timeout={alias!r} and request_timeout_s={own!r} disagree; they "
+                    "are one setting (request_timeout is the SAGE reference's name): give one"
+                )
+            self.request_timeout_s = alias
+        self.request_timeout_s = float(self.request_timeout_s)
+        if self.log_level is not None:
+            level = self.log_level.strip().lower() if isinstance(self.log_level, str) else None
+            if level not in LOG_LEVELS:
+                raise ConfigError(
+                    f"log_level={self.log_level!r} is invalid; use one of "
+                    f"{', '.join(LOG_LEVELS)} (any case), or None to leave the loggers alone"
+                )
+            self.log_level = level
 
     def _check_tenants(self) -> None:
         """Check ``tenants`` (dicts become :class:`TenantConfig`); no key in two tenants."""

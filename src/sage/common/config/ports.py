@@ -11,6 +11,8 @@ import os
 import platform
 import socket
 
+from sage.common.errors import ConfigError
+
 __all__ = ["SagePorts"]
 
 
@@ -58,6 +60,12 @@ class SagePorts:
             return True
 
     @classmethod
+    def is_available(cls, port: int, host: str = "127.0.0.1") -> bool:
+        """Whether a server could bind ``host:port`` now (the reference's name for
+        :meth:`is_port_free`)."""
+        return cls.is_port_free(port, host)
+
+    @classmethod
     def find_free_port(cls, start: int, host: str = "127.0.0.1", tries: int = 100) -> int:
         """The first free port from ``start`` upwards.
 
@@ -68,6 +76,28 @@ class SagePorts:
             if cls.is_port_free(port, host):
                 return port
         raise OSError(f"no free port in {start}-{start + tries - 1} on {host}")
+
+    @classmethod
+    def find_available_port(cls, start: int, end: int, host: str = "127.0.0.1") -> int:
+        """The first free port in ``[start, end]`` (both included), for a server that
+        must stay inside a known range (a firewall rule, a benchmark's block).
+
+        Raises:
+            ConfigError: ``start`` or ``end`` is not a port number (1-65535), or ``start > end``.
+            OSError: every port in the range is taken (the message names the range and the fix).
+        """
+        for name, value in (("start", start), ("end", end)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+                raise ConfigError(f"{name}={value!r} must be a port number from 1 to 65535")
+        if start > end:
+            raise ConfigError(f"start={start} is above end={end}; pass start <= end")
+        try:
+            return cls.find_free_port(start, host, tries=end - start + 1)
+        except OSError:
+            raise OSError(
+                f"no free port in {start}-{end} on {host}: stop what listens there, widen the "
+                "range (end=), or use SagePorts.any_free_port() for any free port"
+            ) from None
 
     @staticmethod
     def any_free_port(host: str = "127.0.0.1") -> int:

@@ -7,6 +7,7 @@ from sage.inference.client.embedding import (
     EmbeddingFactory,
     HashEmbedding,
     HFEmbedding,
+    OllamaEmbedding,
     OpenAIEmbedding,
 )
 from sage.inference.client.retries import RetryPolicy
@@ -18,6 +19,7 @@ __all__ = [
     "EmbeddingFactory",
     "HFEmbedding",
     "HashEmbedding",
+    "OllamaEmbedding",
     "OpenAIEmbedding",
     "RetryPolicy",
     "UnifiedInferenceClient",

@@ -1,4 +1,5 @@
-"""Embedders that run without a server, behind one single-text interface."""
+"""Embedders behind one single-text interface: in-process (``hash``, ``hf``) or remote
+(``openai`` for any OpenAI-compatible endpoint, ``ollama`` for an Ollama server)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sage.common.errors import ConfigError
+import httpx
+import orjson
+
+from sage.common.errors import ConfigError, GatewayError
 
 __all__ = [
     "BaseEmbedding",
@@ -16,6 +20,7 @@ __all__ = [
     "EmbeddingFactory",
     "HFEmbedding",
     "HashEmbedding",
+    "OllamaEmbedding",
     "OpenAIEmbedding",
 ]
 
@@ -24,7 +29,19 @@ class BaseEmbedding:
     """``embed("one text") -> vector``; ``embed_batch(texts)`` where a model can do better."""
 
     method: str = "base"
-    dimension: int = 0
+    dimension: int = 0  # 0: not known yet (a remote embedder learns it from its first answer)
+
+    @property
+    def method_name(self) -> str:
+        """The :class:`EmbeddingFactory` name of this embedder ("hash", "hf", "openai", ...)."""
+        return self.method
+
+    def get_dim(self) -> int:
+        """The length of this embedder's vectors; a remote embedder without ``dim=`` embeds
+        one probe text to learn it, once."""
+        if not self.dimension:
+            self.dimension = len(self.embed("dimension probe"))
+        return self.dimension
 
     def embed(self, text: str) -> list[float]:
         """The vector of one text (pass a list to :class:`EmbeddingClientAdapter` instead)."""
@@ -101,38 +118,137 @@ class HFEmbedding(BaseEmbedding):
         return list(vectors.tolist())
 
 
-class OpenAIEmbedding(BaseEmbedding):
-    """Any OpenAI-compatible ``/v1/embeddings`` endpoint (a SAGE gateway, or a cloud one)."""
+class _RemoteEmbedding(BaseEmbedding):
+    """An embedder that asks a server: checks its arguments, and every answer's shape."""
+
+    def __init__(self, model: str, base_url: str, dim: int | None) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f"model={model!r} must name the server's embedding model")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"base_url={base_url!r} must be an http:// or https:// URL of the server"
+            )
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ConfigError(
+                f"dim={dim!r} must be a positive integer, or None to learn it from the server"
+            )
+        self.model_name = model
+        self.base_url = base_url.rstrip("/")
+        self.dimension = dim or 0
+
+    def _checked(self, found: Any, count: int, where: str) -> list[list[float]]:
+        """``found`` if it is ``count`` vectors of this embedder's length (learnt if unknown)."""
+        if not isinstance(found, list) or len(found) != count:
+            got = len(found) if isinstance(found, list) else type(found).__name__
+            raise GatewayError(f"{where} answered {got} vectors for {count} texts")
+        for vector in found:
+            if not isinstance(vector, list) or not vector:
+                raise GatewayError(f"{where} answered an empty or malformed vector")
+            if self.dimension and len(vector) != self.dimension:
+                raise GatewayError(
+                    f"{where} answered {len(vector)}-dimensional vectors, not dim="
+                    f"{self.dimension}; pass the model's dimension as dim= or leave dim out"
+                )
+            self.dimension = len(vector)
+        return found
+
+
+class OpenAIEmbedding(_RemoteEmbedding):
+    """Any OpenAI-compatible ``/v1/embeddings`` endpoint: a SAGE gateway, vLLM, a cloud one.
+
+    ``base_url`` is the part before ``/embeddings`` (e.g. ``http://127.0.0.1:8090/v1``).
+    """
 
     method = "openai"
 
-    def __init__(self, model: str, base_url: str, api_key: str | None = None) -> None:
+    def __init__(
+        self, model: str, base_url: str, api_key: str | None = None, dim: int | None = None
+    ) -> None:
         from sage.inference.client.unified import UnifiedInferenceClient
 
-        self.model_name = model
+        super().__init__(model, base_url, dim)
         self._client = UnifiedInferenceClient(
             mode="openai", embedding_base_url=base_url, embedding_model=model, api_key=api_key
         )
-        self.dimension = len(self._client.embed("dimension probe"))
 
     def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
-        return list(self._client.embed(list(texts)))
+        if not texts:
+            return []
+        found = self._client.embed(list(texts))
+        return self._checked(found, len(texts), f"{self.base_url}/embeddings")
+
+
+class OllamaEmbedding(_RemoteEmbedding):
+    """An Ollama server's embedding model, through its ``POST /api/embed`` (one request a
+    batch), so Ollama-served models plug in where SAGE expects an embedder."""
+
+    method = "ollama"
+
+    def __init__(
+        self,
+        model: str = "nomic-embed-text",
+        base_url: str = "http://127.0.0.1:11434",
+        dim: int | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        super().__init__(model, base_url, dim)
+        self._http = httpx.Client(timeout=timeout)
+
+    def embed_batch(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        url = f"{self.base_url}/api/embed"
+        body = orjson.dumps({"model": self.model_name, "input": list(texts)})
+        try:
+            response = self._http.post(
+                url, content=body, headers={"content-type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise GatewayError(
+                f"cannot reach Ollama at {self.base_url} ({exc}); start it with `ollama serve` "
+                "or pass the right base_url="
+            ) from exc
+        try:
+            answer = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            answer = None
+        if response.status_code >= 400:
+            error = answer.get("error") if isinstance(answer, dict) else None
+            hint = f"; run `ollama pull {self.model_name}`" if response.status_code == 404 else ""
+            raise GatewayError(
+                f"{response.status_code} from {url}: {error or response.text}{hint}",
+                response.status_code,
+            )
+        if not isinstance(answer, dict) or "embeddings" not in answer:
+            raise GatewayError(f"{url} answered without 'embeddings'; is it an Ollama server?")
+        return self._checked(answer["embeddings"], len(texts), url)
+
+    def close(self) -> None:
+        """Close the pooled connections to the server."""
+        self._http.close()
 
 
 class EmbeddingFactory:
     """Builds an embedder by method name."""
 
-    METHODS = ("hf", "hash", "openai")
+    METHODS = ("hf", "hash", "openai", "ollama")
 
     @staticmethod
     def create(method: str, **kwargs: Any) -> BaseEmbedding:
-        """An embedder: ``"hf"`` (``model=``), ``"hash"`` (``dim=``) or ``"openai"``.
+        """An embedder: ``"hf"`` (``model=``), ``"hash"`` (``dim=``), ``"openai"`` or
+        ``"ollama"``.
 
-        ``"openai"`` takes ``model=``, ``base_url=`` and ``api_key=``.
+        ``"openai"`` takes ``model=``, ``base_url=`` (any OpenAI-compatible endpoint),
+        ``api_key=`` and ``dim=``; ``"ollama"`` takes ``model=`` (``nomic-embed-text``),
+        ``base_url=`` (``http://127.0.0.1:11434``) and ``dim=``.
 
         Raises:
             ConfigError: an unknown method (the message lists them).
         """
+        if not isinstance(method, str):
+            raise ConfigError(
+                f"method={method!r} must be a string, one of {', '.join(EmbeddingFactory.METHODS)}"
+            )
         name = method.lower()
         if name in ("hf", "huggingface", "sentence-transformers"):
             return HFEmbedding(**kwargs)
@@ -140,6 +256,8 @@ class EmbeddingFactory:
             return HashEmbedding(**kwargs)
         if name == "openai":
             return OpenAIEmbedding(**kwargs)
+        if name == "ollama":
+            return OllamaEmbedding(**kwargs)
         raise ConfigError(
             f"unknown embedding method {method!r}; use one of {', '.join(EmbeddingFactory.METHODS)}"
         )
@@ -150,7 +268,11 @@ class EmbeddingClientAdapter:
 
     def __init__(self, embedder: BaseEmbedding) -> None:
         self.embedder = embedder
-        self.dimension = embedder.dimension
+
+    @property
+    def dimension(self) -> int:
+        """The embedder's vector length (a remote one learns it on first use)."""
+        return self.embedder.get_dim()
 
     def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
         """Vectors for ``texts`` (a single string counts as a list of one)."""

@@ -4,7 +4,8 @@ Where requests go (``create()``, "control plane first"):
 
 1. ``control_plane_url=`` when given (a gateway or any OpenAI-compatible server);
 2. the local gateway (``SagePorts.GATEWAY_DEFAULT`` or ``SAGE_GATEWAY_PORT``);
-3. local engine servers (``SAGE_LLM_PORT``, 8001, 8901; ``SAGE_EMBEDDING_PORT``, 8090);
+3. local engine servers (``SAGE_LLM_PORT``, 8001, 8901; ``SAGE_EMBEDDING_PORT``, 8090; or
+   ``llm_ports=`` / ``embedding_ports=``);
 4. ``.env`` / environment: ``SAGE_CHAT_BASE_URL``, ``SAGE_EMBEDDING_BASE_URL`` (with
    ``SAGE_CHAT_API_KEY``; this is also how a cloud endpoint is reached).
 
@@ -35,14 +36,15 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from sage.common.config.ports import SagePorts
 from sage.common.config.settings import load_settings
 from sage.common.core.scheduling import current_scheduling
-from sage.common.errors import GatewayError
+from sage.common.errors import ConfigError, GatewayError
+from sage.inference.client import options
 from sage.inference.client.answers import answer_text, stream_piece, vectors
 from sage.inference.client.discovery import PROBE_TIMEOUT, discover
 from sage.inference.client.embedded import EmbeddedEngines
 from sage.inference.client.retries import RetryPolicy, apost, astream, post, stream
+from sage.inference.config import SchedulingPolicyType
 from sage.inference.engines.base import (
     SamplingParams,
 )
@@ -96,8 +98,11 @@ class UnifiedInferenceClient:
         timeout: float = 300.0,
         embedded: EmbeddedEngines | None = None,
         retry: RetryPolicy | None = None,
+        scheduling_policy: SchedulingPolicyType | None = None,
     ) -> None:
         self.mode = mode
+        self.scheduling_policy = scheduling_policy
+        """The policy asked for at :meth:`create` (recorded and reported, not sent)."""
         self.retry = RetryPolicy() if retry is None else retry
         """How answers 429 and 503 are retried."""
         self.llm_base_url = llm_base_url.rstrip("/") if llm_base_url else None
@@ -134,10 +139,20 @@ class UnifiedInferenceClient:
         env_file: str | None = ".env",
         retry: RetryPolicy | None = None,
         embedding_dtype: str = "float32",
+        scheduling_policy: str | None = None,
+        llm_ports: Sequence[int] | None = None,
+        embedding_ports: Sequence[int] | None = None,
     ) -> UnifiedInferenceClient:
         """A client for the first endpoint found (see the module docstring).
 
         Args:
+            scheduling_policy: A :class:`~sage.inference.config.SchedulingPolicyType` name
+                (``fifo``, ``priority``...), checked here and reported by :meth:`get_status`
+                as in the SAGE reference; it is not sent: a gateway's policy is its own
+                setting, shared by all its clients (``sage llm serve --policy``).
+            llm_ports, embedding_ports: Local ports probed for engine servers instead of
+                ``SAGE_LLM_PORT``/8001/8901 and ``SAGE_EMBEDDING_PORT``/8090 (each server
+                says what it serves; the gateway is still tried first).
             retry: How answers 429 and 503 are retried (default: :class:`RetryPolicy`,
                 3 tries honouring ``Retry-After`` up to 30 s).
             embedding_dtype: ``embedded=True``: the embedding engine's precision,
@@ -148,6 +163,8 @@ class UnifiedInferenceClient:
             GatewayError: no endpoint answered and none is configured.
         """
         settings = load_settings(env_file)
+        policy = options.scheduling_policy(scheduling_policy)
+        probes = options.engine_ports(settings, llm_ports, embedding_ports)
         if embedded:
             llm = default_llm_model or "smollm2"
             emb = default_embedding_model or "all-minilm-l6-v2"
@@ -157,8 +174,15 @@ class UnifiedInferenceClient:
                 embedding_model=emb,
                 embedded=EmbeddedEngines(llm, emb, embedding_dtype),
                 retry=retry,
+                scheduling_policy=policy,
             )
         key = api_key or settings.SAGE_API_KEY or settings.SAGE_CHAT_API_KEY
+        common: dict[str, Any] = {
+            "api_key": key,
+            "timeout": timeout,
+            "retry": retry,
+            "scheduling_policy": policy,
+        }
         if control_plane_url:
             models = discover(control_plane_url, key)
             return cls(
@@ -167,9 +191,7 @@ class UnifiedInferenceClient:
                 embedding_base_url=control_plane_url,
                 llm_model=default_llm_model or models.get("llm"),
                 embedding_model=default_embedding_model or models.get("embedding"),
-                api_key=key,
-                timeout=timeout,
-                retry=retry,
+                **common,
             )
         tried = []
         if prefer_local:
@@ -183,14 +205,10 @@ class UnifiedInferenceClient:
                     embedding_base_url=gateway,
                     llm_model=default_llm_model or models.get("llm"),
                     embedding_model=default_embedding_model or models.get("embedding"),
-                    api_key=key,
-                    timeout=timeout,
-                    retry=retry,
+                    **common,
                 )
             found: dict[str, tuple[str, str | None]] = {}
-            llm_ports = [settings.SAGE_LLM_PORT, SagePorts.LLM_DEFAULT, SagePorts.LLM_WSL_FALLBACK]
-            emb_ports = [settings.SAGE_EMBEDDING_PORT, SagePorts.EMBEDDING_DEFAULT]
-            for port in dict.fromkeys([*llm_ports, *emb_ports]):
+            for port in probes:
                 url = f"http://127.0.0.1:{port}/v1"
                 tried.append(url)
                 for kind, model in discover(url, key).items():
@@ -204,9 +222,7 @@ class UnifiedInferenceClient:
                     embedding_base_url=emb_url,
                     llm_model=default_llm_model or llm_name,
                     embedding_model=default_embedding_model or emb_name,
-                    api_key=key,
-                    timeout=timeout,
-                    retry=retry,
+                    **common,
                 )
         if settings.SAGE_CHAT_BASE_URL or settings.SAGE_EMBEDDING_BASE_URL:
             return cls(
@@ -215,9 +231,7 @@ class UnifiedInferenceClient:
                 embedding_base_url=settings.SAGE_EMBEDDING_BASE_URL or settings.SAGE_CHAT_BASE_URL,
                 llm_model=default_llm_model or settings.SAGE_CHAT_MODEL,
                 embedding_model=default_embedding_model or settings.SAGE_EMBEDDING_MODEL,
-                api_key=key,
-                timeout=timeout,
-                retry=retry,
+                **common,
             )
         raise GatewayError(
             f"no inference endpoint found (tried {', '.join(tried) or 'nothing local'}, and "
@@ -227,17 +241,30 @@ class UnifiedInferenceClient:
 
     @classmethod
     def create_auto(cls, **kwargs: Any) -> UnifiedInferenceClient:
-        """:meth:`create`, or in-process engines when no endpoint is found."""
+        """:meth:`create`, or in-process engines (same ``default_*`` models and
+        ``scheduling_policy``) when no endpoint is found."""
         try:
             return cls.create(**kwargs)
         except GatewayError:
-            return cls.create(
-                embedded=True, **{k: v for k, v in kwargs.items() if k.startswith("default_")}
-            )
+            kept = {k: v for k, v in kwargs.items() if k.startswith(("default_", "scheduling_"))}
+            return cls.create(embedded=True, **kept)
 
     @classmethod
-    def get_instance(cls, key: str = "default", **create_kwargs: Any) -> UnifiedInferenceClient:
-        """The client registered under ``key``, created (with :meth:`create_auto`) on first use."""
+    def get_instance(
+        cls, key: str | None = None, *, instance_key: str | None = None, **create_kwargs: Any
+    ) -> UnifiedInferenceClient:
+        """The client registered under ``key`` (default ``"default"``; ``instance_key=`` is the
+        SAGE reference's name for it), created (with :meth:`create_auto`) on first use.
+
+        Raises:
+            ConfigError: ``key`` and ``instance_key`` both given, and different.
+        """
+        if key is not None and instance_key is not None and key != instance_key:
+            raise ConfigError(
+                f"get_instance got key={key!r} and instance_key={instance_key!r}; pass one"
+            )
+        if key is None:
+            key = "default" if instance_key is None else instance_key
         with cls._instances_lock:
             client = cls._instances.get(key)
             if client is None:
@@ -368,7 +395,15 @@ class UnifiedInferenceClient:
         )
 
     def get_status(self) -> dict[str, Any]:
-        """Where requests go, which models, and whether the endpoints answer now."""
+        """Where requests go, which models, and whether the endpoints answer now.
+
+        Beside the nested ``llm``/``embedding`` parts, the SAGE reference's flat keys:
+        ``control_plane_active`` (requests go through a gateway: ``control_plane_url=`` or the
+        local gateway), ``llm_available``/``embedding_available`` (a model is configured and
+        its endpoint answered just now; in-process engines count as answering, so this loads
+        no model), ``llm_base_url``, ``llm_model``, ``embedding_base_url``,
+        ``embedding_model`` (``None`` in-process), and ``scheduling_policy``.
+        """
         status: dict[str, Any] = {
             "mode": self.mode,
             "llm": {"base_url": self.llm_base_url, "model": self.llm_model},
@@ -385,6 +420,12 @@ class UnifiedInferenceClient:
                 )
             except httpx.HTTPError:
                 status[part]["healthy"] = False
+        for part in ("llm", "embedding"):
+            status[f"{part}_available"] = bool(status[part]["model"] and status[part]["healthy"])
+            status[f"{part}_base_url"] = status[part]["base_url"]
+            status[f"{part}_model"] = status[part]["model"]
+        status["control_plane_active"] = self.mode in ("control_plane", "gateway")
+        status["scheduling_policy"] = self.scheduling_policy
         return status
 
     # -- async twins -------------------------------------------------------------------------

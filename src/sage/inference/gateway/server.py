@@ -70,7 +70,8 @@ class UnifiedAPIServer:
 
     Example:
         >>> from sage.inference import UnifiedServerConfig
-        >>> server = UnifiedAPIServer(UnifiedServerConfig(port=0))  # start() blocks
+        >>> server = UnifiedAPIServer(UnifiedServerConfig(port=0))
+        >>> # server.start() serves until stop(); server.start(block=False) in the background
 
     Args:
         config: Listening address, instances, policy and limits.
@@ -98,6 +99,7 @@ class UnifiedAPIServer:
         self._stopping: asyncio.Event | None = None
         self._run_owns_shutdown = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None  # start(block=False)'s
         self.collector = Collector(self.families)
         """A ``prometheus_client`` collector of :meth:`families` (what ``GET /metrics`` serves)."""
 
@@ -108,23 +110,67 @@ class UnifiedAPIServer:
 
     # -- life cycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Serve until interrupted or :meth:`stop` (blocks).
+    def start(self, block: bool = True) -> None:
+        """Serve: in this thread until stopped (``block=True``), or in the background.
 
-        Inside an event loop use :meth:`run_async` or :meth:`start_async` instead. To serve in
-        the background, run ``start`` on a thread and :meth:`wait_ready` for the port.
+        ``block=True`` returns when :meth:`stop` is called from another thread (or raises
+        ``KeyboardInterrupt`` on Ctrl-C, after closing the gateway). ``block=False`` serves
+        on a daemon thread of its own and returns once the gateway listens and knows its
+        instances' health; :meth:`stop` then stops it and waits for that thread.
+
+        Inside an event loop use :meth:`run_async` or :meth:`start_async` instead.
+
+        Raises:
+            RuntimeError: the gateway is already running; :meth:`stop` it first.
+            OSError: (``block=False``) the port is taken, or another error that stopped the
+                gateway before it listened.
         """
-        run_loop(self.run_async())
+        if self.is_running() or (self._thread is not None and self._thread.is_alive()):
+            raise RuntimeError("the gateway is already running; stop() it before start()")
+        if block:
+            run_loop(self.run_async())
+            return
+        failed: list[BaseException] = []
+        ended = threading.Event()
+
+        def serve() -> None:
+            try:
+                run_loop(self.run_async())
+            except BaseException as exc:  # handed to start()'s caller
+                failed.append(exc)
+            finally:
+                with self._listening_changed:
+                    ended.set()
+                    self._listening_changed.notify_all()
+
+        self._thread = threading.Thread(target=serve, name="sage-gateway", daemon=True)
+        self._thread.start()
+        with self._listening_changed:  # notified when it listens, and when serve() ends
+            self._listening_changed.wait_for(lambda: ended.is_set() or self._listed())
+        if failed:
+            raise failed[0]
 
     async def run_async(self, ready: asyncio.Event | None = None) -> None:
-        """Start, signal ``ready``, and serve until :meth:`stop_async`."""
+        """Start, signal ``ready``, and serve until :meth:`stop_async` (or cancelled: the
+        gateway is closed either way)."""
         await self.start_async()
         self._run_owns_shutdown = True
         if ready is not None:
             ready.set()
         assert self._stopping is not None
-        await self._stopping.wait()
-        await self._shutdown()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._shutdown()
+
+    def _listed(self) -> bool:
+        """Whether this gateway is among those listening in this process."""
+        return self.port is not None and self._listening_ports.get(self.port) is self
+
+    def is_running(self) -> bool:
+        """Whether the gateway listens and has not been told to stop."""
+        stopping = self._stopping
+        return self._listed() and stopping is not None and not stopping.is_set()
 
     def wait_ready(self, timeout: float | None = None) -> int:
         """Block until the server listens (``start`` running on another thread); the port.
@@ -156,10 +202,62 @@ class UnifiedAPIServer:
             return cls._listening_ports[port]
 
     def stop(self) -> None:
-        """Stop serving; safe from any thread (a ``start`` running elsewhere returns)."""
+        """Stop serving; safe from any thread (a ``start`` running elsewhere returns).
+
+        After ``start(block=False)`` this waits until the gateway has closed (requests in
+        progress get ``shutdown_grace_s`` to finish); otherwise it only asks it to stop.
+        """
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stopping.set)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def get_status(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The gateway's state as JSON-ready data; callable from any thread.
+
+        Keys: ``running``, ``host``, ``port`` (the bound one once started), ``url`` (where
+        clients reach it; loopback for a wildcard host), ``base_url`` (the same, the SAGE
+        reference's name), ``health`` (what ``GET /health`` answers; ``None`` before the
+        first start) and those of :meth:`metrics_snapshot` (``GET
+        /v1/management/metrics``: ``instances``, ``policy``, queues, tenants...).
+
+        Raises:
+            TimeoutError: the gateway's loop did not answer within ``timeout`` seconds.
+        """
+        loop = self._loop
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if loop is None or on_loop or not loop.is_running():
+            state = self._state()
+        else:  # read the registry and queues on the loop that changes them
+            state = asyncio.run_coroutine_threadsafe(self._state_async(), loop).result(timeout)
+        host = self.config.host
+        port = self.port if self.port is not None else self.config.port
+        reach = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        url = f"http://{f'[{reach}]' if ':' in reach else reach}:{port}"
+        return {
+            "running": self.is_running(),
+            "host": host,
+            "port": port,
+            "url": url,
+            "base_url": url,
+            **state,
+        }
+
+    async def _state_async(self) -> dict[str, Any]:
+        return self._state()
+
+    def _state(self) -> dict[str, Any]:
+        """The health and the management figures (:meth:`get_status`'s shared part)."""
+        health = self._health_state()
+        return {
+            "health": None if health is None else health.model_dump(mode="json"),
+            **self.metrics_snapshot(),
+        }
 
     async def start_async(self) -> int:
         """Listen and start health checks; return the port.
@@ -168,6 +266,9 @@ class UnifiedAPIServer:
             OSError: the port is taken.
         """
         config = self.config
+        self._run_owns_shutdown = False  # run_async() sets it once started
+        if config.log_level is not None:  # checked by the config: debug/info/warning/error
+            logging.getLogger("sage.inference").setLevel(config.log_level.upper())
         registry = self.registry = InstanceRegistry()
         for backend in [*config.llm_backends, *config.embedding_backends]:
             registry.add(backend)
@@ -268,18 +369,24 @@ class UnifiedAPIServer:
         return Response(body=openapi_json(max_tokens=self.config.max_tokens_limit))
 
     async def _health(self, request: Request) -> Response:
-        assert self.registry is not None
+        health = self._health_state()
+        assert health is not None
+        return json_response(health)
+
+    def _health_state(self) -> GatewayHealth | None:
+        """What ``GET /health`` answers (``None`` before the gateway first started)."""
+        if self.registry is None:
+            return None
         instances = self.registry.all()
         healthy = sum(1 for i in instances if i.healthy)
         active = self.dispatcher.active_policy if self.dispatcher else None
-        health = GatewayHealth(
+        return GatewayHealth(
             status="ok",
             instances=len(instances),
             healthy=healthy,
             policy=self.config.scheduling_policy,  # type: ignore[arg-type]
             active_policy=active,  # type: ignore[arg-type]
         )
-        return json_response(health)
 
     async def _metrics(self, request: Request) -> Response:
         """Prometheus text of :attr:`collector`."""
