@@ -81,13 +81,11 @@ from its local path.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -292,15 +290,22 @@ class PathwayLiveStore:
             time.sleep(0.1)
 
     def retrieve(
-        self, query: str, k: int = 3, path: str | Path | None = None
+        self,
+        query: str,
+        k: int = 3,
+        path: str | Path | None = None,
+        *,
+        paths: list[str] | list[Path] | None = None,
     ) -> list[dict[str, Any]]:
-        """The ``k`` nearest chunks to ``query`` (only those of file ``path`` when given), best
-        first: dicts with ``text``, ``path``, ``dist`` (cosine distance) and ``metadata``."""
+        """The ``k`` nearest chunks to ``query`` (only those of file ``path``, or of the files
+        ``paths``, when given), best first: dicts with ``text``, ``path``, ``dist`` (cosine
+        distance) and ``metadata``."""
         body: dict[str, Any] = {"query": query, "k": k}
-        if path is not None:
+        only = [path] if path is not None else paths
+        if only:
             # The server turns backquotes into JMESPath raw-string quotes; exact match on the
             # path the fs connector reports (the absolute path under the resolved folder).
-            body["metadata_filter"] = f"path == `{self._index_path(path)}`"
+            body["metadata_filter"] = " || ".join(f"path == `{self._index_path(p)}`" for p in only)
         response = self._client.post(f"{self.url}/v1/retrieve", json=body)
         response.raise_for_status()
         return [
@@ -322,14 +327,10 @@ class PathwayLiveStore:
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            from sage.common.processes import terminate  # the harness's side: SAGE's venv
+
+            terminate(proc.pid, 10.0)  # its process group: SIGTERM, SIGKILL after 10 s
+            proc.wait()
         self._remove_cache_dir()
 
     def _remove_cache_dir(self) -> None:

@@ -140,16 +140,9 @@ class PathwayStore:
         return self.store.wait_ready(timeout, expect_docs=docs)
 
     def current_texts(self, paths: list[str]) -> dict[str, list[str]]:
-        names = " || ".join(f"path == `{self.store._index_path(p)}`" for p in paths)
-        response = self.store._client.post(
-            f"{self.store.url}/v1/retrieve",
-            json={"query": "probe", "k": len(paths) * (PARAGRAPHS + 2), "metadata_filter": names},
-        )
-        response.raise_for_status()
-        root = str(self.store.folder) + "/"
         texts: dict[str, list[str]] = {}
-        for h in response.json():
-            texts.setdefault(h["metadata"]["path"].removeprefix(root), []).append(h["text"])
+        for hit in self.store.retrieve("probe", len(paths) * (PARAGRAPHS + 2), paths=paths):
+            texts.setdefault(Path(hit["path"]).name, []).append(hit["text"])
         return texts
 
     def stop(self) -> None:

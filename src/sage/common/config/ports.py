@@ -59,6 +59,12 @@ class SagePorts:
                 return False
             return True
 
+    @staticmethod
+    def is_port_number(value: object) -> bool:
+        """Whether ``value`` is a TCP port number a server can be asked for (1-65535; an
+        ``int``, not a ``bool``)."""
+        return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
     @classmethod
     def is_available(cls, port: int, host: str = "127.0.0.1") -> bool:
         """Whether a server could bind ``host:port`` now (the reference's name for
@@ -87,7 +93,7 @@ class SagePorts:
             OSError: every port in the range is taken (the message names the range and the fix).
         """
         for name, value in (("start", start), ("end", end)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            if not cls.is_port_number(value):
                 raise ConfigError(f"{name}={value!r} must be a port number from 1 to 65535")
         if start > end:
             raise ConfigError(f"start={start} is above end={end}; pass start <= end")

@@ -34,7 +34,7 @@ def _checked(argument: str, ports: Sequence[int]) -> list[int]:
         found = list(ports)
     except TypeError:  # one port, not a list of them
         found = [0]
-    if any(isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536 for p in found):
+    if not all(map(SagePorts.is_port_number, found)):
         raise ConfigError(f"{argument}={ports!r}: give a list of port numbers (1-65535)")
     return found
 

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from sage.common.concurrency import LoopThread
+from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
 from sage.common.http import HttpError, HttpServer, Request, Response, json_response
 from sage.kernel.connectors.base import ConnectorSource
@@ -80,7 +81,7 @@ class HttpIngestSource(ConnectorSource):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(port, int) or not 0 <= port < 65536:
+        if port != 0 and not SagePorts.is_port_number(port):
             raise ConfigError(f"port={port!r} is invalid; use 0 (any free port) to 65535")
         if max_backlog < 1:
             raise ConfigError(f"max_backlog={max_backlog!r} is invalid; use an integer >= 1")
