@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Any, ClassVar
 
-from sage.common.concurrency import run_loop
+from sage.common.concurrency import LoopThread, run_loop
 from sage.common.http import HttpServer, Request, Response, json_response
 from sage.common.http.server import Handler
 from sage.common.observability.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
@@ -99,7 +99,7 @@ class UnifiedAPIServer:
         self._stopping: asyncio.Event | None = None
         self._run_owns_shutdown = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None  # start(block=False)'s
+        self._background: LoopThread | None = None  # start(block=False)'s event loop
         self.collector = Collector(self.families)
         """A ``prometheus_client`` collector of :meth:`families` (what ``GET /metrics`` serves)."""
 
@@ -125,30 +125,18 @@ class UnifiedAPIServer:
             OSError: (``block=False``) the port is taken, or another error that stopped the
                 gateway before it listened.
         """
-        if self.is_running() or (self._thread is not None and self._thread.is_alive()):
+        if self.is_running() or self._background is not None:
             raise RuntimeError("the gateway is already running; stop() it before start()")
         if block:
             run_loop(self.run_async())
             return
-        failed: list[BaseException] = []
-        ended = threading.Event()
-
-        def serve() -> None:
-            try:
-                run_loop(self.run_async())
-            except BaseException as exc:  # handed to start()'s caller
-                failed.append(exc)
-            finally:
-                with self._listening_changed:
-                    ended.set()
-                    self._listening_changed.notify_all()
-
-        self._thread = threading.Thread(target=serve, name="sage-gateway", daemon=True)
-        self._thread.start()
-        with self._listening_changed:  # notified when it listens, and when serve() ends
-            self._listening_changed.wait_for(lambda: ended.is_set() or self._listed())
-        if failed:
-            raise failed[0]
+        background = LoopThread("sage-gateway")
+        try:
+            background.call(self.start_async())  # returns once it listens, or raises
+        except BaseException:
+            background.stop()
+            raise
+        self._background = background
 
     async def run_async(self, ready: asyncio.Event | None = None) -> None:
         """Start, signal ``ready``, and serve until :meth:`stop_async` (or cancelled: the
@@ -207,12 +195,15 @@ class UnifiedAPIServer:
         After ``start(block=False)`` this waits until the gateway has closed (requests in
         progress get ``shutdown_grace_s`` to finish); otherwise it only asks it to stop.
         """
+        background = self._background
+        if background is not None and threading.current_thread() is not background.thread:
+            self._background = None
+            background.call(self.stop_async())
+            background.stop()
+            return
         loop, stopping = self._loop, self._stopping
         if loop is not None and stopping is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stopping.set)
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
 
     def get_status(self, timeout: float = 10.0) -> dict[str, Any]:
         """The gateway's state as JSON-ready data; callable from any thread.
