@@ -1,57 +1,25 @@
-"""``sage llm``: start, inspect and stop the local inference stack.
-
-``sage llm serve`` starts one process per engine (the LLM on ``SagePorts.LLM_DEFAULT`` or
-8901 on WSL2, the embedding model on ``SagePorts.EMBEDDING_DEFAULT``) and the gateway on
-``SagePorts.GATEWAY_DEFAULT`` with the engines registered as its instances. State and logs
-live in ``$SAGE_HOME/llm`` (default ``~/.sage/llm``).
-"""
+"""``sage llm serve``: start the engines and the gateway (in the background, or in the
+foreground with ``--foreground``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import sys
 import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from sage.cli.errors import fail, stderr, usage
-from sage.common.config.paths import sage_home
+from sage.cli.llm.app import console, llm_app
+from sage.cli.llm.state import alive, load_state, state_dir, stop_all, write_state
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
-from sage.common.processes import is_running, started_at
-from sage.inference.deploy.processes import (
-    SpawnError,
-    spawn_engine,
-    spawn_gateway,
-    terminate,
-)
-
-llm_app = typer.Typer(help="Run and inspect the local inference stack (engines + gateway).")
-console = Console(width=None if sys.stdout.isatty() else 120)
-
-
-def state_dir() -> Path:
-    """``$SAGE_HOME/llm`` (default ``~/.sage/llm``)."""
-    return sage_home() / "llm"
-
-
-def _state_file() -> Path:
-    return state_dir() / "state.json"
-
-
-def load_state() -> dict[str, Any] | None:
-    """What the running stack is (or None)."""
-    try:
-        return dict(json.loads(_state_file().read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return None
+from sage.common.processes import started_at
+from sage.inference.deploy.processes import SpawnError, spawn_engine, spawn_gateway
 
 
 class Engine(StrEnum):
@@ -80,13 +48,13 @@ _CPU_DTYPES = (Dtype.FLOAT32, Dtype.BFLOAT16)
 _CPU_ENGINES = (Engine.CPU, Engine.LLAMA_CPP, Engine.TRANSFORMERS)
 
 
-def _check_port(port: int, what: str, option: str, host: str) -> None:
+def check_port(port: int, what: str, option: str, host: str) -> None:
     if not SagePorts.is_port_free(port, host):
         free = SagePorts.find_free_port(port + 1, host)
         raise fail(f"port {port} ({what}) is in use; pick a free one, e.g. {option} {free}")
 
 
-def _start_engine(
+def start_engine(
     kind: str,
     model: str,
     engine: str,
@@ -113,7 +81,7 @@ def _start_engine(
     return pid, name
 
 
-def _check_models(
+def check_models(
     engine: Engine,
     model: str,
     embedding_model: str | None,
@@ -156,12 +124,7 @@ def _check_models(
             raise fail(str(exc)) from None
 
 
-def _write_state(state: dict[str, Any]) -> None:
-    _state_file().parent.mkdir(parents=True, exist_ok=True)
-    _state_file().write_text(json.dumps(state), encoding="utf-8")
-
-
-def _wait_for_a_signal(pids: dict[str, int]) -> None:
+def wait_for_a_signal(pids: dict[str, int]) -> None:
     """Block until Ctrl-C or SIGTERM, or until one of ``pids`` exits (``--foreground``)."""
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
     try:
@@ -176,7 +139,7 @@ def _wait_for_a_signal(pids: dict[str, int]) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _read_tenants(path: Path) -> dict[str, Any]:
+def read_tenants(path: Path) -> dict[str, Any]:
     """The tenants of ``--tenants``, checked as the gateway will check them.
 
     Raises:
@@ -301,9 +264,9 @@ def serve(
         routing = str(RoutingPolicyType.parse(routing))
     except ConfigError as exc:
         raise usage(f"--routing: {exc}") from None
-    tenant_config = _read_tenants(tenants) if tenants is not None else None
+    tenant_config = read_tenants(tenants) if tenants is not None else None
     state = load_state()
-    if state and any(_alive(state, name) for name in state["pids"]):
+    if state and any(alive(state, name) for name in state["pids"]):
         raise fail("the stack is already running (see sage llm status); run sage llm stop first")
     sim_args: list[str] = []
     if sim_profile is not None:
@@ -319,7 +282,7 @@ def serve(
     serve_embedding = with_embedding or embedding_model is not None
     embedding_model = embedding_model or "all-minilm-l6-v2"
     if engine not in (Engine.STUB, Engine.SIMULATED):  # these serve any name; nothing is loaded
-        _check_models(
+        check_models(
             engine,
             model,
             embedding_model if serve_embedding else None,
@@ -328,10 +291,10 @@ def serve(
             gpu_memory,
             dtype,
         )
-    _check_port(llm_port, "LLM engine", "--port", host)
+    check_port(llm_port, "LLM engine", "--port", host)
     if serve_embedding:
-        _check_port(embedding_port, "embedding engine", "--embedding-port", host)
-    _check_port(gateway_port, "gateway", "--gateway-port", host)
+        check_port(embedding_port, "embedding engine", "--embedding-port", host)
+    check_port(gateway_port, "gateway", "--gateway-port", host)
 
     logs: Path | None = None if foreground else state_dir() / "logs"
     if logs is not None:
@@ -360,7 +323,7 @@ def serve(
                 cpu_args = ["--max-batch", str(max_batch), *sim_args]
                 if dtype and engine in _CPU_ENGINES:
                     cpu_args += ["--dtype", str(dtype)]
-                pids["llm"], llm_name = _start_engine(
+                pids["llm"], llm_name = start_engine(
                     "llm", model, engine, host, llm_port, logs, timeout, *cpu_args
                 )
         backends: dict[str, list[dict[str, Any]]] = {
@@ -371,7 +334,7 @@ def serve(
         if serve_embedding:
             with console.status("starting the embedding engine..."):
                 emb_engine = engine if engine in (Engine.STUB, Engine.SIMULATED) else "cpu"
-                pids["embedding"], emb_name = _start_engine(
+                pids["embedding"], emb_name = start_engine(
                     "embedding",
                     embedding_model,
                     emb_engine,
@@ -409,7 +372,7 @@ def serve(
                 )
             except SpawnError as exc:
                 raise fail(f"gateway {exc}") from None
-        _write_state(
+        write_state(
             {
                 "pids": pids,
                 "started": {name: started_at(pid) for name, pid in pids.items()},
@@ -431,158 +394,9 @@ def serve(
             + ("; Ctrl-C stops them" if foreground else "")
         )
         if foreground:
-            _wait_for_a_signal(pids)
+            wait_for_a_signal(pids)
     except BaseException:
-        _stop_all(pids)
+        stop_all(pids)
         raise
     if foreground:
-        _stop_all(pids)
-
-
-def _stop_all(pids: dict[str, int]) -> None:
-    """Stop the processes just started (in reverse order), and forget them."""
-    for pid in reversed(pids.values()):
-        terminate(pid)
-    _state_file().unlink(missing_ok=True)
-
-
-def _alive(state: dict[str, Any], name: str) -> bool:
-    """Whether the process ``name`` of ``state`` still runs (the same one: a pid reused by
-    another process does not count)."""
-    started = (state.get("started") or {}).get(name)
-    return is_running(state["pids"][name], started)
-
-
-@llm_app.command()
-def status() -> None:
-    """Show the instances behind the gateway and whether they are healthy."""
-    import httpx
-
-    state = load_state()
-    if not state:
-        raise fail("nothing is running; start it with sage llm serve")
-    table = Table(title="SAGE inference stack")
-    for column in ("process", "pid", "alive"):
-        table.add_column(column)
-    for name, pid in state["pids"].items():
-        alive = _alive(state, name)
-        table.add_row(name, str(pid), "[green]yes[/green]" if alive else "[red]no[/red]")
-    console.print(table)
-    url = f"http://{state['host']}:{state['ports']['gateway']}/v1/management/instances"
-    try:
-        instances = httpx.get(url, timeout=5).json()["instances"]
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
-        raise fail(f"the gateway did not answer at {url}: {exc}") from None
-    view = Table(title="instances")
-    for column in (
-        "instance",
-        "model",
-        "type",
-        "healthy",
-        "in flight",
-        "requests",
-        "errors",
-        "p95",
-    ):
-        view.add_column(column)
-    for i in instances:
-        view.add_row(
-            i["instance_id"],
-            i["model_name"],
-            i["instance_type"],
-            "[green]healthy[/green]" if i["healthy"] else f"[red]unhealthy[/red] {i['last_error']}",
-            str(i["in_flight"]),
-            str(i["requests"]),
-            str(i["errors"]),
-            f"{i['p95_ms']:.1f} ms",
-        )
-    console.print(view)
-    if not all(i["healthy"] for i in instances):
-        raise typer.Exit(1)
-
-
-@llm_app.command()
-def stop(
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", "-f", help="Kill at once instead of letting requests in flight finish."
-        ),
-    ] = False,
-) -> None:
-    """Stop every process of the stack (engines and gateway); none is left behind."""
-    state = load_state()
-    if not state:
-        console.print("nothing is running")
-        return
-    started = state.get("started") or {}
-    for name, pid in state["pids"].items():
-        if not _alive(state, name):
-            console.print(f"{name} (pid {pid}) had already exited")
-            continue
-        terminate(pid, 0.0 if force else 20.0, started=started.get(name))
-        console.print(f"{'killed' if force else 'stopped'} {name} (pid {pid})")
-    left = [f"{n} ({p})" for n, p in state["pids"].items() if _alive(state, n)]
-    _state_file().unlink(missing_ok=True)
-    if left:
-        raise fail(f"still running: {', '.join(left)}")
-
-
-@llm_app.command()
-def logs(
-    name: Annotated[
-        str | None, typer.Argument(help="llm, embedding or gateway (default: all).")
-    ] = None,
-    lines: Annotated[
-        int, typer.Option("--lines", "-n", help="Lines from the end of each log.")
-    ] = 40,
-    follow: Annotated[
-        bool,
-        typer.Option("--follow", "-f", help="Then print new lines as they come, until Ctrl-C."),
-    ] = False,
-) -> None:
-    """Print the end of the processes' logs (and follow them with -f)."""
-    folder = state_dir() / "logs"
-    files = [folder / f"{name}.log"] if name else sorted(folder.glob("*.log"))
-    if not files or not all(f.exists() for f in files):
-        raise fail(f"no logs in {folder}" + (f" for {name!r}" if name else ""))
-    positions = {}
-    for path in files:
-        with path.open("rb") as fh:  # the tail and the follow's start: the same bytes
-            data = fh.read()
-            positions[path] = {"inode": os.fstat(fh.fileno()).st_ino, "offset": len(data)}
-        console.rule(path.name)
-        console.print(
-            "\n".join(data.decode(errors="replace").splitlines()[-lines:]),
-            highlight=False,
-            markup=False,
-        )
-    if follow:
-        _follow(positions)
-
-
-def _follow(positions: dict[Path, dict[str, int]]) -> None:
-    """Print lines appended to the files after ``positions`` as they come (each after its
-    file's name), woken by the folder's watcher, across rotations, until Ctrl-C."""
-    from sage.kernel.connectors import DirectoryWatcher, LineReader
-
-    readers = {}
-    for path, position in positions.items():
-        readers[path] = reader = LineReader(path, parse="text")
-        reader.open(position)
-    watcher = DirectoryWatcher(next(iter(positions)).parent, recursive=False)
-    watcher.start()
-    try:
-        while True:
-            for path, reader in readers.items():
-                while got := reader.read(1000):
-                    for line in got:
-                        console.print(f"{path.stem}: {line}", highlight=False, markup=False)
-            console.file.flush()  # a pipe is block-buffered: show each line as it comes
-            watcher.changes(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        watcher.stop()
-        for reader in readers.values():
-            reader.close()
+        stop_all(pids)

@@ -1,0 +1,150 @@
+"""``sage llm status``, ``stop`` and ``logs``: inspect and stop what ``serve`` started."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from sage.cli.errors import fail
+from sage.cli.llm.app import console, llm_app
+from sage.cli.llm.state import alive, load_state, state_dir, state_file
+from sage.inference.deploy.processes import terminate
+
+
+@llm_app.command()
+def status() -> None:
+    """Show the instances behind the gateway and whether they are healthy."""
+    import httpx
+
+    state = load_state()
+    if not state:
+        raise fail("nothing is running; start it with sage llm serve")
+    table = Table(title="SAGE inference stack")
+    for column in ("process", "pid", "alive"):
+        table.add_column(column)
+    for name, pid in state["pids"].items():
+        running = alive(state, name)
+        table.add_row(name, str(pid), "[green]yes[/green]" if running else "[red]no[/red]")
+    console.print(table)
+    url = f"http://{state['host']}:{state['ports']['gateway']}/v1/management/instances"
+    try:
+        instances = httpx.get(url, timeout=5).json()["instances"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise fail(f"the gateway did not answer at {url}: {exc}") from None
+    view = Table(title="instances")
+    for column in (
+        "instance",
+        "model",
+        "type",
+        "healthy",
+        "in flight",
+        "requests",
+        "errors",
+        "p95",
+    ):
+        view.add_column(column)
+    for i in instances:
+        view.add_row(
+            i["instance_id"],
+            i["model_name"],
+            i["instance_type"],
+            "[green]healthy[/green]" if i["healthy"] else f"[red]unhealthy[/red] {i['last_error']}",
+            str(i["in_flight"]),
+            str(i["requests"]),
+            str(i["errors"]),
+            f"{i['p95_ms']:.1f} ms",
+        )
+    console.print(view)
+    if not all(i["healthy"] for i in instances):
+        raise typer.Exit(1)
+
+
+@llm_app.command()
+def stop(
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", "-f", help="Kill at once instead of letting requests in flight finish."
+        ),
+    ] = False,
+) -> None:
+    """Stop every process of the stack (engines and gateway); none is left behind."""
+    state = load_state()
+    if not state:
+        console.print("nothing is running")
+        return
+    started = state.get("started") or {}
+    for name, pid in state["pids"].items():
+        if not alive(state, name):
+            console.print(f"{name} (pid {pid}) had already exited")
+            continue
+        terminate(pid, 0.0 if force else 20.0, started=started.get(name))
+        console.print(f"{'killed' if force else 'stopped'} {name} (pid {pid})")
+    left = [f"{n} ({p})" for n, p in state["pids"].items() if alive(state, n)]
+    state_file().unlink(missing_ok=True)
+    if left:
+        raise fail(f"still running: {', '.join(left)}")
+
+
+@llm_app.command()
+def logs(
+    name: Annotated[
+        str | None, typer.Argument(help="llm, embedding or gateway (default: all).")
+    ] = None,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", help="Lines from the end of each log.")
+    ] = 40,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Then print new lines as they come, until Ctrl-C."),
+    ] = False,
+) -> None:
+    """Print the end of the processes' logs (and follow them with -f)."""
+    folder = state_dir() / "logs"
+    files = [folder / f"{name}.log"] if name else sorted(folder.glob("*.log"))
+    if not files or not all(f.exists() for f in files):
+        raise fail(f"no logs in {folder}" + (f" for {name!r}" if name else ""))
+    positions = {}
+    for path in files:
+        with path.open("rb") as fh:  # the tail and the follow's start: the same bytes
+            data = fh.read()
+            positions[path] = {"inode": os.fstat(fh.fileno()).st_ino, "offset": len(data)}
+        console.rule(path.name)
+        console.print(
+            "\n".join(data.decode(errors="replace").splitlines()[-lines:]),
+            highlight=False,
+            markup=False,
+        )
+    if follow:
+        _follow(positions)
+
+
+def _follow(positions: dict[Path, dict[str, int]]) -> None:
+    """Print lines appended to the files after ``positions`` as they come (each after its
+    file's name), woken by the folder's watcher, across rotations, until Ctrl-C."""
+    from sage.kernel.connectors import DirectoryWatcher, LineReader
+
+    readers = {}
+    for path, position in positions.items():
+        readers[path] = reader = LineReader(path, parse="text")
+        reader.open(position)
+    watcher = DirectoryWatcher(next(iter(positions)).parent, recursive=False)
+    watcher.start()
+    try:
+        while True:
+            for path, reader in readers.items():
+                while got := reader.read(1000):
+                    for line in got:
+                        console.print(f"{path.stem}: {line}", highlight=False, markup=False)
+            console.file.flush()  # a pipe is block-buffered: show each line as it comes
+            watcher.changes(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.stop()
+        for reader in readers.values():
+            reader.close()
