@@ -26,19 +26,30 @@ def no_job_threads_left() -> Iterator[None]:
     assert not alive, f"job threads still alive after the test: {alive}"
 
 
+def _ours(handler: logging.Handler) -> bool:
+    return not type(handler).__module__.startswith("_pytest")
+
+
+@pytest.fixture(scope="session")
+def root_logging_at_start() -> tuple[list[logging.Handler], int]:
+    """The root logger's own handlers and level before any test ran."""
+    root = logging.getLogger()
+    return [h for h in root.handlers if _ours(h)], root.level
+
+
 @pytest.fixture(autouse=True)
-def root_logging_restored() -> Iterator[None]:
+def root_logging_restored(
+    root_logging_at_start: tuple[list[logging.Handler], int],
+) -> Iterator[None]:
     """Handlers a test's CLI call configured on the root logger (``basicConfig(force=True)``
     with a console handler, say) are gone after it, so no later test sees their output.
-    pytest's own capturing handlers come and go with each phase: they are left to it."""
-
-    def ours(handler: logging.Handler) -> bool:
-        return not type(handler).__module__.startswith("_pytest")
-
-    root = logging.getLogger()
-    handlers, level = [h for h in root.handlers if ours(h)], root.level
+    The root goes back to how the session found it, so a handler added by a module-scoped
+    fixture (set up before this fixture looks) goes too. pytest's own capturing handlers
+    come and go with each phase: they are left to it."""
     yield
-    for handler in [h for h in root.handlers if ours(h) and h not in handlers]:
+    handlers, level = root_logging_at_start
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if _ours(h) and h not in handlers]:
         root.removeHandler(handler)
     for handler in handlers:
         if handler not in root.handlers:

@@ -10,8 +10,13 @@ Modules, in the order a benchmark uses them:
 * :mod:`.driver` — sends the trace open loop and records every request;
 * :mod:`.metrics` — throughput, latency and TTFT percentiles, SLO attainment, errors;
 * :mod:`.runner` — capacity, trace and one run per policy (:func:`run_benchmark`);
-* :mod:`.report` — Rich tables, JSON, PNG chart, HTML page;
-* :mod:`.cli` — the ``sage-cp-bench`` command (``run``, ``compare``).
+* :mod:`.sweep` — one run per offered rate (:func:`run_sweep`);
+* :mod:`.report`, :mod:`.sweep_report` — Rich tables, JSON, PNG chart, HTML page;
+* :mod:`.visualize` — the charts again, from a saved JSON report;
+* :mod:`.options`, :mod:`.config_file` — the command line's options as a config, and the
+  same settings in a file (``--config``);
+* :mod:`.screen`, :mod:`.cli` — the ``sage-cp-bench`` command (``run``, ``compare``,
+  ``sweep``, ``config``, ``validate``, ``visualize``).
 
 Example:
     >>> from sage.benchmark.control_plane import HybridBenchmarkConfig
@@ -28,6 +33,7 @@ from sage.benchmark.control_plane.config import (
 )
 from sage.benchmark.control_plane.metrics import GroupMetrics, RunMetrics, summarize
 from sage.benchmark.control_plane.runner import BenchmarkResult, PolicyRun, run_benchmark
+from sage.benchmark.control_plane.sweep import SweepResult, run_sweep
 from sage.benchmark.control_plane.workload import Trace, TraceRequest, build_trace
 
 __all__ = [
@@ -41,9 +47,11 @@ __all__ = [
     "PolicyRun",
     "RequestClass",
     "RunMetrics",
+    "SweepResult",
     "Trace",
     "TraceRequest",
     "build_trace",
     "run_benchmark",
+    "run_sweep",
     "summarize",
 ]

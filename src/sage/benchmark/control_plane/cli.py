@@ -1,58 +1,57 @@
 """``sage-cp-bench``: what each scheduling policy of the control plane buys, measured.
 
-``sage-cp-bench run --mode llm --policy fifo --requests 100`` sends one trace through a
-gateway scheduled by one policy; ``sage-cp-bench compare --mode llm --policies
-fifo,priority,slo_aware`` sends the very same trace (same seed) once per policy, each on a
-fresh gateway over fresh instances. Without ``--control-plane`` the benchmark starts its own
-gateway over ``--instances`` GPU-instance simulators (``--engine simulated``), the real CPU
-engines (``cpu``) or stubs (``stub``). Unless ``--rate`` is given, the offered rate is
-``--load`` times the instances' estimated capacity (see :mod:`.runner`).
+``sage-cp-bench run -m llm -p fifo -n 100`` sends one trace through a gateway scheduled by
+one policy; ``sage-cp-bench compare -m llm -p fifo,priority,slo_aware`` sends the very same
+trace (same seed) once per policy, each on a fresh gateway over fresh instances;
+``sage-cp-bench sweep -p fifo -r 5,10,20,40`` runs it once per offered rate. Without
+``--control-plane`` the benchmark starts its own gateway over ``--instances`` GPU-instance
+simulators (``--engine simulated``, the default: no GPU, no network), the real CPU engines
+(``cpu``) or stubs (``stub``). Unless ``--rate`` is given, the offered rate is ``--load``
+times the instances' estimated capacity (see :mod:`.runner`).
 
-Output: a progress bar, Rich tables, and JSON, PNG and HTML reports under ``--output``.
-Exit status: 0 done, 1 a server failed, 2 a bad option (the message says which and why).
+Settings may also come from ``--config FILE`` (:mod:`.config_file`; an option given on the
+command line overrides the file); ``config`` writes one with every key, ``validate`` checks
+one, ``visualize`` redraws the charts of saved results.
+
+Output: a progress bar, Rich tables, and JSON, PNG and HTML reports under ``--output``
+(``-q``: the result table only; ``--no-visualize``: JSON only).
+Exit status: 0 done, 1 a server failed (``validate``: the file is invalid), 2 a bad option
+(the message says which and why).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
+from sage.benchmark.control_plane import config_file as files
 from sage.benchmark.control_plane.config import (
     ArrivalPattern,
+    BenchmarkConfig,
     Engine,
     Kind,
-    LengthDistribution,
-    LLMBenchmarkConfig,
     Mode,
-    RequestClass,
     Shape,
-    TenantLoad,
-    config_for_mode,
 )
-from sage.benchmark.control_plane.driver import RequestRecord
-from sage.benchmark.control_plane.report import (
-    report_tables,
-    rich_table,
-    summary_lines,
-    write_reports,
+from sage.benchmark.control_plane.options import (
+    EXAMPLES,
+    Command,
+    config_from_options,
+    parse_rates,
 )
-from sage.benchmark.control_plane.runner import PolicyRun, run_benchmark
+from sage.benchmark.control_plane.report import report_tables, summary_lines, write_reports
+from sage.benchmark.control_plane.runner import Observer, run_benchmark
+from sage.benchmark.control_plane.screen import console, observer, setup_logging, show
+from sage.benchmark.control_plane.sweep import run_sweep
+from sage.benchmark.control_plane.sweep_report import (
+    sweep_summary,
+    sweep_tables,
+    write_sweep_reports,
+)
+from sage.benchmark.control_plane.visualize import visualize as rebuild_charts
 from sage.cli.errors import fail, usage
 from sage.common.errors import ConfigError, GatewayError
 from sage.inference.deploy.processes import SpawnError
@@ -65,70 +64,62 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-# Piped output (make, CI logs) gets a width that fits the tables.
-console = Console(width=None if sys.stdout.isatty() else 160)
 
+T = TypeVar("T")
 
-class _ProgressBar:
-    """The runner's observer: a Rich progress bar per policy, steps as dim lines."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.task: TaskID | None = None
-        self.failed = 0
-
-    def status(self, message: str) -> None:
-        self.progress.console.print(f"[dim]{message}[/dim]")
-
-    def policy_started(self, policy: str, total: int) -> None:
-        self.failed = 0
-        self.task = self.progress.add_task(policy, total=total, failed=0)
-
-    def request_done(self, record: RequestRecord) -> None:
-        assert self.task is not None
-        self.failed += not record.ok
-        self.progress.update(self.task, advance=1, failed=self.failed)
-
-    def policy_finished(self, run: PolicyRun) -> None:
-        pass
-
-
-def _lengths(mean: float | None, shape: Shape, spread: float = 0.5) -> LengthDistribution | None:
-    """A :class:`LengthDistribution` around ``mean`` (``None``: keep the config's default)."""
-    return None if mean is None else LengthDistribution.around(mean, shape, spread)
-
+NOT_IN_FILES = ("config_file", "quiet", "verbose")
+"""Options a config file cannot set: the file itself, and how the terminal looks."""
 
 RUN_HELP = """Send one trace through a gateway scheduled by one --policy; report the figures.
 
-Example: sage-cp-bench run --mode llm --policy fifo --requests 100
+Example: sage-cp-bench run -m llm -p fifo -n 100
 """
-COMPARE_HELP = """Send the same trace (same seed) once per policy in --policies, each on a fresh
-gateway over fresh instances; report them side by side.
+COMPARE_HELP = """Send the same trace once per policy in --policies; report them side by side.
 
-Example: sage-cp-bench compare --mode llm --policies fifo,priority,slo_aware
+Each policy gets the very same requests (same seed) on a fresh gateway over fresh instances.
+
+Example: sage-cp-bench compare -m llm -p fifo,priority,slo_aware -n 100
+"""
+SWEEP_HELP = """Run a policy at each offered rate of --rate; report the load curve.
+
+Each rate gets the same seeded requests on fresh instances; the table and the chart show
+latency, throughput and SLO attainment against the offered load.
+
+Example: sage-cp-bench sweep -p fifo -r 5,10,20,40 -n 200
 """
 
 
 def bench(
     ctx: typer.Context,
-    mode: Annotated[Mode, typer.Option(help="Requests: chat, embeddings or both.")] = "llm",
-    policy: Annotated[
+    mode: Annotated[
+        Mode, typer.Option("--mode", "-m", help="Requests: chat, embeddings or both.")
+    ] = "llm",
+    policies: Annotated[
         str | None,
         typer.Option(
             "--policy",
             "--policies",
-            help="run: one policy; compare: a comma-separated list (default "
-            "fifo,priority,slo_aware). Scheduling: fifo, priority, slo_aware, hybrid "
-            "(hybrid_slo), adaptive; routing: least_loaded, round_robin, prefix_aware "
-            "(cache_aware), session; or both: slo_aware+prefix_aware.",
+            "-p",
+            help="run: one policy; compare, sweep: a comma-separated list (compare's default "
+            "fifo,priority,slo_aware; else fifo). Scheduling: fifo, priority, slo_aware, hybrid "
+            "(hybrid_slo), adaptive, cost_optimized; routing: least_loaded, round_robin, "
+            "prefix_aware (cache_aware), session; or both: slo_aware+prefix_aware.",
         ),
     ] = None,
-    requests: Annotated[int, typer.Option(help="Requests in the trace.")] = 100,
+    requests: Annotated[int, typer.Option("--requests", "-n", help="Requests in the trace.")] = 100,
     duration: Annotated[
         float | None, typer.Option(help="Trace length in seconds (instead of --requests).")
     ] = None,
     rate: Annotated[
-        float | None, typer.Option(help="Offered requests/s (default: --load x capacity).")
+        str | None,
+        typer.Option(
+            "--rate",
+            "--rates",
+            "-r",
+            metavar="RPS",
+            help="Offered requests/s (default: --load x capacity); sweep: the rates to run, "
+            "comma-separated (5,10,20,40).",
+        ),
     ] = None,
     load: Annotated[
         float, typer.Option(help="Offered load as a multiple of the estimated capacity.")
@@ -164,7 +155,10 @@ def bench(
     ] = True,
     seed: Annotated[int, typer.Option(help="Seed of the trace.")] = 42,
     warmup: Annotated[
-        int, typer.Option(help="Warm-up requests per kind before the trace (not measured).")
+        int,
+        typer.Option(
+            "--warmup", "-w", help="Warm-up requests per kind before the trace (not measured)."
+        ),
     ] = 4,
     instances: Annotated[
         int, typer.Option(help="Own instances of the mode's kind (hybrid: LLM instances).")
@@ -188,11 +182,17 @@ def bench(
     ] = None,
     control_plane: Annotated[
         str | None,
-        typer.Option(help="A running gateway's URL (default: start one of its own)."),
+        typer.Option(
+            "--control-plane",
+            "-c",
+            help="A running gateway's URL (default: start one of its own).",
+        ),
     ] = None,
     llm_model: Annotated[str | None, typer.Option(help="Chat model to request.")] = None,
     embedding_model: Annotated[str | None, typer.Option(help="Embedding model to request.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds a request may take.")] = 600.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", "-t", help="Seconds a request may take.")
+    ] = 600.0,
     kill_instance_at: Annotated[
         float | None,
         typer.Option(help="Kill (SIGKILL) one own instance this many seconds into the trace."),
@@ -210,101 +210,192 @@ def bench(
     fair_share: Annotated[
         bool, typer.Option(help="With --tenants: fair share among them (--no-fair-share: not).")
     ] = True,
-    output: Annotated[Path, typer.Option(help="Folder for the JSON, PNG and HTML reports.")] = Path(
-        "cp_bench_results"
-    ),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the JSON, PNG and HTML reports.")
+    ] = Path("cp_bench_results"),
+    visualize: Annotated[
+        bool,
+        typer.Option(
+            "--visualize/--no-visualize", help="Write the PNG chart and HTML page (else JSON only)."
+        ),
+    ] = True,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            exists=True,
+            dir_okay=False,
+            help="Settings from a file (.toml, .json, .yaml): keys are these options' long "
+            "names with underscores; options given here override it. See: sage-cp-bench config",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print the result table only.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
 ) -> None:
-    """Both commands: ``run`` (one policy) and ``compare`` (one run per policy, same trace)
-    share every option, so they are one function registered under two names."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-        force=True,
-    )
-    command: Literal["run", "compare"] = "compare" if ctx.info_name == "compare" else "run"
-    names = [p.strip() for p in (policy or "").split(",") if p.strip()]
-    if command == "run" and len(names) > 1:
-        raise usage("run takes one --policy; to compare several use: compare --policies a,b")
+    """``run``, ``compare`` and ``sweep`` share every option, so they are one function
+    registered under three names; its options are read from ``ctx.params`` (and the file)."""
+    setup_logging(verbose, quiet)
+    command = cast(Command, ctx.info_name if ctx.info_name in ("compare", "sweep") else "run")
+    options = _options(ctx, config_file)
     try:
-        values: dict[str, Any] = {
-            "policies": names
-            or (["fifo"] if command == "run" else ["fifo", "priority", "slo_aware"]),
-            "num_requests": requests,
-            "duration_s": duration,
-            "request_rate": rate,
-            "load": load,
-            "llm_ratio": llm_ratio,
-            "arrival_pattern": arrival,
-            "burst_on_s": burst_on,
-            "burst_off_s": burst_off,
-            "stream": stream,
-            "seed": seed,
-            "warmup_requests": warmup,
-            "instances": instances,
-            "embedding_instances": embedding_instances,
-            "engine": engine,
-            "llm_max_concurrent": max_concurrent,
-            "control_plane_url": control_plane,
-            "llm_model": llm_model,
-            "embedding_model": embedding_model,
-            "timeout_seconds": timeout,
-            "kill_instance_at": kill_instance_at,
-            "kill_kind": kill_kind,
-            "fair_share": fair_share,
-            "output_dir": output,
-        }
-        if classes is not None:
-            values["classes"] = RequestClass.parse_list(classes)
-        if tenants is not None:
-            values["tenants"] = TenantLoad.parse_list(tenants)
-        if sim_profile is not None:
-            try:
-                values["sim_profile"] = json.loads(sim_profile)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"--sim-profile is not valid JSON ({exc}); e.g. '{{\"max_batch\": 8}}'"
-                ) from None
-        lengths = {
-            "prompt_tokens": _lengths(prompt_tokens, "lognormal"),
-            "output_tokens": _lengths(output_tokens, "lognormal"),
-            "texts_per_request": _lengths(texts_per_request, "uniform", 0.75),
-            "text_tokens": _lengths(text_tokens, "lognormal"),
-        }
-        values.update({k: v for k, v in lengths.items() if v is not None})
-        config = config_for_mode(mode, **values)
-        if length_shape is not None and isinstance(config, LLMBenchmarkConfig):
-            config.prompt_tokens = dataclasses.replace(config.prompt_tokens, shape=length_shape)
-            config.output_tokens = dataclasses.replace(config.output_tokens, shape=length_shape)
+        config = config_from_options(command, options)
+        rates = parse_rates(options["rate"], command)
         config.validate()
     except ConfigError as exc:
         raise usage(str(exc)) from None
+    charts = bool(options["visualize"])
+    if command == "sweep":
+        sweep = _guarded(lambda progress: run_sweep(config, rates, progress), quiet)
+        paths = write_sweep_reports(sweep, charts=charts)
+        show(sweep_tables(sweep), sweep_summary(sweep), paths, quiet)
+    else:
+        result = _guarded(lambda progress: run_benchmark(config, command, progress), quiet)
+        paths = write_reports(result, charts=charts)
+        show(report_tables(result), summary_lines(result), paths, quiet)
 
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-    )
+
+def _guarded(benchmark: Callable[[Observer | None], T], quiet: bool) -> T:
+    """Run ``benchmark`` under a progress bar (unless ``quiet``); its errors as exits."""
     try:
-        with Progress(*columns, console=console) as progress:
-            result = run_benchmark(config, command, _ProgressBar(progress))
+        with observer(quiet) as progress:
+            return benchmark(progress)
     except ConfigError as exc:
         raise usage(str(exc)) from None
     except (GatewayError, SpawnError) as exc:
         raise fail(str(exc)) from None
-    for table in report_tables(result):
-        console.print(rich_table(table))
-    for line in summary_lines(result):
-        console.print(f"• {line}", highlight=False)
-    paths = write_reports(result)
-    console.print("reports: " + ", ".join(str(p) for p in paths.values()), highlight=False)
+
+
+def _keys() -> dict[str, files.FileKey]:
+    """The keys of a config file: ``bench``'s options."""
+    return files.file_keys(bench, NOT_IN_FILES)
+
+
+def _options(ctx: typer.Context, path: Path | None) -> dict[str, Any]:
+    """The options' values: from the command line, else from ``path``, else the defaults.
+
+    Raises:
+        typer.Exit: (code 2) the file has problems; the message lists every one.
+    """
+    options = {k: v for k, v in ctx.params.items() if k not in NOT_IN_FILES}
+    if path is None:
+        return options
+    try:
+        values, problems = files.check(path, _keys())
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    if problems:
+        raise usage(str(files.ConfigFileError(path, problems)))
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            options[name] = value
+    return options
 
 
 app.command("run", help=RUN_HELP)(bench)
 app.command("compare", help=COMPARE_HELP)(bench)
+app.command("sweep", help=SWEEP_HELP)(bench)
+
+
+@app.command("config")
+def write_config(
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="File to write (*.toml); default: print it."),
+    ] = None,
+    mode: Annotated[
+        Mode, typer.Option("--mode", "-m", help="The mode whose keys to write.")
+    ] = "llm",
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite --output if it exists.")
+    ] = False,
+) -> None:
+    """Write a config file for --config: every key, its default and its help.
+
+    Keys unset by default are commented out, with a value to uncomment.
+
+    Example: sage-cp-bench config -o bench.toml --mode hybrid
+    """
+    text = files.render_toml(_keys(), mode, EXAMPLES)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    if output.suffix.lower() != ".toml":
+        raise usage(f"--output {output}: config writes TOML (for its comments); name it *.toml")
+    if output.exists() and not force:
+        raise usage(f"--output {output} exists; add --force to overwrite it, or name another")
+    output.write_text(text, encoding="utf-8")
+    console.print(f"wrote {output}; check it with: sage-cp-bench validate {output}")
+
+
+@app.command("validate")
+def validate(
+    file: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="A config file (.toml, .json, .yaml)."),
+    ],
+) -> None:
+    """Check a config file: "valid" and what it sets, or every problem (exit 1).
+
+    Each problem names its key and line, and what to write instead.
+
+    Example: sage-cp-bench validate bench.toml
+    """
+    try:
+        values, problems = files.check(file, _keys())
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    if problems:
+        raise fail(str(files.ConfigFileError(file, problems)))
+    defaults = {key.name: key.default for key in _keys().values()}
+    command: Command = "sweep" if "," in str(values.get("rate") or "") else "compare"
+    config = config_from_options(command, {**defaults, **values})
+    console.print(f"[green]{file}: valid[/green]", highlight=False)
+    for line in _summary(config, values, defaults):
+        console.print(f"• {line}", highlight=False)
+
+
+def _summary(
+    config: BenchmarkConfig, values: dict[str, Any], defaults: dict[str, Any]
+) -> list[str]:
+    """What a valid file describes, for ``validate``: the benchmark, then what it changes."""
+    policies = ", ".join(config.policies) if values.get("policies") else "the command's default"
+    size = f"{config.duration_s:g} s" if config.duration_s else f"{config.num_requests} requests"
+    rate = f"{values['rate']} req/s" if values.get("rate") else f"{config.load:g}x capacity"
+    target = config.control_plane_url or f"own gateway over {config.engine} instances"
+    lines = [
+        f"{config.mode} mode; policies: {policies}; {size} at {rate} "
+        f"({config.arrival_pattern}); {target}; reports in {config.output_dir}"
+    ]
+    changed = [f"{k} = {v}" for k, v in values.items() if v != defaults[k] and k != "mode"]
+    lines.append(f"differs from the defaults: {', '.join(changed) or 'nothing'}")
+    if unused := files.ignored(values):
+        lines.append(f"ignored in {config.mode} mode: {', '.join(unused)}")
+    return lines
+
+
+@app.command("visualize")
+def visualize_results(
+    results: Annotated[
+        Path,
+        typer.Argument(exists=True, dir_okay=False, help="A .json report of run/compare/sweep."),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Folder for the PNG and HTML (default: beside it)."),
+    ] = None,
+) -> None:
+    """Rebuild the PNG chart and the HTML page from a saved JSON report.
+
+    Example: sage-cp-bench visualize cp_bench_results/sweep-llm-fifo-20251201T120000.json
+    """
+    try:
+        paths = rebuild_charts(results, output)
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    console.print("charts: " + ", ".join(str(p) for p in paths.values()), highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

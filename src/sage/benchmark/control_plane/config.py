@@ -254,9 +254,12 @@ class BenchmarkConfig:
 
     Attributes:
         policies: Policies to run (``run``: one; ``compare``: several): a scheduling policy
-            (``slo_aware``), a routing policy (``prefix_aware``), or both
+            (``fifo``, ``priority``, ``slo_aware``, ``hybrid``, ``adaptive``,
+            ``cost_optimized``), a routing policy (``prefix_aware``), or both
             (``slo_aware+prefix_aware``), by the names
-            :func:`~sage.inference.config.parse_policies` accepts.
+            :func:`~sage.inference.config.parse_policies` accepts. The benchmark's own
+            instances declare no ``cost_per_1k_tokens``: under ``cost_optimized`` they are
+            placed on the least loaded instance expected to meet the SLO.
         num_requests: Requests in the measured trace (unless ``duration_s`` is set).
         duration_s: Length of the trace in seconds instead of a request count.
         request_rate: Offered requests per second (all kinds together); ``None``: ``load``

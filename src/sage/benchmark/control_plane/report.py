@@ -31,11 +31,15 @@ from sage.cli.render import format_latency
 __all__ = [
     "TableData",
     "chart_png",
+    "format_rate",
+    "format_share",
+    "html_page",
     "html_report",
     "report_tables",
     "rich_table",
     "summary_lines",
     "to_json",
+    "write_charts",
     "write_reports",
 ]
 
@@ -51,11 +55,13 @@ class TableData:
     rows: list[list[str]] = field(default_factory=list)
 
 
-def _pct(value: float) -> str:
+def format_share(value: float) -> str:
+    """A share (0..1) as a percentage: ``97.5%``."""
     return f"{value * 100:.1f}%"
 
 
-def _rate(value: float) -> str:
+def format_rate(value: float) -> str:
+    """A rate per second: one decimal below 100, whole numbers above."""
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
@@ -63,9 +69,9 @@ def _group_cells(group: GroupMetrics, ttft: bool) -> list[str]:
     cells = [
         str(group.requests),
         str(group.failed),
-        _rate(group.throughput_rps),
-        _rate(group.tokens_per_s) if group.output_tokens else "-",
-        _rate(group.texts_per_s) if group.texts else "-",
+        format_rate(group.throughput_rps),
+        format_rate(group.tokens_per_s) if group.output_tokens else "-",
+        format_rate(group.texts_per_s) if group.texts else "-",
         format_latency(group.latency.p50_ms),
         format_latency(group.latency.p95_ms),
         format_latency(group.latency.p99_ms),
@@ -75,7 +81,7 @@ def _group_cells(group: GroupMetrics, ttft: bool) -> list[str]:
             format_latency(group.ttft.p50_ms) if group.ttft.count else "-",
             format_latency(group.ttft.p95_ms) if group.ttft.count else "-",
         ]
-    return [*cells, _pct(group.slo_attainment)]
+    return [*cells, format_share(group.slo_attainment)]
 
 
 _GROUP_HEADERS = ["requests", "failed", "req/s", "tokens/s", "texts/s", "p50", "p95", "p99"]
@@ -101,7 +107,8 @@ def report_tables(result: BenchmarkResult) -> list[TableData]:
     for run in result.runs:
         m = run.metrics
         per_class = [
-            _pct(m.by_class[name].slo_attainment) if name in m.by_class else "-" for name in classes
+            format_share(m.by_class[name].slo_attainment) if name in m.by_class else "-"
+            for name in classes
         ]
         overview.rows.append([run.policy, *_group_cells(m.overall, ttft), *per_class])
         rows = [(g.name, g) for g in m.by_kind.values()] if len(m.by_kind) > 1 else []
@@ -311,26 +318,37 @@ img { max-width: 100%; border: 1px solid #ddd; }
 """
 
 
-def html_report(result: BenchmarkResult, png: bytes | None) -> str:
-    """A self-contained HTML page: what ran, the chart (inline), every table."""
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(result))
+def html_page(
+    title: str, started_at: str, summary: list[str], png: bytes | None, tables: list[TableData]
+) -> str:
+    """A self-contained HTML page: what ran (``summary``), the chart (inline), ``tables``."""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in summary)
     chart = (
         f'<img alt="chart" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         if png is not None
         else "<p>(no chart: matplotlib is not installed)</p>"
     )
-    tables = "\n".join(_html_table(t) for t in report_tables(result))
-    title = html.escape(f"sage-cp-bench {result.command} ({result.config.mode})")
+    body = "\n".join(_html_table(t) for t in tables)
+    title = html.escape(title)
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
         f"<style>{_STYLE}</style></head>\n<body><h1>{title}</h1>\n"
-        f"<p>{html.escape(result.started_at)}</p><ul>{items}</ul>\n{chart}\n{tables}\n"
+        f"<p>{html.escape(started_at)}</p><ul>{items}</ul>\n{chart}\n{body}\n"
         "</body></html>\n"
     )
 
 
-def write_reports(result: BenchmarkResult, output_dir: Path | None = None) -> dict[str, Path]:
-    """Write ``<name>.json``, ``<name>.png`` (with matplotlib) and ``<name>.html``.
+def html_report(result: BenchmarkResult, png: bytes | None) -> str:
+    """A self-contained HTML page: what ran, the chart (inline), every table."""
+    title = f"sage-cp-bench {result.command} ({result.config.mode})"
+    return html_page(title, result.started_at, summary_lines(result), png, report_tables(result))
+
+
+def write_reports(
+    result: BenchmarkResult, output_dir: Path | None = None, *, charts: bool = True
+) -> dict[str, Path]:
+    """Write ``<name>.json``, and unless ``charts`` is false ``<name>.png`` (with
+    matplotlib) and ``<name>.html``.
 
     Returns:
         The paths written, by format.
@@ -339,10 +357,23 @@ def write_reports(result: BenchmarkResult, output_dir: Path | None = None) -> di
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / f"{result.name}.json"}
     paths["json"].write_text(json.dumps(to_json(result), indent=1), encoding="utf-8")
+    if charts:
+        paths.update(write_charts(result, folder / result.name))
+    return paths
+
+
+def write_charts(result: BenchmarkResult, stem: Path) -> dict[str, Path]:
+    """Write ``<stem>.png`` (with matplotlib) and ``<stem>.html``; the paths, by format."""
     png = chart_png(result)
+    return write_page(stem, png, html_report(result, png))
+
+
+def write_page(stem: Path, png: bytes | None, html: str) -> dict[str, Path]:
+    """Write ``<stem>.png`` (when there is a chart) and ``<stem>.html``; the paths, by format."""
+    paths: dict[str, Path] = {}
     if png is not None:
-        paths["png"] = folder / f"{result.name}.png"
+        paths["png"] = stem.with_name(stem.name + ".png")
         paths["png"].write_bytes(png)
-    paths["html"] = folder / f"{result.name}.html"
-    paths["html"].write_text(html_report(result, png), encoding="utf-8")
+    paths["html"] = stem.with_name(stem.name + ".html")
+    paths["html"].write_text(html, encoding="utf-8")
     return paths
