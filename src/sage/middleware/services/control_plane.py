@@ -16,6 +16,11 @@ The design document (seed 003) configures it with a plain dict and drives it wit
     print(service.get_metrics())  # {"total_requests": 1, ...}
     service.cleanup()
 
+The SAGE reference's config keys (``routing_strategy``, ``default_priority``,
+``default_slo_deadline_ms``, ``default_max_tokens``: :mod:`.control_plane_config`), calls
+(``show_instances()``, ``health_check_all()``, ``process({"task": ...})``:
+:mod:`.control_plane_tasks`) and metric keys (:mod:`.control_plane_figures`) work too.
+
 ``setup()`` starts an in-process :class:`UnifiedAPIServer` (the gateway, on loopback, port
 ``gateway_port`` or any free one) over the listed engine servers on a background event-loop
 thread, and a :class:`UnifiedInferenceClient` pointed at it. Requests therefore take exactly the
@@ -39,6 +44,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -56,6 +62,20 @@ from sage.middleware.services.control_plane_config import (
     ControlPlaneServiceConfig,
     parse_service_config,
 )
+from sage.middleware.services.control_plane_errors import (
+    as_gateway_error,
+    explain,
+    wants_states,
+)
+from sage.middleware.services.control_plane_figures import (
+    instance_rows,
+    instance_table,
+    log_health,
+    probe_all,
+    read_figures,
+    reference_metrics,
+)
+from sage.middleware.services.control_plane_tasks import run_task
 
 __all__ = ["ControlPlaneServiceConfig", "ControlPlaneVLLMService", "parse_service_config"]
 
@@ -80,6 +100,7 @@ class _Running:
     gateway: UnifiedAPIServer
     client: UnifiedInferenceClient | None
     url: str
+    started: float = 0.0  # time.monotonic() once the gateway listens
 
 
 class ControlPlaneVLLMService(BaseService):
@@ -133,6 +154,7 @@ class ControlPlaneVLLMService(BaseService):
             try:
                 port = loop.call(gateway.start_async(), _LIFECYCLE_TIMEOUT_S)
                 running.url = f"http://{GATEWAY_HOST}:{port}/v1"
+                running.started = time.monotonic()
                 running.client = UnifiedInferenceClient.create(
                     control_plane_url=running.url,
                     # the first instance of each type names the default model of requests
@@ -213,13 +235,67 @@ class ControlPlaneVLLMService(BaseService):
 
     def get_metrics(self) -> dict[str, Any]:
         """The gateway's counters: ``total_requests``, ``rejected``, ``policy``,
-        ``active_policy``, ``queued`` and ``instances`` (each with ``requests``, ``healthy``,
-        ``in_flight``, latency quantiles...).
+        ``active_policy``, ``queued``, ``classes`` (per class, e.g. ``llm:p0``),
+        ``instances`` (each with ``requests``, ``healthy``, ``in_flight``...), and the
+        reference's ``completed_requests``, ``failed_requests``, ``avg_latency_ms``,
+        ``slo_compliance_rate``, ``requests_per_second`` (since :meth:`setup`)...: see
+        :func:`~.control_plane_figures.reference_metrics`.
 
         Raises:
             ServiceError: the service is not set up.
         """
-        return self._snapshot(self._require())
+        running = self._require()
+        snapshot, totals = running.loop.call(read_figures(running.gateway), _LIFECYCLE_TIMEOUT_S)
+        uptime_s = time.monotonic() - running.started
+        return {**snapshot, **reference_metrics(snapshot, totals, uptime_s)}
+
+    def show_instances(self) -> list[dict[str, Any]]:
+        """The instances as the gateway sees them now (``instance_id``, ``host``, ``port``,
+        ``model_name``, ``instance_type``, ``healthy``, ``in_flight``, ``requests``...; see
+        :func:`~.control_plane_figures.instance_rows`), also logged as a table (INFO).
+
+        Raises:
+            ServiceError: the service is not set up.
+        """
+        running = self._require()
+        rows = instance_rows(self._snapshot(running)["instances"])
+        self.logger.info(
+            "instances of the control plane at %s:\n%s", running.url, instance_table(rows)
+        )
+        return rows
+
+    def health_check_all(self) -> dict[str, bool]:
+        """Probe every instance now (the gateway's health check, at most 2 s each) and
+        return ``{instance_id: healthy}``; the answers also move instances in or out of rotation.
+
+        Raises:
+            ServiceError: the service is not set up.
+        """
+        running = self._require()
+        health = running.loop.call(probe_all(running.gateway), _LIFECYCLE_TIMEOUT_S)
+        log_health(self.logger, health)
+        return health
+
+    async def ahealth_check_all(self) -> dict[str, bool]:
+        """:meth:`health_check_all` for coroutines (the reference's was a coroutine)."""
+        running = self._require()
+        future = running.loop.submit(probe_all(running.gateway))
+        health: dict[str, bool] = await asyncio.wrap_future(future)
+        log_health(self.logger, health)
+        return health
+
+    def process(self, payload: Mapping[str, Any]) -> Any:
+        """The reference's dataflow entry point: one dict per request, by its ``task``
+        (:mod:`.control_plane_tasks`): ``{"task": "generate", "prompt": "Hi"}`` returns
+        ``{"text": ...}``; ``chat`` takes ``messages``, ``embed`` ``texts``.
+
+        Raises:
+            ConfigError: an unknown task or a missing or wrong-typed field (the message
+                names it and the accepted tasks).
+            GatewayError: the request failed.
+            ServiceError: the service is not set up.
+        """
+        return run_task(self, payload)
 
     def get_status(self) -> dict[str, Any]:
         """Whether it runs, where, with which policy and models, and each instance's health."""
@@ -280,7 +356,12 @@ class ControlPlaneVLLMService(BaseService):
 
         Keyword arguments are those of :meth:`UnifiedInferenceClient.generate` (``model``,
         ``max_tokens``, ``temperature``, ``stream``...); others, such as ``priority`` and
-        ``slo_ms``, are sent as request fields for the scheduling policy.
+        ``slo_ms``, are sent as request fields for the scheduling policy. Without
+        ``max_tokens`` the config's ``default_max_tokens`` applies (when set); without
+        ``priority``/``slo_ms`` the gateway gives the config's defaults. The reference's
+        spellings work too: ``priority="HIGH"`` (a name of
+        :data:`~sage.middleware.services.control_plane_config.PRIORITY_NAMES`) and
+        ``slo_deadline_ms=``.
 
         Returns:
             The text, or with ``stream=True`` an iterator of text pieces.
@@ -290,14 +371,16 @@ class ControlPlaneVLLMService(BaseService):
                 unreachable instance the message names it and its last error).
             ServiceError: the service is not set up.
         """
-        return self._call(lambda client: client.generate(prompt, **kwargs))
+        options = self.config.request_options(kwargs)
+        return self._call(lambda client: client.generate(prompt, **options))
 
     def chat(self, messages: Any, **kwargs: Any) -> Any:
         """The assistant's answer to ``messages`` (a string or role/content dicts).
 
         Keyword arguments as for :meth:`generate`.
         """
-        return self._call(lambda client: client.chat(messages, **kwargs))
+        options = self.config.request_options(kwargs)
+        return self._call(lambda client: client.chat(messages, **options))
 
     def embed(self, texts: str | Sequence[str], **kwargs: Any) -> Any:
         """One vector for a text, a list of vectors for a list of texts (``model=`` optional)."""
@@ -308,11 +391,13 @@ class ControlPlaneVLLMService(BaseService):
 
         The request runs on the service's own loop, so any caller loop may await it.
         """
-        return await self._acall(lambda c: c.agenerate(prompt, **kwargs), kwargs)
+        options = self.config.request_options(kwargs)
+        return await self._acall(lambda c: c.agenerate(prompt, **options), options)
 
     async def achat(self, messages: Any, **kwargs: Any) -> Any:
         """:meth:`chat` for coroutines (``stream=True``: an async iterator of pieces)."""
-        return await self._acall(lambda c: c.achat(messages, **kwargs), kwargs)
+        options = self.config.request_options(kwargs)
+        return await self._acall(lambda c: c.achat(messages, **options), options)
 
     async def aembed(self, texts: str | Sequence[str], **kwargs: Any) -> Any:
         """:meth:`embed` for coroutines."""
@@ -328,8 +413,8 @@ class ControlPlaneVLLMService(BaseService):
         try:
             result = request(client)
         except (GatewayError, httpx.HTTPError) as exc:
-            error = self._gateway_error(exc, running)
-            raise self._explain(error, self._states(running, error)) from exc
+            error = as_gateway_error(exc, running.url, self._client_timeout_s)
+            raise explain(error, self._states(running, error)) from exc
         if isinstance(result, Iterator):  # a stream: errors surface while iterating
             return self._guarded(result, running)
         return result
@@ -338,8 +423,8 @@ class ControlPlaneVLLMService(BaseService):
         try:
             yield from pieces
         except (GatewayError, httpx.HTTPError) as exc:
-            error = self._gateway_error(exc, running)
-            raise self._explain(error, self._states(running, error)) from exc
+            error = as_gateway_error(exc, running.url, self._client_timeout_s)
+            raise explain(error, self._states(running, error)) from exc
 
     async def _acall(
         self,
@@ -352,8 +437,8 @@ class ControlPlaneVLLMService(BaseService):
         try:
             return await asyncio.wrap_future(running.loop.submit(request(client)))
         except (GatewayError, httpx.HTTPError) as exc:
-            error = self._gateway_error(exc, running)
-            raise self._explain(error, await self._astates(running, error)) from exc
+            error = as_gateway_error(exc, running.url, self._client_timeout_s)
+            raise explain(error, await self._astates(running, error)) from exc
 
     async def _abridge(
         self,
@@ -384,39 +469,16 @@ class ControlPlaneVLLMService(BaseService):
         try:
             while (item := await pieces.get()) is not None:
                 if isinstance(item, GatewayError | httpx.HTTPError):
-                    error = self._gateway_error(item, running)
-                    raise self._explain(error, await self._astates(running, error)) from item
+                    error = as_gateway_error(item, running.url, self._client_timeout_s)
+                    raise explain(error, await self._astates(running, error)) from item
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
             future.cancel()  # the caller stopped early: stop reading the stream
 
-    def _gateway_error(
-        self, exc: GatewayError | httpx.HTTPError, running: _Running
-    ) -> GatewayError:
-        """``exc`` as a :class:`GatewayError` (transport failures of the client included)."""
-        if isinstance(exc, GatewayError):
-            return exc
-        if isinstance(exc, httpx.TimeoutException):
-            return GatewayError(
-                f"no answer from the control plane at {running.url} within "
-                f"{self._client_timeout_s:g} s (requests queued behind others, or a slow "
-                "instance); raise request_timeout_s in the config to wait longer",
-                504,
-            )
-        return GatewayError(
-            f"the control plane at {running.url} could not be reached "
-            f"({type(exc).__name__}: {exc}); was cleanup() called meanwhile?"
-        )
-
-    @staticmethod
-    def _wants_states(exc: GatewayError) -> bool:
-        """Whether the error may come from an unreachable instance (502-504)."""
-        return exc.status in (502, 503, 504)
-
     def _states(self, running: _Running, exc: GatewayError) -> list[dict[str, Any]]:
-        if not self._wants_states(exc):
+        if not wants_states(exc):
             return []
         try:
             return list(self._snapshot(running)["instances"])
@@ -424,7 +486,7 @@ class ControlPlaneVLLMService(BaseService):
             return []
 
     async def _astates(self, running: _Running, exc: GatewayError) -> list[dict[str, Any]]:
-        if not self._wants_states(exc):
+        if not wants_states(exc):
             return []
         try:
             snapshot = await asyncio.wrap_future(
@@ -433,21 +495,3 @@ class ControlPlaneVLLMService(BaseService):
             return list(snapshot["instances"])
         except Exception:  # the gateway is stopping: the original error says enough
             return []
-
-    @staticmethod
-    def _explain(exc: GatewayError, states: list[dict[str, Any]]) -> GatewayError:
-        """``exc`` with each unhealthy instance and its last error appended (if any)."""
-        down = [
-            f"{s['instance_id']} ({s['model_name']} at {s['host']}:{s['port']}): "
-            f"{s['last_error'] or 'not answering'}"
-            for s in states
-            if not s["healthy"]
-        ]
-        if not down:
-            return exc
-        return GatewayError(
-            f"{exc}; unhealthy instances: {'; '.join(down)}. Start their engine servers "
-            "(e.g. `sage llm serve`) or fix host/port in the ControlPlaneVLLMService config",
-            exc.status,
-            exc.param,
-        )

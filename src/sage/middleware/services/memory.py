@@ -75,7 +75,9 @@ class MemoryService(BaseService):
         dim: Vector dimension (``None``: from the first vector stored).
         embedder: Turns ``content`` into a vector when none is given: an object with
             ``embed(text)`` or a callable.
-        index, metric, device: As for :class:`~sage.middleware.services.vdb.VDBService`.
+        index: As for :class:`~sage.middleware.services.vdb.VDBService`.
+        metric: As for :class:`~sage.middleware.services.vdb.VDBService`.
+        device: As for :class:`~sage.middleware.services.vdb.VDBService`.
     """
 
     max_concurrency = 8
