@@ -186,7 +186,7 @@ def test_engine_vllm_without_a_gpu_says_what_to_use_and_starts_nothing(stack: St
 def test_the_ports_come_from_the_seeds_variables(stack: Stack) -> None:
     env = {**stack.env, "SAGE_LLM_PORT": str(stack.llm), "SAGE_GATEWAY_PORT": str(stack.gateway)}
     served = subprocess.run(
-        [*SAGE, "llm", "serve", "--engine", "stub"],
+        [*SAGE, "llm", "serve", "--engine", "stub", "--no-embedding"],
         env=env,
         capture_output=True,
         text=True,
@@ -221,7 +221,7 @@ def test_foreground_serves_until_ctrl_c_and_stops_everything(stack: Stack) -> No
     process = subprocess.Popen(
         [
             *SAGE,
-            *("llm", "serve", "--engine", "stub", "--foreground"),
+            *("llm", "serve", "--engine", "stub", "--no-embedding", "--foreground"),
             *("--port", str(stack.llm), "--gateway-port", str(stack.gateway)),
         ],
         env={**stack.env, "COLUMNS": "200"},

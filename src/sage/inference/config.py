@@ -30,7 +30,8 @@ class SchedulingPolicyType(StrEnum):
     """How the control plane orders and places requests (policies: see ``control_plane``).
 
     Names on the command line and in configs: ``fifo``, ``priority``, ``slo_aware``,
-    ``hybrid`` (also ``hybrid_slo``), ``adaptive``.
+    ``hybrid`` (also ``hybrid_slo``), ``adaptive``, ``cost_optimized`` (any case, ``-`` for
+    ``_``: ``cost-optimized``).
     """
 
     FIFO = "fifo"
@@ -38,6 +39,7 @@ class SchedulingPolicyType(StrEnum):
     SLO_AWARE = "slo_aware"
     HYBRID = "hybrid"
     ADAPTIVE = "adaptive"
+    COST_OPTIMIZED = "cost_optimized"
 
     @classmethod
     def parse(cls, value: Any) -> SchedulingPolicyType:
@@ -128,6 +130,8 @@ def _hint(field_name: str) -> str:
         return "use " + " or ".join(repr(v) for v in first["enum"])
     if first.get("type") == "integer" and "minimum" in first and "maximum" in first:
         return f"use an integer from {first['minimum']} to {first['maximum']}"
+    if first.get("type") == "number" and "minimum" in first:
+        return f"use a number >= {first['minimum']} or leave it out"
     if "const" in first:
         return f"use {first['const']!r}"
     described = schema.get("description")
@@ -164,6 +168,11 @@ class BackendInstanceConfig:
         api_key: Sent as a bearer token to the instance, if it needs one.
         tls: Connect with HTTPS (remote endpoints).
         base_path: Path prefix of its API (``/v1``).
+        cost_per_1k_tokens: What 1,000 tokens served on it cost, in whatever currency the
+            instances' costs are declared in (>= 0; ``None``: not declared). COST_OPTIMIZED
+            places requests on the cheapest instance expected to meet their SLO; one without
+            a cost counts as the dearest declared cost of its model, so it is used last.
+            The gateway's figures add up the cost served (tokens x cost / 1000).
 
     Raises:
         ConfigError: a field is invalid (the message names it and the fix).
@@ -178,6 +187,7 @@ class BackendInstanceConfig:
     api_key: str | None = None
     tls: bool = False
     base_path: str = "/v1"
+    cost_per_1k_tokens: float | None = None
 
     def __post_init__(self) -> None:
         fields = asdict(self)
@@ -187,6 +197,8 @@ class BackendInstanceConfig:
             raise _invalid(exc, fields, "instance") from None
         if self.host == "localhost":
             self.host = "127.0.0.1"  # skip the resolver: loopback by address
+        if self.cost_per_1k_tokens is not None:
+            self.cost_per_1k_tokens = float(self.cost_per_1k_tokens)
         if self.instance_id is None:
             self.instance_id = f"{self.host}:{self.port}"
 
@@ -247,7 +259,8 @@ class UnifiedServerConfig:
         port: Port to listen on.
         scheduling_policy: Request ordering policy (a :class:`SchedulingPolicyType` or name).
         routing_policy: Which instance a request goes to (a :class:`RoutingPolicyType` or
-            name): ``least_loaded``, ``round_robin``, ``prefix_aware``, ``session``.
+            name): ``least_loaded``, ``round_robin``, ``prefix_aware``, ``session``
+            (``cost_optimized`` scheduling places requests by cost instead).
         routing_balance_slack: ``prefix_aware``/``session``: how many more requests in
             flight than the least loaded instance an instance may have and still get a
             request for its cached prefix or its session.
@@ -284,7 +297,8 @@ class UnifiedServerConfig:
             figures stay). On by default: weights that did nothing would surprise; off is
             for comparing, or for a policy's strict global order.
         priority_aging_s: PRIORITY: seconds of waiting worth one level (``None``: strict).
-        embedding_batch_max_texts: SLO_AWARE/HYBRID: inputs per batched embedding call.
+        embedding_batch_max_texts: SLO_AWARE/HYBRID/COST_OPTIMIZED: inputs per batched
+            embedding call.
         embedding_batch_wait_ms: HYBRID: longest a batch waits to fill while its model is busy.
         max_queued_requests: Requests that may wait per model; beyond it a request gets 429
             with ``Retry-After`` (``None``: unbounded).

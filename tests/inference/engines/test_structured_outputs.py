@@ -30,7 +30,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     env = {**os.environ, "SAGE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     llm, gateway = SagePorts.any_free_port(), SagePorts.any_free_port()
     served = subprocess.run(
-        [*SAGE, "serve", "--port", str(llm), "--gateway-port", str(gateway)],
+        [*SAGE, "serve", "--no-embedding", "--port", str(llm), "--gateway-port", str(gateway)],
         env=env,
         capture_output=True,
         text=True,

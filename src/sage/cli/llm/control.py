@@ -1,10 +1,11 @@
-"""``sage llm status``, ``stop`` and ``logs``: inspect and stop what ``serve`` started."""
+"""``sage llm status``, ``stop`` and ``logs``: inspect and stop what ``serve`` started
+(:func:`stop_stack` is ``stop``'s work, which ``restart`` reuses)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,6 +14,8 @@ from sage.cli.errors import fail
 from sage.cli.llm.app import console, llm_app
 from sage.cli.llm.state import alive, load_state, state_dir, state_file
 from sage.inference.deploy.processes import terminate
+
+__all__ = ["logs", "status", "stop", "stop_stack"]
 
 
 @llm_app.command()
@@ -77,6 +80,16 @@ def stop(
     if not state:
         console.print("nothing is running")
         return
+    stop_stack(state, force)
+
+
+def stop_stack(state: dict[str, Any], force: bool = False) -> None:
+    """Stop the processes of ``state`` (saying which) and forget them: what ``stop`` and
+    ``restart`` do.
+
+    Raises:
+        typer.Exit: 1 if one is still running afterwards (naming it).
+    """
     started = state.get("started") or {}
     for name, pid in state["pids"].items():
         if not alive(state, name):
@@ -108,6 +121,17 @@ def logs(
     files = [folder / f"{name}.log"] if name else sorted(folder.glob("*.log"))
     if not files or not all(f.exists() for f in files):
         raise fail(f"no logs in {folder}" + (f" for {name!r}" if name else ""))
+    try:  # Ctrl-C ends a follow cleanly, even while the tails are still printing
+        positions = _tail(files, lines)
+        if follow:
+            _follow(positions)
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+
+
+def _tail(files: list[Path], lines: int) -> dict[Path, dict[str, int]]:
+    """Print the last ``lines`` of each file after its name; where each was read up to."""
     positions = {}
     for path in files:
         with path.open("rb") as fh:  # the tail and the follow's start: the same bytes
@@ -119,13 +143,13 @@ def logs(
             highlight=False,
             markup=False,
         )
-    if follow:
-        _follow(positions)
+    return positions
 
 
 def _follow(positions: dict[Path, dict[str, int]]) -> None:
     """Print lines appended to the files after ``positions`` as they come (each after its
-    file's name), woken by the folder's watcher, across rotations, until Ctrl-C."""
+    file's name), woken by the folder's watcher, across rotations, until Ctrl-C (which
+    ``logs`` catches)."""
     from sage.kernel.connectors import DirectoryWatcher, LineReader
 
     readers = {}
@@ -142,8 +166,6 @@ def _follow(positions: dict[Path, dict[str, int]]) -> None:
                         console.print(f"{path.stem}: {line}", highlight=False, markup=False)
             console.file.flush()  # a pipe is block-buffered: show each line as it comes
             watcher.changes(1.0)
-    except KeyboardInterrupt:
-        pass
     finally:
         watcher.stop()
         for reader in readers.values():

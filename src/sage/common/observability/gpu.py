@@ -19,12 +19,25 @@ from typing import Any
 
 from sage.common.errors import ConfigError
 
-__all__ = ["GpuDevice", "GpuMonitor", "GpuReading", "clear_gpu_cache"]
+__all__ = ["GpuDevice", "GpuMonitor", "GpuProcess", "GpuReading", "clear_gpu_cache"]
 
 logger = logging.getLogger(__name__)
 
 _MB = 1024 * 1024  # "MB" here are MiB, as psutil figures are reported elsewhere in SAGE
 _NO_NVML = "pynvml is not installed: pip install nvidia-ml-py to see GPU figures"
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process with a compute context on a GPU (``sage llm gpu`` names the stack's).
+
+    Attributes:
+        pid: Its process id (as NVML sees it: the host's, in a container).
+        memory_used_mb: Device memory it uses, MiB (``None``: not reported).
+    """
+
+    pid: int
+    memory_used_mb: float | None
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,7 @@ class GpuDevice:
         temperature_c: Core temperature, °C (``None``: not reported).
         power_w: Power draw, watts (``None``: not reported).
         power_limit_w: Enforced power limit, watts (``None``: not reported).
+        processes: The processes computing on it (empty where NVML does not say).
     """
 
     index: int
@@ -51,6 +65,7 @@ class GpuDevice:
     temperature_c: float | None
     power_w: float | None
     power_limit_w: float | None
+    processes: tuple[GpuProcess, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,7 +212,27 @@ def _device(nvml: Any, index: int) -> GpuDevice:
         temperature_c=temperature,
         power_w=None if power_mw is None else power_mw / 1000,
         power_limit_w=None if limit_mw is None else limit_mw / 1000,
+        processes=_processes(nvml, handle),
     )
+
+
+def _processes(nvml: Any, handle: Any) -> tuple[GpuProcess, ...]:
+    """The compute processes on ``handle``; none where NVML cannot list them."""
+    running = getattr(nvml, "nvmlDeviceGetComputeRunningProcesses", None)
+    if running is None:
+        return ()
+    error: type[BaseException] = getattr(nvml, "NVMLError", Exception)
+    try:
+        found = running(handle)
+    except error as exc:  # NotSupported, NoPermission...: the list is just absent
+        logger.debug("NVML process list not available: %r", exc)
+        return ()
+    processes = []
+    for process in found:
+        used = getattr(process, "usedGpuMemory", None)  # None: not available
+        mb = float(used) / _MB if isinstance(used, int) and used >= 0 else None
+        processes.append(GpuProcess(pid=int(process.pid), memory_used_mb=mb))
+    return tuple(processes)
 
 
 def _optional(nvml: Any, read: Callable[[], Any]) -> float | None:

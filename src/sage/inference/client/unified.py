@@ -150,9 +150,11 @@ class UnifiedInferenceClient:
                 (``fifo``, ``priority``...), checked here and reported by :meth:`get_status`
                 as in the SAGE reference; it is not sent: a gateway's policy is its own
                 setting, shared by all its clients (``sage llm serve --policy``).
-            llm_ports, embedding_ports: Local ports probed for engine servers instead of
-                ``SAGE_LLM_PORT``/8001/8901 and ``SAGE_EMBEDDING_PORT``/8090 (each server
-                says what it serves; the gateway is still tried first).
+            llm_ports: Local ports probed for LLM engine servers instead of
+                ``SAGE_LLM_PORT``/8001/8901 (each server says what it serves; the gateway
+                is still tried first).
+            embedding_ports: Likewise for embedding servers, instead of
+                ``SAGE_EMBEDDING_PORT``/8090.
             retry: How answers 429 and 503 are retried (default: :class:`RetryPolicy`,
                 3 tries honouring ``Retry-After`` up to 30 s).
             embedding_dtype: ``embedded=True``: the embedding engine's precision,

@@ -9,7 +9,11 @@ from sage.inference.control_plane.queues import PendingRequest
 
 __all__ = ["BATCHING", "Traffic", "choose_policy", "first_active"]
 
-BATCHING = (SchedulingPolicyType.SLO_AWARE, SchedulingPolicyType.HYBRID)
+BATCHING = (
+    SchedulingPolicyType.SLO_AWARE,
+    SchedulingPolicyType.HYBRID,
+    SchedulingPolicyType.COST_OPTIMIZED,
+)
 """The policies that send waiting embedding requests of a model as one batched call."""
 
 

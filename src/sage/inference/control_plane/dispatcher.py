@@ -22,7 +22,13 @@ Policies (:class:`SchedulingPolicyType`):
   to ``batch_max_texts`` texts. While the model has calls in flight, a batch waits up to
   ``batch_wait_s`` to fill; an idle instance gets a request at once.
 * ``ADAPTIVE`` — every ``adaptive_interval_s`` looks at the traffic since the last look and
-  picks one of the above (:mod:`.adaptive`); ``active_policy`` says which.
+  picks one of the above but COST_OPTIMIZED (:mod:`.adaptive`); ``active_policy`` says which.
+* ``COST_OPTIMIZED`` — ordered as SLO_AWARE, but placed by cost instead of by the router:
+  on the cheapest instance (``cost_per_1k_tokens``) expected to meet the request's SLO,
+  else on the one expected to finish soonest (:mod:`.costs`).
+
+Batched embedding calls are gathered by :mod:`.batch_dispatch`. Whatever the policy, the
+cost served is counted (``describe()["cost"]``, each instance's ``cost``).
 """
 
 from __future__ import annotations
@@ -32,11 +38,17 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from sage.inference.config import SchedulingPolicyType
 from sage.inference.control_plane.adaptive import BATCHING, Traffic, first_active
+from sage.inference.control_plane.batch_dispatch import (
+    EmbeddingBatcher,
+    Grant,
+    Ticket,
+    settle_riders,
+)
+from sage.inference.control_plane.costs import CostPlacer
 from sage.inference.control_plane.fairness import NO_COUNTERS, FairShareQueue, VirtualCounters
 from sage.inference.control_plane.figures import ClassTable, LatencyModel
 from sage.inference.control_plane.instances import Instance, InstanceRegistry
@@ -76,50 +88,6 @@ class QueueFull(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
-@dataclass(eq=False)
-class Grant:
-    """What a waiting request is given.
-
-    Attributes:
-        instance: The instance to send to, holding one slot for this request. ``None`` for
-            a request riding on another's batched call: await ``outcome`` instead.
-        riders: Requests whose embedding inputs go in this same call (HYBRID batching);
-            the holder sends them all and settles each rider's ``outcome``.
-        outcome: For a rider: the (status, body) its share of the batched call gets, or
-            ``None`` when the call failed and the request should be admitted again.
-    """
-
-    instance: Instance | None
-    riders: list[PendingRequest] = field(default_factory=list)
-    outcome: asyncio.Future[tuple[int, bytes] | None] | None = None
-
-
-@dataclass(eq=False)
-class Ticket:
-    """The dispatcher's part of a waiting request (kept in ``PendingRequest.payload``).
-
-    Attributes:
-        granted: Resolved with the :class:`Grant` when the request may go.
-        body: The request's parsed JSON body (batching reads and merges ``input``).
-        batch_key: Embedding requests with equal keys may share a call (``None``: never).
-        texts: Number of embedding inputs.
-    """
-
-    granted: asyncio.Future[Grant]
-    body: Any = None
-    batch_key: Any = None
-    texts: int = 1
-
-
-def settle_riders(riders: list[PendingRequest], outcomes: list[tuple[int, bytes]] | None) -> None:
-    """Give each rider of a batched call its share (``None``: the call failed, admit again)."""
-    for i, rider in enumerate(riders):
-        ticket: Ticket = rider.payload
-        grant = ticket.granted.result()
-        if grant.outcome is not None and not grant.outcome.done():
-            grant.outcome.set_result(None if outcomes is None else outcomes[i])
-
-
 class _Lane:
     """The waiting requests of one (kind, model)."""
 
@@ -142,7 +110,8 @@ class Dispatcher:
         registry: The instances.
         policy: The scheduling policy.
         aging_s: PRIORITY: seconds of waiting worth one priority level.
-        default_slo_s: SLO_AWARE/HYBRID: the objective of requests that carry none.
+        default_slo_s: SLO_AWARE/HYBRID/COST_OPTIMIZED: the objective of requests that carry
+            none, for their order in the queue.
         batch_max_texts: Embedding inputs per batched call at most.
         batch_wait_s: HYBRID: how long a batch may wait to fill while its model is busy.
         adaptive_interval_s: ADAPTIVE: seconds between looks at the traffic.
@@ -172,8 +141,6 @@ class Dispatcher:
         self._policy = SchedulingPolicyType.parse(policy)
         self.aging_s = aging_s
         self.default_slo_s = default_slo_s
-        self.batch_max_texts = batch_max_texts
-        self.batch_wait_s = batch_wait_s
         self.adaptive_interval_s = adaptive_interval_s
         self.clock = clock
         self._lanes: dict[tuple[str, str], _Lane] = {}
@@ -184,8 +151,10 @@ class Dispatcher:
         self._active = first_active(self._policy)
         self._next_look = 0.0
         self.switches = 0  # ADAPTIVE policy changes
-        self.batches = 0  # batched embedding calls sent
-        self.batched_requests = 0  # requests that rode in them
+        self.batcher = EmbeddingBatcher(
+            registry, clock, self._dispatch, batch_max_texts, batch_wait_s
+        )
+        self.costs = CostPlacer(registry, self.predict_s, clock)
         self.retries = 0
         self.rejected = 0  # requests refused because their lane was full
         registry.on_change = self.redispatch
@@ -257,6 +226,12 @@ class Dispatcher:
         model = self._models.get((request.kind, request.model))
         return model.p95_per_token * request.tokens if model is not None else 0.0
 
+    def _place(self, request: PendingRequest) -> Instance | None:
+        """The instance ``request`` goes to: by cost under COST_OPTIMIZED, else the router's."""
+        if self._active is SchedulingPolicyType.COST_OPTIMIZED:
+            return self.costs.pick(request)
+        return self.router.pick(request)
+
     # -- admission ----------------------------------------------------------------------------
 
     def _lane(self, kind: str, model: str) -> _Lane:
@@ -284,10 +259,11 @@ class Dispatcher:
             if now >= self._next_look:
                 self._look(now)
         lane = self._lane(request.kind, request.model)
+        request.payload = ticket  # (a retry's old ticket must not count its old riders)
         if retry:
             self.retries += 1
         if not len(lane.queue):  # nobody waits: straight to a free instance if there is one
-            instance = self.router.pick(request)
+            instance = self._place(request)
             if instance is not None:
                 self.registry.take(instance)
                 self.router.placed(instance, request)
@@ -299,7 +275,6 @@ class Dispatcher:
         if not retry and self.max_queued is not None and queued >= self.max_queued:
             self.rejected += 1
             raise QueueFull(request.model, queued, self._drain_s(request, queued))
-        request.payload = ticket
         if retry:
             lane.queue.requeue(request)
         else:
@@ -342,17 +317,21 @@ class Dispatcher:
 
         A request with an SLO counts towards the instance's SLO attainment: met when it did
         not fail and its time since arrival (queueing included, as for its class) is
-        within ``slo_ms``. ``used_tokens`` (its usage, if known) corrects fair share's charge.
+        within ``slo_ms``. ``used_tokens`` (its usage, if known) corrects fair share's charge
+        and is what its cost is counted on (else the tokens it was charged, riders' included).
         """
         slo_met = None
         if request.slo_ms is not None:
             slo_met = not failed and (self.clock() - request.arrival) * 1000 <= request.slo_ms
         self.registry.release(instance, dispatched, failed, first_byte, slo_met=slo_met)
         if not failed:
+            seconds = time.perf_counter() - dispatched
             model = self._models.get((request.kind, request.model))
             if model is None:
                 model = self._models[(request.kind, request.model)] = LatencyModel()
-            model.add(time.perf_counter() - dispatched, request.tokens)
+            model.add(seconds, request.tokens)
+            tokens = used_tokens if used_tokens is not None else _charged(request)
+            self.costs.served(instance, request, seconds, tokens)
         lane = self._lanes.get((request.kind, request.model))
         if lane is not None and used_tokens is not None:
             lane.counters.charge_request(request, used_tokens)
@@ -388,12 +367,13 @@ class Dispatcher:
     def _dispatch(self, lane: _Lane) -> None:
         registry, queue = self.registry, lane.queue
         batching = lane.kind == "embedding" and self._active in BATCHING
+        hybrid = self._active is SchedulingPolicyType.HYBRID
         while len(queue):
             if not registry.has_free_slot(lane.kind, lane.model):
                 if not registry.has_healthy(lane.kind, lane.model):
                     self._fail_lane(lane)
                 return
-            if batching and self._hold_for_batch(lane):
+            if batching and hybrid and self.batcher.hold(lane):
                 return
             now = self.clock()
             request = queue.pop(now)
@@ -403,71 +383,15 @@ class Dispatcher:
             lane.texts -= ticket.texts
             if ticket.granted.done():  # its client went away while it waited
                 continue
-            instance = self.router.pick(request)
+            instance = self._place(request)
             assert instance is not None  # a healthy instance has a free slot (checked above)
             grant = Grant(instance)
             if batching and ticket.batch_key is not None:
-                grant.riders = self._riders(lane, request, now)
+                grant.riders = self.batcher.riders(lane, request, now)
             registry.take(instance)
             self.router.placed(instance, request)
             lane.counters.charge_request(request)
             ticket.granted.set_result(grant)
-
-    def _hold_for_batch(self, lane: _Lane) -> bool:
-        """HYBRID: whether to let the batch fill a little longer (sets a timer if so)."""
-        if self._active is not SchedulingPolicyType.HYBRID or self.batch_wait_s <= 0:
-            return False
-        if lane.texts >= self.batch_max_texts:
-            return False
-        busy = any(i.in_flight for i in self.registry.of_model(lane.kind, lane.model))
-        if not busy:
-            return False  # an idle instance: send now
-        head = lane.queue.pop(self.clock())
-        if head is None:
-            return False
-        lane.queue.requeue(head)
-        due = head.arrival + self.batch_wait_s
-        if self.clock() >= due:
-            return False
-        if lane.timer is None:
-            loop = asyncio.get_running_loop()
-            lane.timer = loop.call_later(due - self.clock(), self._timer_fired, lane)
-        return True
-
-    def _timer_fired(self, lane: _Lane) -> None:
-        lane.timer = None
-        if len(lane.queue):
-            self._dispatch(lane)
-
-    def _riders(self, lane: _Lane, leader: PendingRequest, now: float) -> list[PendingRequest]:
-        """Waiting embedding requests that can share ``leader``'s call, in queue order."""
-        lead: Ticket = leader.payload
-        texts = lead.texts
-        riders: list[PendingRequest] = []
-        queue = lane.queue
-        while len(queue) and texts < self.batch_max_texts:
-            request = queue.pop(now)
-            if request is None:
-                break
-            ticket: Ticket = request.payload
-            if ticket.granted.done():
-                lane.texts -= ticket.texts
-                continue
-            if ticket.batch_key != lead.batch_key or texts + ticket.texts > self.batch_max_texts:
-                queue.requeue(request)
-                break
-            lane.texts -= ticket.texts
-            texts += ticket.texts
-            riders.append(request)
-            outcome: asyncio.Future[tuple[int, bytes] | None] = (
-                asyncio.get_running_loop().create_future()
-            )
-            ticket.granted.set_result(Grant(None, outcome=outcome))
-            lane.counters.charge_request(request)
-        if riders:
-            self.batches += 1
-            self.batched_requests += len(riders) + 1
-        return riders
 
     def _fail_lane(self, lane: _Lane) -> None:
         """No healthy instance left for the lane's model: every waiting request gets an error."""
@@ -483,6 +407,16 @@ class Dispatcher:
     def _p95_ms_per_token(self, key: tuple[str, str]) -> float:
         model = self._models.get(key)
         return model.p95_per_token * 1e3 if model is not None else 0.0
+
+    @property
+    def batches(self) -> int:
+        """Batched embedding calls sent."""
+        return self.batcher.batches
+
+    @property
+    def batched_requests(self) -> int:
+        """Requests that went in batched embedding calls (leaders included)."""
+        return self.batcher.batched_requests
 
     @property
     def queued(self) -> int:
@@ -512,8 +446,20 @@ class Dispatcher:
                 for lane in list(self._lanes.values())
             ],
             "classes": {name: stats.describe() for name, stats in sorted(self.classes.items())},
-            "embedding_batches": self.batches,
-            "batched_requests": self.batched_requests,
+            "embedding_batches": self.batcher.batches,
+            "batched_requests": self.batcher.batched_requests,
             "retries": self.retries,
+            "cost": self.costs.total,
             "routing": self.router.describe(),
         }
+
+
+def _charged(request: PendingRequest) -> int:
+    """Tokens ``request`` was charged at admission, with those of the riders on its call."""
+    tokens = request.cost or request.tokens
+    ticket = request.payload
+    if not isinstance(ticket, Ticket) or not ticket.granted.done():
+        return tokens  # granted at once (no riders)
+    if ticket.granted.cancelled() or ticket.granted.exception() is not None:
+        return tokens
+    return tokens + sum(r.cost or r.tokens for r in ticket.granted.result().riders)

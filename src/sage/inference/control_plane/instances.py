@@ -1,7 +1,14 @@
-"""The instances behind the gateway: connections, load, health, and per-instance metrics."""
+"""The instances behind the gateway: connections, load, health, and per-instance metrics.
+
+A *draining* instance (:meth:`InstanceRegistry.drain`) is given no new request (its
+``capacity_left`` is 0, so neither the router nor the dispatcher picks it; requests waiting
+for its model go to the others) while those in flight finish; :meth:`InstanceRegistry.idle`
+waits for that on an event set when its ``in_flight`` reaches 0.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable
 from functools import partial
@@ -29,12 +36,15 @@ class Instance:
         )
         # health checks get their own connection: never queued behind requests
         self.probe = HttpPool(config.host, config.port, limit=1, ssl=context)
-        self.in_flight = 0
+        self._in_flight = 0
+        self._idle: asyncio.Event | None = None  # set when in_flight reaches 0 (a drain waits)
+        self.draining = False
         self.healthy = True
         self.requests = 0
         self.errors = 0
         self.slo_total = 0  # requests it finished that carried an SLO
         self.slo_met = 0  # ... and met it (answered in time, no error)
+        self.cost = 0.0  # cost served: tokens x cost_per_1k_tokens / 1000 (see .costs)
         self._queued = queued
         # service time (dispatch to last byte), and dispatch to the answer's first byte
         self.latency = LatencyRing(1024, REQUEST_BUCKETS)
@@ -50,9 +60,22 @@ class Instance:
         await self.probe.close()
 
     @property
+    def in_flight(self) -> int:
+        """Requests granted to it and not finished yet."""
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:
+        self._in_flight = value
+        if value == 0 and self._idle is not None:
+            self._idle.set()
+
+    @property
     def capacity_left(self) -> int:
-        """Requests it can still take now."""
-        return self.config.max_concurrent_requests - self.in_flight
+        """Requests it can still take now (none while it drains)."""
+        if self.draining:
+            return 0
+        return self.config.max_concurrent_requests - self._in_flight
 
     @property
     def queued(self) -> int:
@@ -82,6 +105,7 @@ class Instance:
             "instance_type": self.config.instance_type,
             "max_concurrent_requests": self.config.max_concurrent_requests,
             "healthy": self.healthy,
+            "draining": self.draining,
             "in_flight": self.in_flight,
             "queued": self.queued,
             "requests": self.requests,
@@ -89,6 +113,8 @@ class Instance:
             **latency_figures(self.latency, self.ttft),
             "slo_requests": self.slo_total,
             "slo_attainment": self.slo_attainment,
+            "cost_per_1k_tokens": self.config.cost_per_1k_tokens,
+            "cost": self.cost if self.config.cost_per_1k_tokens is not None else None,
             "last_error": self.last_error,
         }
 
@@ -138,9 +164,36 @@ class InstanceRegistry:
             self._by_model[key] = remaining
         else:
             self._by_model.pop(key, None)
+        if instance._idle is not None:  # a drain waiting on it: it is gone, stop waiting
+            instance._idle.set()
         self._changed()
         await instance.close()
         return instance
+
+    def drain(self, instance: Instance, draining: bool = True) -> None:
+        """Give ``instance`` no new request from now on (``draining=False``: back in rotation).
+
+        Requests in flight on it finish; those waiting for its model go to the others (the
+        dispatcher re-plans). :meth:`idle` waits until its last one is done.
+        """
+        if instance.draining != draining:
+            instance.draining = draining
+            self._changed()
+
+    async def idle(self, instance: Instance, timeout_s: float) -> bool:
+        """Wait until ``instance`` has no request in flight (or was removed meanwhile), on an
+        event its ``in_flight`` sets when it reaches 0; whether it did within ``timeout_s``.
+        """
+        if instance.in_flight == 0:
+            return True
+        event = instance._idle
+        if event is None or event.is_set():  # (set: by an earlier drain, or a removal)
+            event = instance._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def get(self, instance_id: str) -> Instance | None:
         """The instance with that id."""
@@ -171,11 +224,11 @@ class InstanceRegistry:
         return any(i.healthy for i in self._by_model.get((kind, model), ()))
 
     def capacity(self, kind: str, model: str) -> int:
-        """Requests the model's healthy instances can hold at once."""
+        """Requests the model's healthy instances (not draining) can hold at once."""
         return sum(
             i.config.max_concurrent_requests
             for i in self._by_model.get((kind, model), ())
-            if i.healthy
+            if i.healthy and not i.draining
         )
 
     def take(self, instance: Instance) -> None:

@@ -18,6 +18,8 @@ on ``now`` is the same for every request and drops out of the comparison.
   slack among the on-time requests could absorb the late one's predicted service time, so
   that late requests finish as early as possible without costing an on-time one its
   deadline.
+* **COST_OPTIMIZED**: ordered as SLO_AWARE; the policy differs in where requests go
+  (:mod:`.costs`).
 """
 
 from __future__ import annotations
@@ -236,9 +238,10 @@ def make_queue(
 ) -> RequestQueue:
     """The queue a lane of ``kind`` requests uses under ``policy``.
 
-    Options: ``aging_s`` for PRIORITY; ``predict_s``, ``default_slo_s`` for SLO_AWARE and for
-    HYBRID's LLM lanes. HYBRID orders LLM requests by slack and keeps embeddings in arrival
-    order (they are batched as they leave, see the dispatcher).
+    Options: ``aging_s`` for PRIORITY; ``predict_s``, ``default_slo_s`` for SLO_AWARE,
+    COST_OPTIMIZED (ordered as SLO_AWARE) and HYBRID's LLM lanes. HYBRID orders LLM
+    requests by slack and keeps embeddings in arrival order (they are batched as they
+    leave, see the dispatcher).
 
     Raises:
         ConfigError: an unknown policy name, or ADAPTIVE (which picks one of the others at
@@ -249,8 +252,8 @@ def make_queue(
         return FifoQueue()
     if parsed is SchedulingPolicyType.PRIORITY:
         return PriorityQueue(**options)
-    if parsed is SchedulingPolicyType.SLO_AWARE:
-        return SloAwareQueue(**options)
+    if parsed in (SchedulingPolicyType.SLO_AWARE, SchedulingPolicyType.COST_OPTIMIZED):
+        return SloAwareQueue(**options)  # COST_OPTIMIZED: slack order; it differs in placement
     if parsed is SchedulingPolicyType.HYBRID:
         return FifoQueue() if kind == "embedding" else SloAwareQueue(**options)
     raise ConfigError(

@@ -3,7 +3,8 @@
 The queue policy (:mod:`.queues`) decides *which* waiting request leaves next; the router
 decides *where* it goes, among the model's healthy instances with a free slot. They are
 independent: any routing policy works under any scheduling policy (SLO-aware ordering with
-prefix-aware placement, say).
+prefix-aware placement, say), except COST_OPTIMIZED, which places requests by cost itself
+(:mod:`.costs`; the router still learns where prefixes went).
 
 Routing policies (:class:`~sage.inference.config.RoutingPolicyType`):
 

@@ -9,6 +9,7 @@ separate processes with :func:`spawn_engine` and :func:`spawn_gateway` (both on
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,12 +68,15 @@ def spawn_engine(
     port: int = 0,
     timeout_s: float = 180.0,
     extra: Sequence[str] = (),
+    max_model_len: int | None = None,
 ) -> tuple[int, int, str]:
     """Start one engine server process (``--engine cpu|llama.cpp|transformers|stub|simulated``);
     wait until it listens.
 
     Args:
         extra: More serving options (``--sim-profile JSON``, ``--max-batch N``, ...).
+        max_model_len: Most tokens of one request, prompt and answer (the engine's context
+            length; ``None``: the engine's default).
 
     Returns:
         ``(pid, port, the model name it serves)``.
@@ -81,6 +85,8 @@ def spawn_engine(
         SpawnError: it exited or was not ready in time.
     """
     args = ["engine", "--kind", kind, "--model", model, "--engine", engine]
+    if max_model_len is not None:
+        args += ["--max-model-len", str(max_model_len)]
     pid, bound = spawn([*args, "--host", host, "--port", str(port), *extra], log_path, timeout_s)
     return pid, bound, served_name(kind, model, engine)
 
@@ -89,10 +95,14 @@ def spawn_gateway(
     config: Mapping[str, Any], config_path: Path, log_path: Path | None, timeout_s: float = 60.0
 ) -> tuple[int, int]:
     """Write ``config`` (``UnifiedServerConfig`` fields, backends as dicts) to ``config_path``
-    and start a gateway process on it; ``(pid, port)`` once it listens.
+    and start a gateway process on it; ``(pid, port)`` once it listens. The file is readable
+    by its owner only: it may hold the API key and the tenants' keys.
 
     Raises:
         SpawnError: it exited or was not ready in time.
     """
-    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an older run keeps its mode otherwise
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(config, indent=2))
     return spawn(["gateway", "--config", str(config_path)], log_path, timeout_s)

@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> None:
         help="transformers and embedding engines (default float32)",
     )
     engine.add_argument(
+        "--max-model-len",
+        type=int,
+        help="most tokens of one request, prompt and answer: the LLM engine's context "
+        "length (default: the model's own; llama.cpp: its share of the KV cache)",
+    )
+    engine.add_argument(
         "--sim-profile",
         help="simulated engine: a JSON object of SimulatorProfile fields, "
         """e.g. '{"max_batch": 8}'""",
@@ -66,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
             "dtype": args.dtype,
             "threads": args.threads,
         }
+        if args.max_model_len is not None:
+            if args.max_model_len < 1:
+                parser.error(f"--max-model-len {args.max_model_len}: give an integer >= 1")
+            options["context_length"] = args.max_model_len
         if args.sim_profile is not None:
             if args.engine != "simulated":
                 parser.error("--sim-profile is for --engine simulated")
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             from sage.inference.engines.simulated import SimulatorProfile
 
             try:
-                options = {"profile": SimulatorProfile.from_json(args.sim_profile)}
+                options["profile"] = SimulatorProfile.from_json(args.sim_profile)
             except ConfigError as exc:
                 parser.error(f"--sim-profile: {exc}")
         server = EngineServer(

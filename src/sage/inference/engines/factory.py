@@ -41,8 +41,9 @@ def build_engine(
     ``stub`` and ``simulated`` accept any model name (nothing is loaded). ``simulated`` takes
     ``profile=`` (a :class:`~sage.inference.engines.simulated.SimulatorProfile`,
     a mapping of its fields, or ``None`` for the defaults) and ignores the CPU engines'
-    options. The CPU engines take ``max_batch`` (sequences decoded together) and
-    ``threads``; transformers also ``dtype``; llama.cpp also ``context_length`` and
+    options. Every LLM engine takes ``context_length`` (most tokens of one request, prompt
+    and answer; ``None``: its default). The CPU engines take ``max_batch`` (sequences
+    decoded together) and ``threads``; transformers also ``dtype``; llama.cpp also
     ``kv_tokens``. An embedding model is served by sentence-transformers whichever CPU
     engine is named, and takes ``dtype`` (``float32``, ``bfloat16``, ``auto``).
 
@@ -52,6 +53,7 @@ def build_engine(
     """
     from sage.common.errors import ConfigError
 
+    context = options.get("context_length")
     if engine == "simulated":
         from sage.inference.engines.simulated import (
             SimulatedEmbeddingEngine,
@@ -63,12 +65,14 @@ def build_engine(
         if profile is not None and not isinstance(profile, SimulatorProfile):
             profile = SimulatorProfile.from_mapping(profile)
         if kind == "llm":
-            return SimulatedLLMEngine(model, profile)
+            return SimulatedLLMEngine(model, profile, **_context(context))
         return SimulatedEmbeddingEngine(model, profile)
     if engine == "stub":
         from sage.inference.engines.stub import StubEmbeddingEngine, StubLLMEngine
 
-        return StubLLMEngine(model) if kind == "llm" else StubEmbeddingEngine(model)
+        if kind == "llm":
+            return StubLLMEngine(model, **_context(context))
+        return StubEmbeddingEngine(model)
     if engine not in CPU_ENGINES:
         raise ConfigError(
             f"engine {engine!r} has no in-process server; use one of {', '.join(ENGINES)}"
@@ -91,7 +95,7 @@ def build_engine(
             spec,
             slots=int(options.get("max_batch", 8)),
             threads=threads,
-            context_length=options.get("context_length"),
+            context_length=context,
             kv_tokens=options.get("kv_tokens"),
         )
     from sage.inference.engines.transformers_llm import TransformersLLMEngine
@@ -101,4 +105,10 @@ def build_engine(
         max_batch=int(options.get("max_batch", 8)),
         dtype=str(options.get("dtype") or "float32"),
         threads=threads,
+        context_length=context,
     )
+
+
+def _context(context_length: int | None) -> dict[str, int]:
+    """``context_length=`` for an engine whose own default applies when it is ``None``."""
+    return {} if context_length is None else {"context_length": int(context_length)}

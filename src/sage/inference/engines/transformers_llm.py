@@ -81,6 +81,8 @@ class TransformersLLMEngine(LLMEngine):
         threads: Torch intra-op threads (default: torch's choice).
         dtype: ``float32`` (default: the reference numerics) or ``bfloat16`` (about 2.5x
             faster prefill on CPUs with AMX or AVX512-BF16; outputs may differ slightly).
+        context_length: Most tokens of one request, prompt and answer (default, and at
+            most: the model's ``max_position_embeddings``).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class TransformersLLMEngine(LLMEngine):
         max_batch: int = 8,
         threads: int | None = None,
         dtype: str = "float32",
+        context_length: int | None = None,
     ) -> None:
         if dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype={dtype!r} is not supported on CPU; use float32 or bfloat16")
@@ -99,6 +102,7 @@ class TransformersLLMEngine(LLMEngine):
         self.aliases = spec.aliases
         self.max_batch = max_batch
         self.threads = threads
+        self._context_length = context_length
         self._incoming: queue.Queue[_Sequence | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._torch: Any = None
@@ -140,7 +144,8 @@ class TransformersLLMEngine(LLMEngine):
             path, dtype=getattr(torch, self.dtype), **kwargs
         )
         self.model = model.eval()
-        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        trained = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.context_length = min(self._context_length or trained, trained)
         self.vocab_size = int(self.model.config.vocab_size)
         eos = self.model.generation_config.eos_token_id
         ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}

@@ -2,7 +2,8 @@
 
 SAGE does not wrap vLLM's engine: it starts ``vllm.entrypoints.openai.api_server`` (which has
 continuous batching and paged attention) and registers it with the gateway like any other
-instance. ``--gpu-memory`` becomes ``--gpu-memory-utilization``; ``--dtype`` is passed on.
+instance. ``--gpu-memory`` becomes ``--gpu-memory-utilization``, ``-tp/--tensor-parallel``
+``--tensor-parallel-size``; ``--dtype`` and ``--max-model-len`` are passed on.
 """
 
 from __future__ import annotations
@@ -20,9 +21,25 @@ __all__ = ["check_vllm_available", "launch_vllm", "vllm_command"]
 
 
 def vllm_command(
-    model: str, host: str, port: int, gpu_memory: float | None = None, dtype: str | None = None
+    model: str,
+    host: str,
+    port: int,
+    gpu_memory: float | None = None,
+    dtype: str | None = None,
+    *,
+    tensor_parallel: int = 1,
+    max_model_len: int | None = None,
 ) -> list[str]:
-    """The command line that starts vLLM's server for ``model``."""
+    """The command line that starts vLLM's server for ``model``.
+
+    Args:
+        tensor_parallel: GPUs to split the model over (``--tensor-parallel-size``).
+        max_model_len: Most tokens of one request, prompt and answer (``None``: the
+            model's own).
+
+    Raises:
+        ConfigError: a value out of range, naming the ``sage llm serve`` option.
+    """
     command = [
         sys.executable,
         "-m",
@@ -42,6 +59,20 @@ def vllm_command(
         command += ["--gpu-memory-utilization", str(gpu_memory)]
     if dtype is not None:
         command += ["--dtype", dtype]
+    if tensor_parallel < 1:
+        raise ConfigError(
+            f"-tp/--tensor-parallel {tensor_parallel} is invalid: give the number of GPUs to "
+            "split the model over, an integer >= 1"
+        )
+    if tensor_parallel > 1:
+        command += ["--tensor-parallel-size", str(tensor_parallel)]
+    if max_model_len is not None:
+        if max_model_len < 1:
+            raise ConfigError(
+                f"--max-model-len {max_model_len} is invalid: give an integer >= 1, or leave "
+                "it out for the model's own"
+            )
+        command += ["--max-model-len", str(max_model_len)]
     return command
 
 
@@ -66,8 +97,12 @@ def launch_vllm(
     gpu_memory: float | None,
     dtype: str | None,
     timeout_s: float,
+    *,
+    tensor_parallel: int = 1,
+    max_model_len: int | None = None,
 ) -> int:
-    """Start vLLM's server in the background and wait until it answers; return its pid.
+    """Start vLLM's server in the background and wait until it answers; return its pid
+    (the leader of its own session: with ``tensor_parallel`` > 1 its workers are in it).
 
     Raises:
         ConfigError: vLLM or a GPU is missing, or the server did not come up in time.
@@ -77,7 +112,15 @@ def launch_vllm(
     check_vllm_available()
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            vllm_command(model, host, port, gpu_memory, dtype),
+            vllm_command(
+                model,
+                host,
+                port,
+                gpu_memory,
+                dtype,
+                tensor_parallel=tensor_parallel,
+                max_model_len=max_model_len,
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

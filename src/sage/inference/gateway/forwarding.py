@@ -208,8 +208,9 @@ class Forwarder:
             content_type = result.headers.get("content-type", "application/json")
             if result.chunks is None:
                 failed = result.status >= 500
-                used = None  # fair share: what it cost, when the answer says (cheap to read)
-                if tenants.fair_share and not failed and not grant.riders:
+                used = None  # fair share, cost: what it used, when the answer says (cheap)
+                priced = instance.config.cost_per_1k_tokens is not None
+                if (tenants.fair_share or priced) and not failed and not grant.riders:
                     used = usage_tokens(result.body)
                 dispatcher.finish(pending, instance, dispatched, failed=failed, used_tokens=used)
                 answer = result.body

@@ -39,7 +39,8 @@ _ERRORS = {
     "400": "Invalid request: malformed JSON or a field of the wrong type or value",
     "401": "Missing or invalid API key (when the gateway requires one)",
     "404": "Unknown model or resource",
-    "409": "The control plane is off: the policy cannot change",
+    "409": "Conflict: the control plane is off (the policy cannot change), or the instance "
+    "cannot be drained now (its model's last healthy instance, or still busy after timeout_s)",
     "413": "Request body too large",
     "429": "The gateway's queue for the model is full, or the tenant of the API key is over "
     "its rate limit (code rate_limit_exceeded); see Retry-After",

@@ -146,10 +146,13 @@ ROUTES: tuple[Route, ...] = (
         "remove_instance",
         "DELETE",
         "/v1/management/instances/{instance_id}",
-        "Remove an instance",
+        "Remove an instance: at once, or with ?drain=true[&timeout_s=60][&force=true] once "
+        "its requests in flight are done (409: its model's last healthy instance without "
+        "force, or still busy after timeout_s)",
         InstanceRemoved,
-        ("401", "404"),
-        cancellable=False,  # unregistered and its connections closed, never half
+        ("400", "401", "404", "409"),
+        cancellable=False,  # unregistered and its connections closed, never half; a drain
+        # whose caller went away still finishes (or times out and restores the instance)
     ),
     Route(
         "get_policy", "GET", "/v1/management/policy", "The scheduling policy", PolicyState, ("401",)

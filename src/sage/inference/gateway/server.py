@@ -12,6 +12,10 @@ Routes:
   (the OpenAPI document of these routes, :mod:`~sage.inference.gateway.openapi`).
 * ``GET|POST /v1/management/instances``, ``DELETE /v1/management/instances/<id>``,
   ``GET|PUT /v1/management/policy``, ``GET /v1/management/metrics`` (JSON).
+  ``DELETE /v1/management/instances/<id>?drain=true&timeout_s=60`` removes an instance
+  without losing a request: it gets no new ones, and the call waits for those in flight
+  (refused with 409 for a model's last healthy instance unless ``force=true``; see
+  :mod:`~sage.inference.gateway.management`).
 
 The gateway reads ``model``, ``stream``, the scheduling fields (``priority``, ``slo_ms``, or the
 headers ``x-sage-priority``, ``x-sage-slo-ms``; ``x-sage-class`` names the request's class in

@@ -1,5 +1,6 @@
 """The gateway's management API and health: an instance to add, instances and their
-state, the scheduling policy, the gateway's figures."""
+state, how to remove one (at once, or draining it first), the scheduling policy, the
+gateway's figures."""
 
 from __future__ import annotations
 
@@ -60,6 +61,15 @@ class InstanceSpec(BaseModel):
         pattern=r"^(/[!-~]*)?$",
         description="Path prefix of its API: empty or starting with '/', no spaces.",
     )
+    cost_per_1k_tokens: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        strict=True,  # a number, even over HTTP: true or "1" is a mistake, not a price
+        description="What 1,000 tokens served on it cost, in the currency all instances' "
+        "costs are declared in (cost_optimized places requests on the cheapest instance "
+        "expected to meet their SLO); none: it counts as its model's dearest.",
+    )
 
     @field_validator("instance_id")
     @classmethod
@@ -69,7 +79,7 @@ class InstanceSpec(BaseModel):
         return value
 
 
-PolicyName = Literal["fifo", "priority", "slo_aware", "hybrid", "adaptive"]
+PolicyName = Literal["fifo", "priority", "slo_aware", "hybrid", "adaptive", "cost_optimized"]
 RoutingName = Literal["least_loaded", "round_robin", "prefix_aware", "session"]
 
 
@@ -93,6 +103,11 @@ class InstanceState(BaseModel):
     instance_type: Literal["llm", "embedding"]
     max_concurrent_requests: int
     healthy: bool
+    draining: bool = Field(
+        default=False,
+        description="Being drained: it gets no new request; it is removed once those in "
+        "flight are done.",
+    )
     in_flight: int
     queued: int = Field(description="Requests waiting in the gateway for its type and model.")
     requests: int
@@ -103,6 +118,14 @@ class InstanceState(BaseModel):
     ttft_p95_ms: float | None
     slo_requests: int = Field(description="Requests it served that carried an SLO.")
     slo_attainment: float | None = Field(description="Share of those that met it.")
+    cost_per_1k_tokens: float | None = Field(
+        default=None, description="Its declared cost of 1,000 tokens (None: not declared)."
+    )
+    cost: float | None = Field(
+        default=None,
+        description="Cost served on it: tokens of its answered requests x cost_per_1k_tokens "
+        "/ 1000, in the declared currency (None: no cost declared).",
+    )
     last_error: str
 
 
@@ -119,10 +142,44 @@ class InstanceAdded(BaseModel):
     config: dict[str, Any]
 
 
+class DrainOptions(BaseModel):
+    """The query of ``DELETE /v1/management/instances/{instance_id}``.
+
+    Without ``drain`` the instance is removed at once (requests in flight on it run on
+    over connections of their own). With ``drain=true`` it first gets no new request (those
+    waiting go to the model's other instances) and the call returns once its requests in
+    flight are done; after ``timeout_s`` with some still running, it is put back in rotation
+    and the call answers 409 (code ``drain_timeout``) saying how many. Draining the last
+    healthy instance of a model is refused (409, code ``last_instance``) unless
+    ``force=true``: requests for the model would then fail.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    drain: bool = Field(
+        default=False, description="Wait for its requests in flight before removing it."
+    )
+    timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="drain=true: seconds to wait for its requests in flight.",
+    )
+    force: bool = Field(
+        default=False,
+        description="drain=true: drain it even when it is its model's last healthy instance.",
+    )
+
+
 class InstanceRemoved(BaseModel):
     """``DELETE /v1/management/instances/{instance_id}``."""
 
     removed: str
+    drained: int | None = Field(
+        default=None,
+        description="drain=true: requests that were in flight when the drain began (all "
+        "finished before it was removed); absent for a removal at once.",
+    )
 
 
 class PolicyState(BaseModel):
@@ -175,5 +232,11 @@ class GatewayMetrics(BaseModel):
     policy: PolicyName
     active_policy: PolicyName
     queued: int
+    cost: float = Field(
+        default=0.0,
+        description="Cost served, all instances: tokens answered x their cost_per_1k_tokens "
+        "/ 1000, in the currency the instances' costs are declared in (instances without a "
+        "cost add nothing).",
+    )
     instances: list[InstanceState]
     tenants: dict[str, TenantState] = Field(default_factory=dict)
