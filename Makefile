@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 PIP    := $(PY) -m pip --disable-pip-version-check --quiet
 
-.PHONY: help demo test bench quality clean browser
+.PHONY: help demo test bench quality docs docs-build clean browser
 .DEFAULT_GOAL := help
 
 help:
@@ -15,6 +15,8 @@ help:
 	@echo "make test     create .venv, install SAGE and test tools, run the whole test suite"
 	@echo "make bench    run every benchmark under benchmarks/ (installs the peers they compare with)"
 	@echo "make quality  ruff check, ruff format --check, mypy (to fix what ruff can: sage-dev quality)"
+	@echo "make docs     build the documentation site and serve it on http://127.0.0.1:8008/"
+	@echo "make docs-build  build the documentation site into site/ (mkdocs build --strict)"
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "SAGE needs Python >= 3.11: run make PYTHON=python3.11 ...")'
@@ -67,6 +69,11 @@ $(VENV)/.stamp-quality: pyproject.toml $(VENV)/.stamp-core
 	$(PIP) install -e '.[quality,test,services]'
 	@touch $@
 
+# The documentation site's tools (mkdocs.yml): MkDocs, Material, mkdocstrings, mkdocs-click.
+$(VENV)/.stamp-docs: pyproject.toml $(VENV)/.stamp-core
+	$(PIP) install -e '.[docs]'
+	@touch $@
+
 $(VENV)/.stamp-bench: pyproject.toml $(VENV)/.stamp-llm
 	$(PIP) install -e '.[bench,services,ray]'
 	@touch $@
@@ -102,7 +109,10 @@ demo: $(VENV)/.stamp-llm
 # (CI, these machines) the suite runs in one; elsewhere it runs as is, and says so.
 LOOPBACK_ONLY := unshare -n sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
-test: $(VENV)/.stamp-test browser
+# The docs are built --strict first: a page missing from the nav, a broken link or anchor, or
+# an object mkdocstrings cannot find fails the run (tests/test_docs.py runs their examples).
+test: $(VENV)/.stamp-test $(VENV)/.stamp-docs browser
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
 	@if [ "$$(id -u)" = 0 ] && command -v unshare >/dev/null && command -v ip >/dev/null; then \
 		$(LOOPBACK_ONLY) $(PY) -m pytest --durations=25; \
 	else \
@@ -115,10 +125,18 @@ bench: $(VENV)/.stamp-bench $(PEERS)/.stamp $(PATHWAY_VENV)/.stamp
 		echo "== $$script"; $(PY) $$script --write-readme; \
 	done
 
+# The documentation site (mkdocs.yml, pages under docs/): built --strict into site/, then
+# served on loopback with live reload.
+docs: docs-build
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8008
+
+docs-build: $(VENV)/.stamp-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # mypy does not analyse torch, transformers, ray... (pyproject.toml): the checks need only the
 # quality tools, not the models' stack.
 quality: $(VENV)/.stamp-quality
 	$(BIN)/sage-dev quality --check-only
 
 clean:
-	rm -rf $(VENV) $(PEERS) $(PATHWAY_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts
+	rm -rf $(VENV) $(PEERS) $(PATHWAY_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis test-artifacts site

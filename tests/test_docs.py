@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import logging
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
+import typer.main
 
 from metric_names import documented, every_documented
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["README.md", *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md")))]
+# every page of the documentation site (docs/, with api/ and any other folder) and the README
+DOCS = ["README.md", *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").rglob("*.md")))]
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -39,6 +43,29 @@ def test_doc_examples_run_and_print_what_they_claim(doc: str) -> None:
     from sage.inference.client.unified import UnifiedInferenceClient
 
     UnifiedInferenceClient.shutdown_embedded()
+
+
+def test_the_cli_page_documents_every_installed_program() -> None:
+    """docs/cli.md is generated from sage.cli.docs: one block per [project.scripts] entry,
+    each naming the click command built from that program's own Typer app."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "scripts"
+    ]
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    blocks = re.findall(
+        r"::: mkdocs-click\n\s+:module: (\S+)\n\s+:command: (\S+)\n\s+:prog_name: (\S+)\n", page
+    )
+    assert sorted(prog for _, _, prog in blocks) == sorted(scripts)
+    for module, command, prog in blocks:
+        on_page = getattr(importlib.import_module(module), command)
+        app_module, app_name = scripts[prog].split(":")
+        app = getattr(importlib.import_module(app_module), app_name)
+        installed = typer.main.get_command(app)
+        assert on_page.help == installed.help, prog
+        assert [p.name for p in on_page.params] == [p.name for p in installed.params], prog
+        assert sorted(getattr(on_page, "commands", {})) == sorted(
+            getattr(installed, "commands", {})
+        ), prog
 
 
 def test_the_grafana_dashboard_queries_only_documented_current_metrics() -> None:
