@@ -55,7 +55,12 @@ def status() -> None:
             i["instance_id"],
             i["model_name"],
             i["instance_type"],
-            "[green]healthy[/green]" if i["healthy"] else f"[red]unhealthy[/red] {i['last_error']}",
+            (
+                "[green]healthy[/green]"
+                if i["healthy"]
+                else f"[red]unhealthy[/red] {i['last_error']}"
+            )
+            + (" [yellow]draining[/yellow]" if i.get("draining") else ""),
             str(i["in_flight"]),
             str(i["requests"]),
             str(i["errors"]),
