@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -271,9 +271,34 @@ class _Refusing(BaseHTTPRequestHandler):
         pass
 
 
-def test_an_engine_the_gateway_refuses_is_stopped_again(tmp_path: Path) -> None:
+class _Unreachable(_Refusing):
+    """A gateway that registers every new instance but cannot reach it (its first probe
+    failed), and records what it was asked to remove."""
+
+    deleted: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        instance = {"instance_id": "llm-x", "healthy": False, "last_error": "probe refused"}
+        self._json(201, {"instance": instance, "config": {}})
+
+    def do_DELETE(self) -> None:
+        self.deleted.append(self.path)
+        self._json(200, {"removed": "llm-x"})
+
+
+@pytest.mark.parametrize(
+    ("gateway", "message"),
+    [
+        (_Refusing, "the gateway refused llm-2: invalid instance: refused for the test"),
+        (_Unreachable, "the gateway could not reach llm-2: probe refused"),
+    ],
+)
+def test_an_engine_the_gateway_refuses_is_stopped_again(
+    tmp_path: Path, gateway: type[_Refusing], message: str
+) -> None:
     stack = Stack(tmp_path)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), gateway)
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     try:
@@ -290,9 +315,9 @@ def test_an_engine_the_gateway_refuses_is_stopped_again(tmp_path: Path) -> None:
         (tmp_path / "llm" / "state.json").write_text(json.dumps(state))
         started = stack.sage("engine", "start", "--port", str(stack.llm), timeout=120)
         assert started.returncode == 1
-        assert "the gateway refused llm-2: invalid instance: refused for the test" in (
-            started.stderr
-        )
+        assert message in started.stderr
+        if gateway is _Unreachable:  # registered, so unregistered again
+            assert _Unreachable.deleted == ["/v1/management/instances/llm-x"]
         assert (tmp_path / "llm" / "logs" / "llm-2.log").exists()  # it did start...
         with pytest.raises(httpx.ConnectError):  # ...and is stopped again
             httpx.get(f"http://127.0.0.1:{stack.llm}/v1/models", timeout=5)
