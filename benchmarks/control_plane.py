@@ -5,7 +5,8 @@ One process run, in parts:
 1. **Decision cost**: the dispatcher's own time per request (admission into a queue already
    holding 1,000 waiting requests, plus the dispatch that grants one when a slot frees), per
    policy, against the 200 µs target. No sockets: the dispatcher is driven directly, so this
-   is the policy code and nothing else.
+   is the policy code and nothing else (the instance declares a cost, so COST_OPTIMIZED's
+   placement and every policy's cost counting are timed too).
 2. **Policies on simulated GPU instances** (``sage-cp-bench compare``): a two-class workload
    (interactive: priority 0, SLO 2 s, 30%; batch: priority 5, SLO 30 s) at 1.2x the capacity
    of two simulated instances, the same trace for every policy. Targets: SLO_AWARE meets the
@@ -19,6 +20,10 @@ One process run, in parts:
 5. **The same policies on the real CPU engines** (SmolLM2 on this CPU): smaller numbers,
    same direction expected. Offered at 2x the capacity a short calibration measures (one
    full batch per instance), since that measurement is rough on a shared 2-core machine.
+6. **COST_OPTIMIZED vs SLO_AWARE on priced instances**: two cheap simulated instances (cost
+   1 per 1k tokens, the base speed) and a dear one (cost 10, 4x faster), the same two-class
+   workload at 0.8x their total capacity, more than the cheap ones can carry. Target:
+   COST_OPTIMIZED serves the trace for less, its SLO attainment within 2 points.
 
 Parts 2-5 run the ``sage-cp-bench`` command as a user would (its own gateway and instances,
 each a process) and read its JSON report.
@@ -36,7 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -51,14 +56,18 @@ DECISION_TARGET_US = 200.0
 
 def decision_cost(policy: str, queued: int = 1000, requests: int = 20_000) -> float:
     """Microseconds of dispatcher time per request with ``queued`` requests waiting."""
-    kind = "embedding" if policy == "hybrid" else "llm"
+    kind: Literal["llm", "embedding"] = "embedding" if policy == "hybrid" else "llm"
 
     async def run() -> float:
         loop = asyncio.get_running_loop()
         registry = InstanceRegistry()
         instance = registry.add(
             BackendInstanceConfig(
-                port=9, model_name="m", instance_type=kind, max_concurrent_requests=1
+                port=9,
+                model_name="m",
+                instance_type=kind,
+                max_concurrent_requests=1,
+                cost_per_1k_tokens=1.0,
             )
         )
         now = [0.0]
@@ -105,7 +114,7 @@ def decision_cost(policy: str, queued: int = 1000, requests: int = 20_000) -> fl
 
 
 def decisions(rounds: int) -> list[str]:
-    policies = ["fifo", "priority", "slo_aware", "hybrid", "adaptive"]
+    policies = ["fifo", "priority", "slo_aware", "hybrid", "adaptive", "cost_optimized"]
     costs: dict[str, list[float]] = {p: [] for p in policies}
     for _ in range(rounds):
         for policy in policies:
@@ -269,12 +278,74 @@ def failover(duration_s: float) -> list[str]:
     ]
 
 
+CHEAP_COST, DEAR_COST, DEAR_SPEED = 1.0, 10.0, 4.0
+
+
+def cost(duration_s: float) -> list[str]:
+    costs = f"{CHEAP_COST:g},{CHEAP_COST:g},{DEAR_COST:g}"
+    report = cp_bench(
+        "compare",
+        "--mode",
+        "llm",
+        "--policies",
+        "slo_aware,cost_optimized",
+        "--instance-costs",
+        costs,
+        "--instance-speeds",
+        f"1,1,{DEAR_SPEED:g}",
+        "--load",
+        "0.8",
+        "--duration",
+        str(duration_s),
+    )
+    runs = {run["policy"]: run for run in report["runs"]}
+
+    def dear_share(run: dict[str, Any]) -> float:
+        instances = run["cost"]["instances"]
+        return float(max(instances, key=lambda i: i["cost_per_1k_tokens"] or 0)["share"])
+
+    lines = [
+        "### COST_OPTIMIZED vs SLO_AWARE on priced instances",
+        "",
+        f"{report['trace_requests']} requests; {report['summary'][0]}; three simulated "
+        f"instances: two cheap (cost {CHEAP_COST:g} per 1k tokens, the base speed) and one dear "
+        f"(cost {DEAR_COST:g}, {DEAR_SPEED:g}x faster); the cheap ones alone carry "
+        f"{2 / (2 + DEAR_SPEED):.0%} of the capacity. The same trace for both policies, each on "
+        "a fresh gateway and fresh instances; cost as the gateway counts it (tokens x cost / "
+        "1000), warm-up excluded.",
+        "",
+        "| policy | req/s | interactive SLO met | batch SLO met | p95 | cost "
+        "| cost per 1k requests | share on the dear instance |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in runs.items():
+        metrics = run["metrics"]
+        inter, batch = metrics["by_class"]["interactive"], metrics["by_class"]["batch"]
+        lines.append(
+            f"| {name} | {metrics['overall']['throughput_rps']:.2f} | "
+            f"{inter['slo_attainment']:.1%} | {batch['slo_attainment']:.1%} | "
+            f"{_s(metrics['overall']['latency']['p95_ms'])} | {run['cost']['total']:,.1f} | "
+            f"{run['cost']['per_1k_requests']:,.1f} | {dear_share(run):.1%} |"
+        )
+    slo, cheap = runs["slo_aware"], runs["cost_optimized"]
+    ratio = cheap["cost"]["total"] / slo["cost"]["total"]
+    points = (
+        cheap["metrics"]["overall"]["slo_attainment"] - slo["metrics"]["overall"]["slo_attainment"]
+    ) * 100
+    lines += [
+        "",
+        f"- COST_OPTIMIZED vs SLO_AWARE: cost **{ratio:.2f}x**, SLO attainment "
+        f"**{points:+.1f} points** (target: cost lower, attainment within 2 points).",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--parts",
-        default="decisions,policies,hybrid,failover,cpu",
+        default="decisions,policies,hybrid,failover,cpu,cost",
         help="comma-separated subset to run",
     )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per policy run")
@@ -308,6 +379,7 @@ def main() -> None:
             "The same policies on the real CPU engines (two SmolLM2 instances, SLOs 8 s / 60 s, "
             "2x the calibrated capacity)",
         ),
+        "cost": lambda: cost(args.duration),
     }
     lines: list[str] = []
     for name in args.parts.split(","):

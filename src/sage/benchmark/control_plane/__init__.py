@@ -6,9 +6,11 @@ Modules, in the order a benchmark uses them:
   :class:`HybridBenchmarkConfig` (``validate()`` names a bad field and its fix);
 * :mod:`.workload` — the seeded request trace (Poisson, bursty or uniform arrivals; length
   distributions; priority and SLO classes);
+* :mod:`.fleet` — own instances that differ: a price and a speed per instance;
 * :mod:`.cluster` — its own gateway over engine processes (simulated, CPU or stub);
 * :mod:`.driver` — sends the trace open loop and records every request;
 * :mod:`.metrics` — throughput, latency and TTFT percentiles, SLO attainment, errors;
+* :mod:`.cost_served` — the cost the gateway counted during a run (priced instances);
 * :mod:`.runner` — capacity, trace and one run per policy (:func:`run_benchmark`);
 * :mod:`.sweep` — one run per offered rate (:func:`run_sweep`);
 * :mod:`.report`, :mod:`.sweep_report` — Rich tables, JSON, PNG chart, HTML page;

@@ -7,7 +7,9 @@ trace (same seed) once per policy, each on a fresh gateway over fresh instances;
 ``--control-plane`` the benchmark starts its own gateway over ``--instances`` GPU-instance
 simulators (``--engine simulated``, the default: no GPU, no network), the real CPU engines
 (``cpu``) or stubs (``stub``). Unless ``--rate`` is given, the offered rate is ``--load``
-times the instances' estimated capacity (see :mod:`.runner`).
+times the instances' estimated capacity (see :mod:`.runner`). ``--instance-costs 1,1,10``
+prices the own instances (``--instance-speeds 1,1,4`` makes simulated ones faster): the
+reports then show the cost served (see :mod:`.fleet`).
 
 Settings may also come from ``--config FILE`` (:mod:`.config_file`; an option given on the
 command line overrides the file); ``config`` writes one with every key, ``validate`` checks
@@ -38,6 +40,7 @@ from sage.benchmark.control_plane.config import (
 )
 from sage.benchmark.control_plane.options import (
     EXAMPLES,
+    IMPLIED,
     Command,
     config_from_options,
     parse_rates,
@@ -161,7 +164,11 @@ def bench(
         ),
     ] = 4,
     instances: Annotated[
-        int, typer.Option(help="Own instances of the mode's kind (hybrid: LLM instances).")
+        int,
+        typer.Option(
+            help="Own instances of the mode's kind (hybrid: LLM instances); default 2, or as "
+            "many as --instance-costs/--instance-speeds give."
+        ),
     ] = 2,
     embedding_instances: Annotated[
         int | None, typer.Option(help="hybrid: own embedding instances (default --instances).")
@@ -174,6 +181,22 @@ def bench(
         str | None,
         typer.Option(
             help="Simulator timing, JSON of SimulatorProfile fields: '{\"max_batch\": 8}'."
+        ),
+    ] = None,
+    instance_costs: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COSTS",
+            help="cost_per_1k_tokens of each own instance, comma-separated (1,1,10): the "
+            "gateway places by it under cost_optimized, and the reports show the cost served.",
+        ),
+    ] = None,
+    instance_speeds: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SPEEDS",
+            help="simulated: how many times faster than --sim-profile each own instance runs, "
+            "comma-separated (1,1,4).",
         ),
     ] = None,
     max_concurrent: Annotated[
@@ -279,6 +302,14 @@ def _options(ctx: typer.Context, path: Path | None) -> dict[str, Any]:
         typer.Exit: (code 2) the file has problems; the message lists every one.
     """
     options = {k: v for k, v in ctx.params.items() if k not in NOT_IN_FILES}
+
+    def defaulted(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is None or source.name in ("DEFAULT", "DEFAULT_MAP")
+
+    for name in IMPLIED:  # not given: it follows the options it is implied by
+        if defaulted(name):
+            options[name] = None
     if path is None:
         return options
     try:
@@ -288,8 +319,7 @@ def _options(ctx: typer.Context, path: Path | None) -> dict[str, Any]:
     if problems:
         raise usage(str(files.ConfigFileError(path, problems)))
     for name, value in values.items():
-        source = ctx.get_parameter_source(name)
-        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+        if defaulted(name):
             options[name] = value
     return options
 
@@ -351,7 +381,8 @@ def validate(
         raise fail(str(files.ConfigFileError(file, problems)))
     defaults = {key.name: key.default for key in _keys().values()}
     command: Command = "sweep" if "," in str(values.get("rate") or "") else "compare"
-    config = config_from_options(command, {**defaults, **values})
+    implied = dict.fromkeys(IMPLIED)  # what the file leaves out follows from what it sets
+    config = config_from_options(command, {**defaults, **implied, **values})
     console.print(f"[green]{file}: valid[/green]", highlight=False)
     for line in _summary(config, values, defaults):
         console.print(f"• {line}", highlight=False)

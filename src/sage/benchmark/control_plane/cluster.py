@@ -8,7 +8,9 @@ run into the next.
 
 LLM instances get ``max_concurrent_requests`` equal to their engine's batch size, so
 requests beyond what the engines run at once wait in the gateway, where the policy orders
-them, rather than in an engine's own FIFO.
+them, rather than in an engine's own FIFO. With ``instance_costs`` each instance is
+registered with its ``cost_per_1k_tokens``; with ``instance_speeds`` each simulator gets its
+own, faster profile (:mod:`.fleet`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sage.benchmark.control_plane import fleet
 from sage.benchmark.control_plane.config import (
     BenchmarkConfig,
     EmbeddingBenchmarkConfig,
@@ -90,6 +93,8 @@ class EngineProcess:
     model: str
     max_concurrent: int
     killed: bool = False
+    cost: float | None = None  # cost_per_1k_tokens registered with the gateway
+    speed: float = 1.0  # times faster than the simulator profile
 
     @property
     def url(self) -> str:
@@ -97,8 +102,8 @@ class EngineProcess:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {
+        """JSON-ready (``cost``, ``speed``: only when set)."""
+        described: dict[str, Any] = {
             "kind": self.kind,
             "pid": self.pid,
             "port": self.port,
@@ -106,6 +111,11 @@ class EngineProcess:
             "max_concurrent": self.max_concurrent,
             "killed": self.killed,
         }
+        if self.cost is not None:
+            described["cost_per_1k_tokens"] = self.cost
+        if self.speed != 1.0:
+            described["speed"] = self.speed
+        return described
 
 
 class LocalCluster:
@@ -147,11 +157,12 @@ class LocalCluster:
         """The model served per kind."""
         return {e.kind: e.model for e in self.engines}
 
-    def _engine_options(self, kind: Kind) -> list[str]:
+    def _engine_options(self, kind: Kind, speed: float = 1.0) -> list[str]:
         config = self.config
         options: list[str] = []
-        if config.engine == "simulated" and config.sim_profile:
-            options += ["--sim-profile", json.dumps(config.sim_profile)]
+        profile = fleet.profile_fields(config.sim_profile, speed)
+        if config.engine == "simulated" and profile:
+            options += ["--sim-profile", json.dumps(profile)]
         if config.engine == "cpu" and kind == "llm":
             # the engines share this machine's cores: oversubscribed compute threads spin
             threads = max(1, (os.cpu_count() or 1) // instance_counts(config)["llm"])
@@ -164,6 +175,7 @@ class LocalCluster:
     ) -> EngineProcess:
         """Start engine ``number`` of ``kind`` (on ``port``; 0: a free one), logging to
         ``log_name`` (default ``{kind}-{number}.log``) in the cluster's log folder."""
+        speed = fleet.speed_of(self.config, kind, number)
         pid, port, model = spawn_engine(
             kind,
             default_model(self.config, kind),
@@ -171,9 +183,12 @@ class LocalCluster:
             self.log_dir / (log_name or f"{kind}-{number}.log"),
             port=port,
             timeout_s=self.timeout_s,
-            extra=self._engine_options(kind),
+            extra=self._engine_options(kind, speed),
         )
-        return EngineProcess(kind, pid, port, model, max_concurrent(self.config, kind))
+        cost = fleet.cost_of(self.config, kind, number)
+        return EngineProcess(
+            kind, pid, port, model, max_concurrent(self.config, kind), cost=cost, speed=speed
+        )
 
     def start(self) -> LocalCluster:
         """Start the engines (in parallel), then the gateway; return when all listen.
@@ -210,6 +225,7 @@ class LocalCluster:
                     "model_name": e.model,
                     "instance_type": kind,
                     "max_concurrent_requests": e.max_concurrent,
+                    **({} if e.cost is None else {"cost_per_1k_tokens": e.cost}),
                 }
                 for e in self.engines
                 if e.kind == kind

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from sage.benchmark.control_plane import fleet
 from sage.common.errors import ConfigError
 from sage.inference.config import parse_policies
 
@@ -257,9 +258,9 @@ class BenchmarkConfig:
             (``fifo``, ``priority``, ``slo_aware``, ``hybrid``, ``adaptive``,
             ``cost_optimized``), a routing policy (``prefix_aware``), or both
             (``slo_aware+prefix_aware``), by the names
-            :func:`~sage.inference.config.parse_policies` accepts. The benchmark's own
-            instances declare no ``cost_per_1k_tokens``: under ``cost_optimized`` they are
-            placed on the least loaded instance expected to meet the SLO.
+            :func:`~sage.inference.config.parse_policies` accepts. Under
+            ``cost_optimized`` own instances without ``instance_costs`` are placed on the
+            least loaded instance expected to meet the SLO.
         num_requests: Requests in the measured trace (unless ``duration_s`` is set).
         duration_s: Length of the trace in seconds instead of a request count.
         request_rate: Offered requests per second (all kinds together); ``None``: ``load``
@@ -281,6 +282,11 @@ class BenchmarkConfig:
             ``sim_profile``), ``cpu`` (the real CPU models) or ``stub`` (answers at once).
         instances: Instances of the mode's kind (hybrid: LLM instances).
         sim_profile: ``SimulatorProfile`` fields that differ from its defaults.
+        instance_costs: ``cost_per_1k_tokens`` of each own instance of the mode's kind
+            (hybrid: LLM instances), as many as ``instances``; ``None``: none declared
+            (:mod:`.fleet`). The reports then show the cost served.
+        instance_speeds: How many times faster than ``sim_profile`` each own simulated
+            instance runs, as many as ``instances``; ``None``: all as ``sim_profile``.
         kill_instance_at: Seconds into the trace at which one of its own instances is
             killed (SIGKILL), to measure failover.
         kill_kind: Which kind of instance to kill (default: the mode's; hybrid: ``llm``).
@@ -310,6 +316,8 @@ class BenchmarkConfig:
     engine: Engine = "simulated"
     instances: int = 2
     sim_profile: dict[str, Any] = field(default_factory=dict)
+    instance_costs: list[float] | None = None
+    instance_speeds: list[float] | None = None
     kill_instance_at: float | None = None
     kill_kind: Kind | None = None
     tenants: list[TenantLoad] = field(default_factory=list)
@@ -384,6 +392,7 @@ class BenchmarkConfig:
             from sage.inference.engines.simulated import SimulatorProfile
 
             SimulatorProfile.from_mapping(self.sim_profile)  # raises naming the bad field
+        fleet.check(self, owner)
         self._validate_mode(owner)
 
     def _check_tenants(self, owner: str) -> None:

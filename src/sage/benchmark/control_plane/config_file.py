@@ -4,7 +4,8 @@
 A config file holds the same settings as the options of ``run``, ``compare`` and ``sweep``:
 its keys are their long option names with underscores (``requests``, ``rate``,
 ``llm_ratio``; ``policy`` and ``policies`` are the same key), its values what the option
-takes (``policies`` and ``rate`` may also be lists, ``sim_profile`` a table). It may be TOML
+takes (``policies``, ``rate``, ``instance_costs`` and ``instance_speeds`` may also be
+lists, ``sim_profile`` a table). It may be TOML
 (``.toml``; what ``sage-cp-bench config`` writes, with a comment per key), JSON (``.json``)
 or YAML (``.yaml``, ``.yml``; needs PyYAML). An option given on the command line overrides
 its key.
@@ -38,7 +39,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
 
-from sage.benchmark.control_plane.options import applies, config_from_options
+from sage.benchmark.control_plane.options import IMPLIED, applies, config_from_options
 from sage.common.errors import ConfigError, unknown_key
 
 __all__ = [
@@ -292,6 +293,7 @@ def check(path: Path, keys: Mapping[str, FileKey]) -> tuple[dict[str, Any], list
     """
     values, problems, lines = _load(path, keys)
     defaults = {k.name: k.default for k in keys.values()}
+    defaults.update(dict.fromkeys(k for k in IMPLIED if k in defaults))  # follow what is set
     mode = values.get("mode", defaults.get("mode"))
 
     def error(options: dict[str, Any]) -> str | None:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -287,6 +287,7 @@ async def drive(
     warmup: Sequence[TraceRequest] = (),
     on_done: Callable[[RequestRecord], None] | None = None,
     actions: Sequence[TimedAction] = (),
+    after_warmup: Callable[[], Awaitable[object]] | None = None,
 ) -> DriveResult:
     """Send ``warmup`` (all at once, awaited), then ``trace`` open loop; record each request.
 
@@ -299,6 +300,8 @@ async def drive(
         warmup: Requests sent before the trace starts, not recorded.
         on_done: Called with each record as its request ends (progress bars).
         actions: Run at their offsets into the trace (on the event loop: keep them short).
+        after_warmup: Awaited once the warm-up is answered, before the trace starts (to read
+            the gateway's figures that the trace's are counted from).
 
     Raises:
         GatewayError: a warm-up request failed (the gateway is unreachable, or does not
@@ -320,6 +323,8 @@ async def drive(
                     "the gateway runs there and serves the models "
                     f"{', '.join(sorted(set(models.values())))}"
                 )
+        if after_warmup is not None:
+            await after_warmup()
         bodies = [sender.body(r) for r in trace]
         sender.t0 = t0 = loop.time() + 0.01
 

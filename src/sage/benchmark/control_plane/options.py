@@ -29,12 +29,14 @@ from sage.benchmark.control_plane.config import (
     TenantLoad,
     config_for_mode,
 )
+from sage.benchmark.control_plane.fleet import parse_numbers
 from sage.common.errors import ConfigError
 
 __all__ = [
     "DEFAULT_POLICIES",
     "EXAMPLES",
     "FIELD_OF",
+    "IMPLIED",
     "Command",
     "applies",
     "config_from_options",
@@ -73,6 +75,8 @@ FIELD_OF: dict[str, str] = {
     "embedding_instances": "embedding_instances",
     "engine": "engine",
     "sim_profile": "sim_profile",
+    "instance_costs": "instance_costs",
+    "instance_speeds": "instance_speeds",
     "max_concurrent": "llm_max_concurrent",
     "control_plane": "control_plane_url",
     "llm_model": "llm_model",
@@ -99,6 +103,8 @@ EXAMPLES: dict[str, Any] = {
     "text_tokens": 32,
     "embedding_instances": 2,
     "sim_profile": {"max_batch": 8},
+    "instance_costs": [1, 1, 10],
+    "instance_speeds": [1, 1, 4],
     "max_concurrent": 8,
     "control_plane": "http://127.0.0.1:8000",
     "llm_model": "sim-llm",
@@ -109,6 +115,11 @@ EXAMPLES: dict[str, Any] = {
 }
 """A value to show for each option that is unset by default (the config file's writer puts
 it in a commented-out line, for the user to uncomment)."""
+
+IMPLIED: dict[str, tuple[str, ...]] = {"instances": ("instance_costs", "instance_speeds")}
+"""Options whose value, when not given, follows from others: ``instances`` is the number of
+``instance_costs`` (or ``instance_speeds``), else its default. A front end passes such an
+option as ``None`` when the user did not give it."""
 
 _LENGTHS: dict[str, tuple[Any, float]] = {
     "prompt_tokens": ("lognormal", 0.5),
@@ -175,8 +186,9 @@ def config_from_options(command: Command, options: Mapping[str, Any]) -> Benchma
         command: ``run`` (one policy, at most one rate), ``compare`` or ``sweep`` (a list of
             rates; ``request_rate`` is the first, each run of the sweep replaces it).
         options: Values by option name, as the CLI parses them (strings for ``policies``,
-            ``rate``, ``classes``, ``tenants``, ``sim_profile``); a missing option keeps the
-            config's default.
+            ``rate``, ``classes``, ``tenants``, ``sim_profile``, ``instance_costs``,
+            ``instance_speeds``); a missing option keeps the config's default, and one of
+            :data:`IMPLIED` that is missing or ``None`` follows its sources.
 
     Raises:
         ConfigError: a value that does not parse, naming its option and the fix.
@@ -185,9 +197,18 @@ def config_from_options(command: Command, options: Mapping[str, Any]) -> Benchma
     rates = parse_rates(options.get("rate"), command)
     values["request_rate"] = rates[0] if rates else None
     special = {"policies", "rate", "classes", "tenants", "sim_profile", "length_shape"}
+    special |= {"instance_costs", "instance_speeds"}
     for option, name in FIELD_OF.items():
         if option in options and option not in special and option not in _LENGTHS:
             values[name] = options[option]
+    for option in ("instance_costs", "instance_speeds"):
+        values[option] = parse_numbers(option, options.get(option))
+    for option, sources in IMPLIED.items():
+        if values.get(option) is None:  # not given: follows its sources, else the default
+            values.pop(option, None)
+            given = [len(values[s]) for s in sources if values.get(s) is not None]
+            if given:
+                values[option] = given[0]
     if options.get("classes") is not None:
         values["classes"] = RequestClass.parse_list(str(options["classes"]))
     if options.get("tenants") is not None:

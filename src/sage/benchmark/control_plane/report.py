@@ -24,6 +24,7 @@ from typing import Any
 
 from rich.table import Table
 
+from sage.benchmark.control_plane.cost_served import RunCost, format_cost
 from sage.benchmark.control_plane.metrics import GroupMetrics
 from sage.benchmark.control_plane.runner import BenchmarkResult, PolicyRun
 from sage.cli.render import format_latency
@@ -31,6 +32,7 @@ from sage.cli.render import format_latency
 __all__ = [
     "TableData",
     "chart_png",
+    "cost_table",
     "format_rate",
     "format_share",
     "html_page",
@@ -91,16 +93,56 @@ def _has_ttft(result: BenchmarkResult) -> bool:
     return any(run.metrics.overall.ttft.count for run in result.runs)
 
 
+def _priced(result: BenchmarkResult) -> bool:
+    return any(run.cost is not None for run in result.runs)
+
+
+def _cost_cells(cost: RunCost | None) -> list[str]:
+    if cost is None:
+        return ["-", "-"]
+    return [format_cost(cost.total), format_cost(cost.per_1k_requests)]
+
+
+def cost_table(result: BenchmarkResult) -> TableData:
+    """Per policy and instance: its declared cost, the requests it answered, their share of
+    its kind's, and the cost it served (priced runs only)."""
+    table = TableData(
+        "cost served per instance",
+        ["policy", "instance", "cost/1k tokens", "requests", "share", "cost"],
+    )
+    for run in result.runs:
+        for i in run.cost.instances if run.cost is not None else ():
+            price = "-" if i.cost_per_1k_tokens is None else f"{i.cost_per_1k_tokens:g}"
+            table.rows.append(
+                [
+                    run.policy,
+                    f"{i.instance_id} ({i.kind})",
+                    price,
+                    str(i.requests),
+                    format_share(i.share),
+                    "-" if i.cost is None else format_cost(i.cost),
+                ]
+            )
+    return table
+
+
 def report_tables(result: BenchmarkResult) -> list[TableData]:
-    """The tables of a result: policies side by side, then every group, then errors."""
+    """The tables of a result: policies side by side, then every group, then errors; with
+    priced instances, ``cost`` and ``cost/1k req`` columns and a table of instances."""
     ttft = _has_ttft(result)
     headers = [*_GROUP_HEADERS, *(["TTFT p50", "TTFT p95"] if ttft else []), "SLO met"]
     classes = [c.name for c in result.config.classes]
     priority = {c.name: c.priority for c in result.config.classes}
+    priced = _priced(result)
     overview = TableData(
         f"sage-cp-bench {result.command}: {result.config.mode} mode, "
         f"{result.trace_requests} requests at {result.rate:,.2f} req/s",
-        ["policy", *headers, *(f"SLO {name}" for name in classes)],
+        [
+            "policy",
+            *headers,
+            *(f"SLO {name}" for name in classes),
+            *(["cost", "cost/1k req"] if priced else []),
+        ],
     )
     groups = TableData("per kind and class (and priority, tenant)", ["policy", "group", *headers])
     errors = TableData("errors", ["policy", "kind", "count", "message"])
@@ -110,7 +152,8 @@ def report_tables(result: BenchmarkResult) -> list[TableData]:
             format_share(m.by_class[name].slo_attainment) if name in m.by_class else "-"
             for name in classes
         ]
-        overview.rows.append([run.policy, *_group_cells(m.overall, ttft), *per_class])
+        costs = _cost_cells(run.cost) if priced else []
+        overview.rows.append([run.policy, *_group_cells(m.overall, ttft), *per_class, *costs])
         rows = [(g.name, g) for g in m.by_kind.values()] if len(m.by_kind) > 1 else []
         rows += [(f"{g.name} (priority {priority[g.name]})", g) for g in m.by_class.values()]
         if len(m.by_priority) != len(m.by_class):  # else the class rows say it all
@@ -120,7 +163,12 @@ def report_tables(result: BenchmarkResult) -> list[TableData]:
         for kind, messages in m.errors.items():
             for message, count in messages.items():
                 errors.rows.append([run.policy, kind, str(count), message])
-    return [overview, groups, *([errors] if errors.rows else [])]
+    return [
+        overview,
+        groups,
+        *([cost_table(result)] if priced else []),
+        *([errors] if errors.rows else []),
+    ]
 
 
 def summary_lines(result: BenchmarkResult) -> list[str]:
@@ -165,6 +213,8 @@ def summary_lines(result: BenchmarkResult) -> list[str]:
             )
         for event in run.events:
             lines.append(f"{run.policy}: at {event['at_s']:.1f} s: {event['event']}")
+        if run.cost is not None:
+            lines.append(_cost_line(run.policy, run.cost))
         if m.overall.failed or run.events:
             kinds = ", ".join(f"{g.failed} {g.name}" for g in m.by_kind.values())
             lines.append(
@@ -174,11 +224,23 @@ def summary_lines(result: BenchmarkResult) -> list[str]:
     return lines
 
 
+def _cost_line(policy: str, cost: RunCost) -> str:
+    shares = ", ".join(
+        f"{i.instance_id} ({'-' if i.cost_per_1k_tokens is None else f'{i.cost_per_1k_tokens:g}'}"
+        f"/1k tokens) {format_share(i.share)}"
+        for i in cost.instances
+    )
+    return (
+        f"{policy}: cost served {format_cost(cost.total)} ({format_cost(cost.per_1k_requests)} "
+        f"per 1k requests); requests per instance: {shares}"
+    )
+
+
 def rich_table(data: TableData) -> Table:
     """A Rich rendering of ``data`` (numbers right-aligned)."""
     table = Table(title=data.title)
     for i, header in enumerate(data.headers):
-        text_column = header in ("policy", "group", "kind", "message")
+        text_column = header in ("policy", "group", "kind", "message", "instance")
         table.add_column(header, justify="left" if text_column else "right", no_wrap=i < 2)
     for row in data.rows:
         table.add_row(*row)
@@ -193,6 +255,7 @@ def to_json(result: BenchmarkResult) -> dict[str, Any]:
             "policy": run.policy,
             "active_policy": run.active_policy,
             "metrics": run.metrics.to_dict(),
+            **({"cost": run.cost.to_dict()} if run.cost is not None else {}),
             "events": run.events,
             "instances": run.instances,
             "cluster": run.cluster,

@@ -8,7 +8,8 @@ estimated capacity of the instances for the configured mix.
   tokens, mean output tokens)`` (every instance running a full batch) per instance;
   embeddings, the texts per second of full ``embed_max_batch`` passes divided by the mean
   texts per request (what the hardware can do when requests are batched; one request per
-  call does much less, and the report says how much).
+  call does much less, and the report says how much). Instances of different speeds
+  (``instance_speeds``) each count with their own profile: the kind's capacity is the sum.
 * For the **CPU** or **stub** engines, and for a **running gateway** (``--control-plane``),
   it is measured by a short calibration: every LLM instance gets a full batch of mean-sized
   requests at once (``max_concurrent_requests`` of them), every embedding instance one
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
+from sage.benchmark.control_plane import fleet
 from sage.benchmark.control_plane.cluster import LocalCluster, instance_counts
 from sage.benchmark.control_plane.config import (
     BenchmarkConfig,
@@ -37,6 +39,7 @@ from sage.benchmark.control_plane.config import (
     LLMBenchmarkConfig,
     tenant_key,
 )
+from sage.benchmark.control_plane.cost_served import RunCost, cost_served, settled_metrics
 from sage.benchmark.control_plane.driver import (
     RequestRecord,
     TimedAction,
@@ -132,6 +135,7 @@ class PolicyRun:
         events: Timed actions that ran (``{"at_s", "event"}``).
         instances: The gateway's instance states after the run.
         cluster: Its own processes (empty for a running gateway).
+        cost: The cost served during the trace (``None``: no instance declares a cost).
     """
 
     policy: str
@@ -141,6 +145,7 @@ class PolicyRun:
     events: list[dict[str, Any]] = field(default_factory=list)
     instances: list[dict[str, Any]] = field(default_factory=list)
     cluster: dict[str, Any] = field(default_factory=dict)
+    cost: RunCost | None = None
 
 
 @dataclass
@@ -190,18 +195,25 @@ def simulated_capacity(config: BenchmarkConfig) -> Capacity:
     per_kind: dict[str, float] = {}
     notes: list[str] = []
     inputs: dict[str, Any] = {"profile": dataclasses.asdict(profile), "instances": counts}
+    if config.instance_speeds is not None:
+        inputs["instance_speeds"] = config.instance_speeds
+
+    def each(kind: Kind) -> list[SimulatorProfile]:  # every own instance's own profile
+        speeds = [fleet.speed_of(config, kind, i) for i in range(counts[kind])]
+        return [fleet.scaled_profile(profile, s) if s != 1 else profile for s in speeds]
+
     if "llm" in counts:
         assert isinstance(config, LLMBenchmarkConfig)
         prompt, output = config.prompt_tokens.expected(), config.output_tokens.expected()
         inputs.update(mean_prompt_tokens=prompt, mean_output_tokens=output)
-        per_kind["llm"] = profile.capacity_rps(prompt, output) * counts["llm"]
+        per_kind["llm"] = sum(p.capacity_rps(prompt, output) for p in each("llm"))
     if "embedding" in counts:
         assert isinstance(config, EmbeddingBenchmarkConfig)
         texts = config.texts_per_request.expected()
         inputs["mean_texts_per_request"] = texts
         batch = profile.embed_max_batch
-        per_kind["embedding"] = batch / profile.embed_s(batch) / texts * counts["embedding"]
-        unbatched = profile.embed_capacity_rps(texts) * counts["embedding"]
+        per_kind["embedding"] = sum(batch / p.embed_s(batch) / texts for p in each("embedding"))
+        unbatched = sum(p.embed_capacity_rps(texts) for p in each("embedding"))
         notes.append(
             f"embedding instances answer at most {unbatched:,.1f} req/s when each request is its "
             f"own call (unbatched), {per_kind['embedding']:,.1f} req/s in full passes of "
@@ -342,6 +354,11 @@ class _Benchmark:
                 )
             )
         self.observer.policy_started(policy, len(self.trace.requests))
+        warmed: dict[str, Any] = {}  # the gateway's figures the trace's cost counts from
+
+        async def after_warmup() -> None:
+            warmed.update(await settled_metrics(url, self.api_key))
+
         result = await drive(
             url,
             self.trace.requests,
@@ -351,15 +368,19 @@ class _Benchmark:
             warmup=warmup_requests(config),
             on_done=self.observer.request_done,
             actions=actions,
+            after_warmup=after_warmup,
         )
+        metrics = summarize(result.records)
+        served = await settled_metrics(url, self.api_key)
         return PolicyRun(
             policy=policy,
             active_policy=str(active.get("active_policy") or active.get("policy")),
             records=result.records,
-            metrics=summarize(result.records),
+            metrics=metrics,
             events=result.events,
             instances=await _gateway_instances(url, self.api_key),
             cluster=cluster.describe() if cluster is not None else {},
+            cost=cost_served(warmed, served, metrics.overall.completed),
         )
 
     def one(self, policy: str) -> PolicyRun:

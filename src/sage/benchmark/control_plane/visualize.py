@@ -26,6 +26,7 @@ from sage.benchmark.control_plane.config import (
     TenantLoad,
     config_for_mode,
 )
+from sage.benchmark.control_plane.cost_served import RunCost
 from sage.benchmark.control_plane.driver import RequestRecord
 from sage.benchmark.control_plane.metrics import summarize
 from sage.benchmark.control_plane.report import write_charts
@@ -67,6 +68,7 @@ def result_from_json(data: dict[str, Any]) -> BenchmarkResult:
                 events=run.get("events", []),
                 instances=run.get("instances", []),
                 cluster=run.get("cluster", {}),
+                cost=RunCost.from_dict(run["cost"]) if run.get("cost") else None,
             )
         )
     capacity = data.get("capacity")
