@@ -6,10 +6,10 @@ COST_OPTIMIZED a granted request goes to the cheapest of its model's healthy ins
 with a free slot that is *expected* to answer it before its deadline:
 
 * The expectation is the instance's measured P95 service seconds per token (dispatch to
-  last byte, over its last 512 answered requests) times the request's predicted tokens
-  (``PendingRequest.tokens``: ``max_tokens`` for generation), compared with the time left
-  until ``arrival + slo_ms``. It reflects the load the instance ran at lately, not the
-  load it is about to get. An instance that has answered nothing yet is predicted with
+  last byte, over its last 512 requests answered under COST_OPTIMIZED) times the request's
+  predicted tokens (``PendingRequest.tokens``: ``max_tokens`` for generation), compared with
+  the time left until ``arrival + slo_ms``. It reflects the load the instance ran at
+  lately, not the load it is about to get. An instance that has answered nothing yet is predicted with
   its model's P95 per token over all instances (the dispatcher's ``predict_s``); with no
   sample at all the prediction is 0 (every instance is expected in time).
 * If no instance is expected in time, the one expected to finish soonest (then the
@@ -123,14 +123,23 @@ class CostPlacer:
         return cheapest_in_time(candidates, peers, lambda i: self.predict_s(i, request), budget_s)
 
     def served(
-        self, instance: Instance, request: PendingRequest, seconds: float, tokens: int
+        self,
+        instance: Instance,
+        request: PendingRequest,
+        seconds: float,
+        tokens: int,
+        learn: bool = True,
     ) -> None:
-        """An answer of ``tokens`` tokens took ``seconds`` on ``instance``: learn its speed
-        and count what it cost."""
-        model = self._latency.get(instance)
-        if model is None:
-            model = self._latency[instance] = LatencyModel()
-        model.add(seconds, request.tokens)
+        """An answer of ``tokens`` tokens took ``seconds`` on ``instance``: count what it
+        cost, and learn the instance's speed when ``learn`` (the dispatcher learns only
+        under COST_OPTIMIZED, the one policy that reads it: other policies' requests pay
+        for no per-instance ring; after a switch, :meth:`predict_s` starts from the model's
+        figure)."""
+        if learn:
+            model = self._latency.get(instance)
+            if model is None:
+                model = self._latency[instance] = LatencyModel()
+            model.add(seconds, request.tokens)
         cost = instance.config.cost_per_1k_tokens
         if cost is not None:
             spent = tokens * cost / 1000

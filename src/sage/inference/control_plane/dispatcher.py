@@ -331,7 +331,8 @@ class Dispatcher:
                 model = self._models[(request.kind, request.model)] = LatencyModel()
             model.add(seconds, request.tokens)
             tokens = used_tokens if used_tokens is not None else _charged(request)
-            self.costs.served(instance, request, seconds, tokens)
+            by_cost = self._active is SchedulingPolicyType.COST_OPTIMIZED
+            self.costs.served(instance, request, seconds, tokens, learn=by_cost)
         lane = self._lanes.get((request.kind, request.model))
         if lane is not None and used_tokens is not None:
             lane.counters.charge_request(request, used_tokens)
