@@ -17,12 +17,13 @@ from enum import Enum
 from typing import Any
 
 import pytest
+from control_plane_servers import StubServers
 
 from sage.common.concurrency import LoopThread
 from sage.common.config.ports import SagePorts
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.errors import ConfigError, GatewayError, ServiceError
-from sage.inference.engines.base import Delta, SamplingParams
+from sage.inference.engines.base import Delta, SamplingParams, prompt_text
 from sage.inference.engines.server import EngineServer
 from sage.inference.engines.stub import StubEmbeddingEngine, StubLLMEngine
 from sage.kernel.api.local_environment import LocalEnvironment
@@ -50,51 +51,30 @@ class RecordingLLMEngine(StubLLMEngine):
         tools: Sequence[dict[str, Any]] | None = None,
     ) -> AsyncIterator[Delta]:
         self.seen.append(params.max_tokens)
-        text = prompt or " ".join(str(m.get("content")) for m in messages or ())
-        if "FAIL" in text:
+        if "FAIL" in prompt_text(messages, prompt):
             raise RuntimeError("the test asked this engine to fail")
-        async for delta in super().generate(params, messages=messages, prompt=prompt):
+        async for delta in super().generate(params, messages=messages, prompt=prompt, tools=tools):
             yield delta
 
 
-class Engines:
-    """Two LLM stub servers, an embedding stub server, and a free port nobody serves."""
+class Engines(StubServers):
+    """Two recording LLM stub servers, an embedding stub server, and a free port nobody serves."""
 
     def __init__(self) -> None:
-        self.loop = LoopThread("sage-test-reference-engines")
         self.seen: list[int] = []
-        self.llm = [EngineServer(RecordingLLMEngine(self.seen)) for _ in range(2)]
-        self.servers = [*self.llm, EngineServer(StubEmbeddingEngine(EMB))]
-        self.ports = [self.loop.call(s.start()) for s in self.servers]
+        super().__init__(
+            LoopThread("sage-test-reference-engines"),
+            [RecordingLLMEngine(self.seen) for _ in range(2)],
+            StubEmbeddingEngine(EMB),
+        )
         self.dead_port = SagePorts.any_free_port()
 
     def config(self, *, dead: bool = False, **top: Any) -> dict[str, Any]:
         """A reference-shaped config over these servers (plus the dead port if asked)."""
-        a, b, emb = self.ports
-        instances = [
-            {"instance_id": "llm-a", "host": "localhost", "port": a, "model_name": LLM},
-            {"instance_id": "llm-b", "host": "localhost", "port": b, "model_name": LLM},
-            {"instance_id": "emb", "host": "localhost", "port": emb, "model_name": EMB,
-             "instance_type": "embedding"},
-        ]  # fmt: skip
+        instances = self.instances()
         if dead:
             instances.append({"instance_id": "dead", "port": self.dead_port, "model_name": DEAD})
         return {"scheduling_policy": "fifo", "instances": instances, **top}
-
-    def start(self, server: EngineServer) -> None:
-        self.servers.append(server)
-        self.loop.call(server.start())
-
-    def stop(self, server: EngineServer) -> None:
-        self.loop.call(server.stop())
-
-    def llm_requests(self) -> list[int]:
-        return [s.requests for s in self.llm]
-
-    def close(self) -> None:
-        for server in self.servers:
-            self.loop.call(server.stop())
-        self.loop.stop()
 
 
 @pytest.fixture

@@ -18,13 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
+from control_plane_servers import StubServers
 
 from sage.common.concurrency import LoopThread
 from sage.common.config.ports import SagePorts
 from sage.common.core.functions.map_function import MapFunction
 from sage.common.errors import ConfigError, GatewayError, ServiceError
 from sage.inference.engines.base import Delta, SamplingParams
-from sage.inference.engines.server import EngineServer
 from sage.inference.engines.stub import (
     ANSWER,
     StubEmbeddingEngine,
@@ -85,47 +85,30 @@ class GatedLLMEngine(StubLLMEngine):
             yield delta
 
 
-class Engines:
-    """Two LLM stub servers (``a``, ``b``) and an embedding stub server on free ports."""
+class Engines(StubServers):
+    """Two LLM stub servers (``a``, ``b``) behind the gate and an embedding stub server."""
 
     def __init__(self) -> None:
-        self.loop = LoopThread("sage-test-engines")
-        self.gate = Gate(self.loop)
-        self.llm = [EngineServer(GatedLLMEngine(name, self.gate)) for name in ("a", "b")]
-        self.embedding = EngineServer(StubEmbeddingEngine(EMB))
-        self.ports = [self.loop.call(s.start()) for s in [*self.llm, self.embedding]]
+        loop = LoopThread("sage-test-engines")
+        self.gate = Gate(loop)
+        llm = [GatedLLMEngine(name, self.gate) for name in ("a", "b")]
+        super().__init__(loop, llm, StubEmbeddingEngine(EMB))
 
     def config(self, **top: Any) -> dict[str, Any]:
         """The seed-shaped config over these servers (one slot per LLM instance)."""
-        a, b, emb = self.ports
-        return {
-            "scheduling_policy": "fifo",
-            "instances": [
-                {"instance_id": "llm-a", "host": "localhost", "port": a, "model_name": LLM,
-                 "max_concurrent_requests": 1},
-                {"instance_id": "llm-b", "host": "localhost", "port": b, "model_name": LLM,
-                 "max_concurrent_requests": 1},
-                {"instance_id": "emb", "host": "localhost", "port": emb, "model_name": EMB,
-                 "instance_type": "embedding"},
-            ],
-            **top,
-        }  # fmt: skip
+        instances = self.instances(max_concurrent_requests=1)
+        return {"scheduling_policy": "fifo", "instances": instances, **top}
 
-    def llm_requests(self) -> list[int]:
-        return [s.requests for s in self.llm]
-
-    def stop(self) -> None:
-        self.gate.open()
-        for server in [*self.llm, self.embedding]:
-            self.loop.call(server.stop())
-        self.loop.stop()
+    def close(self) -> None:
+        self.gate.open()  # held requests finish before their servers stop
+        super().close()
 
 
 @pytest.fixture
 def engines() -> Iterator[Engines]:
     e = Engines()
     yield e
-    e.stop()
+    e.close()
 
 
 def control_plane_threads() -> list[str]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from sage.common.core.scheduling import scheduling_problem
 from sage.common.errors import ConfigError, unknown_key
 from sage.inference.config import (
     BackendInstanceConfig,
@@ -173,7 +174,7 @@ def parse_priority(value: object, key: str = "default_priority") -> int:
     name = value.name if isinstance(value, Enum) else value
     if isinstance(name, str) and name.strip().upper() in PRIORITY_NAMES:
         return PRIORITY_NAMES[name.strip().upper()]
-    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+    if isinstance(value, int) and scheduling_problem("priority", value) is None:
         return value
     raise ConfigError(
         f"{key}={value!r} is invalid; use an integer (lower is served first) or one of "
