@@ -46,6 +46,7 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import report
+from sage.benchmark.control_plane.cost_served import RunCost
 from sage.inference.config import BackendInstanceConfig
 from sage.inference.control_plane.dispatcher import Dispatcher, Ticket
 from sage.inference.control_plane.instances import InstanceRegistry
@@ -299,11 +300,6 @@ def cost(duration_s: float) -> list[str]:
         str(duration_s),
     )
     runs = {run["policy"]: run for run in report["runs"]}
-
-    def dear_share(run: dict[str, Any]) -> float:
-        instances = run["cost"]["instances"]
-        return float(max(instances, key=lambda i: i["cost_per_1k_tokens"] or 0)["share"])
-
     lines = [
         "### COST_OPTIMIZED vs SLO_AWARE on priced instances",
         "",
@@ -325,7 +321,8 @@ def cost(duration_s: float) -> list[str]:
             f"| {name} | {metrics['overall']['throughput_rps']:.2f} | "
             f"{inter['slo_attainment']:.1%} | {batch['slo_attainment']:.1%} | "
             f"{_s(metrics['overall']['latency']['p95_ms'])} | {run['cost']['total']:,.1f} | "
-            f"{run['cost']['per_1k_requests']:,.1f} | {dear_share(run):.1%} |"
+            f"{run['cost']['per_1k_requests']:,.1f} | "
+            f"{RunCost.from_dict(run['cost']).share_of_dearest():.1%} |"
         )
     slo, cheap = runs["slo_aware"], runs["cost_optimized"]
     ratio = cheap["cost"]["total"] / slo["cost"]["total"]

@@ -281,14 +281,16 @@ def _load(
     return values, problems, lines
 
 
-def check(path: Path, keys: Mapping[str, FileKey]) -> tuple[dict[str, Any], list[Problem]]:
-    """:func:`load`, then each value checked as the benchmark would check it: on its own
-    (over the defaults, so each bad key is named), then all together (settings that clash).
+def check(path: Path, keys: Mapping[str, FileKey]) -> dict[str, Any]:
+    """The file's values (as :func:`load` gives them), each checked as the benchmark would
+    check it: on its own (over the defaults, so each bad key is named), then all together
+    (settings that clash).
 
     ``policies`` may list several and ``rate`` several (``sweep``): the file may serve
     every command; ``run`` itself takes one of each.
 
     Raises:
+        ConfigFileError: the file has problems; it lists every one, by line.
         ConfigError: the file cannot be read or parsed.
     """
     values, problems, lines = _load(path, keys)
@@ -309,7 +311,9 @@ def check(path: Path, keys: Mapping[str, FileKey]) -> tuple[dict[str, Any], list
             problems.append(Problem(name, _line(lines, keys[name]), message))
     if not problems and (message := error({**defaults, **values})) is not None:
         problems.append(Problem("", None, message))
-    return values, sorted(problems, key=lambda p: p.line or 1 << 30)
+    if problems:
+        raise ConfigFileError(path, sorted(problems, key=lambda p: p.line or 1 << 30))
+    return values
 
 
 def _line(lines: Mapping[str, int], key: FileKey) -> int | None:

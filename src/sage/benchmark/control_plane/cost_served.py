@@ -4,8 +4,11 @@ The gateway counts the cost served (``GET /v1/management/metrics``: ``cost`` in 
 instance's ``cost`` and ``requests``; see :mod:`sage.inference.control_plane.costs`). A run
 reads those figures twice, once the warm-up is answered and once the trace is, and keeps the
 difference: the cost of the measured requests only, on a fresh gateway or on a running one
-that served other traffic before. Each snapshot is taken once the gateway has nothing in
-flight (it settles a streamed request a moment after the client read its last event).
+that served other traffic before. Neither snapshot waits for anything: the gateway counts a
+request before it ends its answer (a whole answer before sending it, a streamed one before
+the last, empty chunk of its body) and the driver reads every answer to its end, so once
+the warm-up (or the trace) is answered, all of its requests are in the figures. A request
+the driver gave up on (past its timeout) failed, and failed requests cost nothing.
 
 A run has cost figures only when some instance declares ``cost_per_1k_tokens``; without
 one, nothing about cost appears in the reports.
@@ -24,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,12 +35,9 @@ from typing import Any
 from sage.benchmark.control_plane.driver import management
 from sage.common.errors import GatewayError
 
-__all__ = ["InstanceCost", "RunCost", "cost_served", "format_cost", "settled_metrics"]
+__all__ = ["InstanceCost", "RunCost", "cost_served", "format_cost", "gateway_metrics"]
 
 logger = logging.getLogger(__name__)
-
-_SETTLE_S = 5.0  # how long to wait for the gateway to settle what it has in flight
-_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -159,19 +158,11 @@ def cost_served(
     return RunCost(total, completed, parts)
 
 
-async def settled_metrics(url: str, api_key: str | None = None) -> dict[str, Any]:
-    """``GET /v1/management/metrics`` once no instance has a request in flight (or after
-    a few seconds: a running gateway may be serving others); ``{}`` when the gateway does
-    not answer (logged: the run then has no cost figures)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _SETTLE_S
-    while True:
-        try:
-            answer = dict(await management(url, "GET", "/management/metrics", api_key=api_key))
-        except GatewayError as exc:
-            logger.warning("could not read the gateway's metrics: %s", exc)
-            return {}
-        busy = sum(int(i.get("in_flight") or 0) for i in answer.get("instances") or ())
-        if not busy or loop.time() >= deadline:
-            return answer
-        await asyncio.sleep(_POLL_S)
+async def gateway_metrics(url: str, api_key: str | None = None) -> dict[str, Any]:
+    """``GET /v1/management/metrics``: the figures :func:`cost_served` takes; ``{}`` when the
+    gateway does not answer (logged: the run then has no cost figures)."""
+    try:
+        return dict(await management(url, "GET", "/management/metrics", api_key=api_key))
+    except GatewayError as exc:
+        logger.warning("could not read the gateway's metrics: %s", exc)
+        return {}

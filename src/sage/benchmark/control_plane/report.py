@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.table import Table
 
-from sage.benchmark.control_plane.cost_served import RunCost, format_cost
+from sage.benchmark.control_plane.cost_served import InstanceCost, RunCost, format_cost
 from sage.benchmark.control_plane.metrics import GroupMetrics
 from sage.benchmark.control_plane.runner import BenchmarkResult, PolicyRun
 from sage.cli.render import format_latency
@@ -42,6 +42,7 @@ __all__ = [
     "summary_lines",
     "to_json",
     "write_charts",
+    "write_page",
     "write_reports",
 ]
 
@@ -103,6 +104,11 @@ def _cost_cells(cost: RunCost | None) -> list[str]:
     return [format_cost(cost.total), format_cost(cost.per_1k_requests)]
 
 
+def _price(instance: InstanceCost) -> str:
+    """An instance's declared cost per 1k tokens (``-``: none)."""
+    return "-" if instance.cost_per_1k_tokens is None else f"{instance.cost_per_1k_tokens:g}"
+
+
 def cost_table(result: BenchmarkResult) -> TableData:
     """Per policy and instance: its declared cost, the requests it answered, their share of
     its kind's, and the cost it served (priced runs only)."""
@@ -112,12 +118,11 @@ def cost_table(result: BenchmarkResult) -> TableData:
     )
     for run in result.runs:
         for i in run.cost.instances if run.cost is not None else ():
-            price = "-" if i.cost_per_1k_tokens is None else f"{i.cost_per_1k_tokens:g}"
             table.rows.append(
                 [
                     run.policy,
                     f"{i.instance_id} ({i.kind})",
-                    price,
+                    _price(i),
                     str(i.requests),
                     format_share(i.share),
                     "-" if i.cost is None else format_cost(i.cost),
@@ -226,9 +231,7 @@ def summary_lines(result: BenchmarkResult) -> list[str]:
 
 def _cost_line(policy: str, cost: RunCost) -> str:
     shares = ", ".join(
-        f"{i.instance_id} ({'-' if i.cost_per_1k_tokens is None else f'{i.cost_per_1k_tokens:g}'}"
-        f"/1k tokens) {format_share(i.share)}"
-        for i in cost.instances
+        f"{i.instance_id} ({_price(i)}/1k tokens) {format_share(i.share)}" for i in cost.instances
     )
     return (
         f"{policy}: cost served {format_cost(cost.total)} ({format_cost(cost.per_1k_requests)} "

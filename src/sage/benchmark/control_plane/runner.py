@@ -39,7 +39,7 @@ from sage.benchmark.control_plane.config import (
     LLMBenchmarkConfig,
     tenant_key,
 )
-from sage.benchmark.control_plane.cost_served import RunCost, cost_served, settled_metrics
+from sage.benchmark.control_plane.cost_served import RunCost, cost_served, gateway_metrics
 from sage.benchmark.control_plane.driver import (
     RequestRecord,
     TimedAction,
@@ -357,7 +357,7 @@ class _Benchmark:
         warmed: dict[str, Any] = {}  # the gateway's figures the trace's cost counts from
 
         async def after_warmup() -> None:
-            warmed.update(await settled_metrics(url, self.api_key))
+            warmed.update(await gateway_metrics(url, self.api_key))
 
         result = await drive(
             url,
@@ -371,14 +371,14 @@ class _Benchmark:
             after_warmup=after_warmup,
         )
         metrics = summarize(result.records)
-        served = await settled_metrics(url, self.api_key)
+        served = await gateway_metrics(url, self.api_key)  # its instances' states too
         return PolicyRun(
             policy=policy,
             active_policy=str(active.get("active_policy") or active.get("policy")),
             records=result.records,
             metrics=metrics,
             events=result.events,
-            instances=await _gateway_instances(url, self.api_key),
+            instances=list(served.get("instances") or ()),
             cluster=cluster.describe() if cluster is not None else {},
             cost=cost_served(warmed, served, metrics.overall.completed),
         )
