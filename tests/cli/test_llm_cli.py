@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -14,42 +13,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
-from sage.common.config.ports import SagePorts
-
-SAGE = [sys.executable, "-m", "sage.cli.main"]
+from llm_stack import SAGE, LlmHome, alive
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by its parent) is not running
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
-
-
-class Stack:
-    """One ``SAGE_HOME`` and a set of spare ports; ``stop`` is run whatever happens."""
-
-    def __init__(self, home: Path) -> None:
-        self.env = {**os.environ, "SAGE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-        self.llm, self.embedding, self.gateway = (
-            SagePorts.any_free_port(),
-            SagePorts.any_free_port(),
-            SagePorts.any_free_port(),
-        )
-        self.home = home
-
-    def sage(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*SAGE, "llm", *args],
-            env={**self.env, "COLUMNS": "200"},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+class Stack(LlmHome):
+    """``stop`` is run whatever happens."""
 
     def serve(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.sage(
@@ -62,11 +30,11 @@ class Stack:
             "--gateway-port",
             str(self.gateway),
             *extra,
+            timeout=600,
         )
 
     def pids(self) -> dict[str, int]:
-        state = json.loads((self.home / "llm" / "state.json").read_text())
-        return {name: int(pid) for name, pid in state["pids"].items()}
+        return {name: int(pid) for name, pid in self.state()["pids"].items()}
 
 
 @pytest.fixture
@@ -81,7 +49,7 @@ def _serve_status_stop(stack: Stack, model: str, *extra: str) -> None:
     assert served.returncode == 0, served.stdout + served.stderr
     assert f"http://127.0.0.1:{stack.gateway}/v1" in served.stdout
     pids = stack.pids()
-    assert set(pids) == {"llm", "embedding", "gateway"} and all(map(_alive, pids.values()))
+    assert set(pids) == {"llm", "embedding", "gateway"} and all(map(alive, pids.values()))
 
     status = stack.sage("status", timeout=60)
     assert status.returncode == 0, status.stdout + status.stderr
@@ -103,7 +71,7 @@ def _serve_status_stop(stack: Stack, model: str, *extra: str) -> None:
 
     stopped = stack.sage("stop", timeout=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert not [name for name, pid in pids.items() if _alive(pid)]
+    assert not [name for name, pid in pids.items() if alive(pid)]
     for port in (stack.llm, stack.embedding, stack.gateway):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
@@ -235,14 +203,14 @@ def test_foreground_serves_until_ctrl_c_and_stops_everything(stack: Stack) -> No
             if "ready" in line:
                 break
         pids = stack.pids()
-        assert all(map(_alive, pids.values()))
+        assert all(map(alive, pids.values()))
         assert httpx.get(f"http://127.0.0.1:{stack.gateway}/health", timeout=10).status_code == 200
         process.send_signal(signal.SIGINT)
         assert process.wait(120) == 0
     finally:
         if process.poll() is None:
             process.kill()
-    assert not [name for name, pid in pids.items() if _alive(pid)]
+    assert not [name for name, pid in pids.items() if alive(pid)]
     assert not (stack.home / "llm" / "state.json").exists()
 
 
@@ -322,4 +290,4 @@ def test_logs_follow_prints_new_lines_and_stop_force_kills(stack: Stack) -> None
     stopped = stack.sage("stop", "--force", timeout=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert stopped.stdout.count("killed ") == 3
-    assert not [name for name, pid in pids.items() if _alive(pid)]
+    assert not [name for name, pid in pids.items() if alive(pid)]

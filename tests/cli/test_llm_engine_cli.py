@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,43 +14,20 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
+from llm_stack import LlmHome, alive
 
-from sage.common.config.ports import SagePorts
 from sage.common.processes import started_at
 
-SAGE = [sys.executable, "-m", "sage.cli.main"]
 MODEL = "sim-llm"
 TOKENS = 16  # every answer: exactly this many tokens (the simulator's rule)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")  # a zombie (exited, not yet reaped) is not running
-    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
-
-
-class Stack:
-    """One ``SAGE_HOME`` and spare ports; ``sage llm stop`` is run whatever happens."""
+class Stack(LlmHome):
+    """A simulated stack on loopback; ``sage llm stop`` is run whatever happens."""
 
     def __init__(self, home: Path) -> None:
-        self.home = home
-        self.env = {**os.environ, "SAGE_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-        self.env.pop("SAGE_API_KEY", None)
-        self.llm, self.embedding, self.gateway = (SagePorts.any_free_port() for _ in range(3))
+        super().__init__(home)
         self.url = f"http://127.0.0.1:{self.gateway}"
-
-    def sage(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*SAGE, "llm", *args],
-            env=self.env,
-            cwd=self.home,  # (no .env of the working tree is read)
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
 
     def serve(self) -> None:
         served = self.sage(
@@ -63,9 +38,6 @@ class Stack:
             *("--gateway-port", str(self.gateway)),
         )
         assert served.returncode == 0, served.stdout + served.stderr
-
-    def state(self) -> dict[str, Any]:
-        return dict(json.loads((self.home / "llm" / "state.json").read_text()))
 
     def engines(self) -> dict[str, dict[str, Any]]:
         """``sage llm engine list --json`` by name."""
@@ -137,7 +109,7 @@ def test_a_started_engine_serves_beside_the_first_and_sage_llm_stop_stops_it(
     assert set(engines) == {"llm", "llm-2"}
     assert all(e["instance_type"] == "llm" and e["healthy"] for e in engines.values())
     assert all(e["model_name"] == MODEL and not e["draining"] for e in engines.values())
-    assert engines["llm-2"]["log"].endswith("logs/llm-2.log") and _alive(engines["llm-2"]["pid"])
+    assert engines["llm-2"]["log"].endswith("logs/llm-2.log") and alive(engines["llm-2"]["pid"])
     state = stack.state()
     assert state["pids"]["llm-2"] == engines["llm-2"]["pid"] and "llm-2" in state["started"]
     assert state["engines"]["llm-2"]["instance_id"] == engines["llm-2"]["instance_id"]
@@ -159,7 +131,7 @@ def test_a_started_engine_serves_beside_the_first_and_sage_llm_stop_stops_it(
     stopped = stack.sage("stop", timeout=120)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert "llm-2" in stopped.stdout
-    assert not [name for name, e in engines.items() if _alive(e["pid"])]
+    assert not [name for name, e in engines.items() if alive(e["pid"])]
 
 
 def test_engines_added_and_drained_under_load_lose_no_request(stack: Stack) -> None:
@@ -206,7 +178,7 @@ def test_engines_added_and_drained_under_load_lose_no_request(stack: Stack) -> N
     assert not failures, f"{len(failures)} of {len(results)} requests lost: {failures[:3]}"
     assert len(results) >= 100
     assert set(stack.instances()) == {added["instance_id"]}
-    assert not _alive(first["pid"])
+    assert not alive(first["pid"])
     state = stack.state()
     assert "llm" not in state["pids"] and "llm-2" in state["pids"]
     assert set(stack.engines()) == {"llm-2"}
@@ -218,7 +190,7 @@ def test_the_last_instance_needs_force_and_an_unknown_name_is_refused(stack: Sta
     refused = stack.sage("engine", "stop", "llm", timeout=60)
     assert refused.returncode == 1
     assert "last healthy llm instance" in refused.stderr and "--force" in refused.stderr
-    assert _alive(only["pid"]) and not stack.instances()[only["instance_id"]]["draining"]
+    assert alive(only["pid"]) and not stack.instances()[only["instance_id"]]["draining"]
 
     unknown = stack.sage("engine", "stop", "llm-7", timeout=60)
     assert unknown.returncode == 2
@@ -229,7 +201,7 @@ def test_the_last_instance_needs_force_and_an_unknown_name_is_refused(stack: Sta
 
     forced = stack.sage("engine", "stop", only["instance_id"], "--force", timeout=120)
     assert forced.returncode == 0, forced.stdout + forced.stderr
-    assert not _alive(only["pid"]) and stack.instances() == {}
+    assert not alive(only["pid"]) and stack.instances() == {}
     assert "llm" not in stack.state()["pids"]
 
 

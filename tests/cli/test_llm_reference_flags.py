@@ -13,49 +13,21 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
 import pytest
+from llm_stack import SAGE, LlmHome, alive
 from rich.console import Console
 
 from sage.cli.llm.gpu import gpu_table, no_gpu_line, stack_processes
-from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
 from sage.common.observability.gpu import GpuDevice, GpuMonitor, GpuProcess, GpuReading
 from sage.inference.engines.vllm import vllm_command
 
-SAGE = [sys.executable, "-m", "sage.cli.main", "llm"]
 
-
-def _alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    try:  # a zombie (exited, not yet reaped by its parent) is not running
-        return stat.read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-class Home:
-    """One ``SAGE_HOME`` and spare ports; the stack is stopped whatever happens."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.env = {**os.environ, "SAGE_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
-        self.env.pop("SAGE_API_KEY", None)
-        self.llm, self.embedding, self.gateway = (SagePorts.any_free_port() for _ in range(3))
-
-    def sage(
-        self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*SAGE, *args],
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+class Home(LlmHome):
+    """The stack is stopped whatever happens."""
 
     def ports(self) -> tuple[str, ...]:
         """The reference's short flags for the three ports."""
@@ -67,9 +39,6 @@ class Home:
             "-g",
             str(self.gateway),
         )
-
-    def state(self) -> dict[str, Any]:
-        return dict(json.loads((self.home / "llm" / "state.json").read_text()))
 
     def client(self, key: str = "none") -> openai.OpenAI:
         base = f"http://127.0.0.1:{self.gateway}/v1"
@@ -184,7 +153,7 @@ def test_restart_starts_the_same_stack_again_and_asks_for_the_key_again(home: Ho
 
     refused = home.sage("restart", timeout=60)  # no key given: the gateway would be open
     assert refused.returncode == 2 and "--api-key or SAGE_API_KEY" in refused.stderr
-    assert all(map(_alive, before["pids"].values()))  # nothing was stopped
+    assert all(map(alive, before["pids"].values()))  # nothing was stopped
 
     restarted = home.sage("restart", env=key)
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
@@ -192,7 +161,7 @@ def test_restart_starts_the_same_stack_again_and_asks_for_the_key_again(home: Ho
     after = home.state()
     assert set(after["pids"]) == set(before["pids"]) == {"llm", "embedding", "gateway"}
     assert all(after["pids"][n] != before["pids"][n] for n in before["pids"])
-    assert not [pid for pid in before["pids"].values() if _alive(pid)]
+    assert not [pid for pid in before["pids"].values() if alive(pid)]
     assert after["ports"] == before["ports"] and after["args"] == before["args"]
     reply = home.client("sk-restart-test").chat.completions.create(
         model="stub-llm", messages=[{"role": "user", "content": "hi"}], max_tokens=4
@@ -209,7 +178,11 @@ def test_restart_starts_the_same_stack_again_and_asks_for_the_key_again(home: Ho
 
 def test_restart_refuses_a_stack_in_the_foreground(home: Home) -> None:
     process = subprocess.Popen(
-        [*SAGE, "serve", "--engine", "stub", "--no-embedding", "--foreground", *home.ports()],
+        [
+            *SAGE,
+            *("llm", "serve", "--engine", "stub", "--no-embedding", "--foreground"),
+            *home.ports(),
+        ],
         env=home.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -224,7 +197,7 @@ def test_restart_refuses_a_stack_in_the_foreground(home: Home) -> None:
         refused = home.sage("restart", timeout=60)
         assert refused.returncode == 1
         assert "foreground" in refused.stderr and "Ctrl-C" in refused.stderr
-        assert home.state()["pids"] == pids and all(map(_alive, pids.values()))
+        assert home.state()["pids"] == pids and all(map(alive, pids.values()))
         process.send_signal(signal.SIGINT)
         assert process.wait(120) == 0
     finally:

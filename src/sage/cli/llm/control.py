@@ -15,7 +15,15 @@ from sage.cli.llm.app import console, llm_app
 from sage.cli.llm.state import alive, load_state, state_dir, state_file
 from sage.inference.deploy.processes import terminate
 
-__all__ = ["logs", "status", "stop", "stop_stack"]
+__all__ = ["ForceOption", "logs", "status", "stop", "stop_stack"]
+
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force", "-f", help="Kill at once instead of letting requests in flight finish."
+    ),
+]
+"""``-f/--force`` of ``stop`` and ``restart``: stop the processes without a grace period."""
 
 
 @llm_app.command()
@@ -72,14 +80,7 @@ def status() -> None:
 
 
 @llm_app.command()
-def stop(
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", "-f", help="Kill at once instead of letting requests in flight finish."
-        ),
-    ] = False,
-) -> None:
+def stop(force: ForceOption = False) -> None:
     """Stop every process of the stack (engines and gateway); none is left behind."""
     state = load_state()
     if not state:

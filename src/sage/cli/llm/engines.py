@@ -33,7 +33,8 @@ from rich.table import Table
 
 from sage.cli.errors import fail, usage
 from sage.cli.llm.app import console
-from sage.cli.llm.serve import Engine, check_port
+from sage.cli.llm.launch import check_port, engine_options
+from sage.cli.llm.serve_args import Engine, embedding_engine
 from sage.cli.llm.state import alive, load_state, state_dir, write_state
 from sage.common.processes import started_at
 from sage.inference.deploy.processes import SpawnError, spawn_engine, terminate
@@ -46,7 +47,6 @@ engine_app = typer.Typer(
 )
 
 _INSTANCES = "/v1/management/instances"
-_CPU = (Engine.CPU, Engine.LLAMA_CPP, Engine.TRANSFORMERS)
 
 
 class Kind(StrEnum):
@@ -197,33 +197,12 @@ def _choose_engine(kind: Kind, engine: Engine | None, recorded: str) -> Engine:
             engine = Engine(recorded)
         except ValueError:
             engine = Engine.CPU
-        if kind is Kind.EMBEDDING and engine not in (Engine.STUB, Engine.SIMULATED):
-            return Engine.CPU
-        return engine
-    if kind is Kind.EMBEDDING and engine is Engine.VLLM:
+    elif kind is Kind.EMBEDDING and engine is Engine.VLLM:
         raise usage(
             "--engine vllm serves chat models here; start an embedding engine with "
             "--engine cpu, stub or simulated"
         )
-    return Engine.CPU if kind is Kind.EMBEDDING and engine in _CPU else engine
-
-
-def _engine_options(
-    kind: Kind, engine: Engine, args: dict[str, Any], max_batch: int | None
-) -> list[str]:
-    """The serving options of the new engine, as ``serve`` gives its own."""
-    extra: list[str] = []
-    if kind is Kind.LLM:
-        extra += ["--max-batch", str(max_batch or args.get("max_batch") or 8)]
-        if args.get("dtype") and engine in _CPU:
-            extra += ["--dtype", str(args["dtype"])]
-    if engine is Engine.SIMULATED and args.get("sim_profile"):
-        from sage.inference.engines.simulated import SimulatorProfile
-
-        profile = args["sim_profile"]
-        text = profile if isinstance(profile, str) else json.dumps(profile)
-        extra += ["--sim-profile", SimulatorProfile.from_json(text).to_json()]
-    return extra
+    return embedding_engine(engine) if kind is Kind.EMBEDDING else engine
 
 
 def _spawn(
@@ -262,9 +241,7 @@ def _spawn(
             except ConfigError as exc:
                 raise fail(f"{name}: {exc}") from None
             return pid, port, model
-        more: dict[str, Any] = {}
-        if kind is Kind.LLM and args.get("max_model_len"):
-            more["max_model_len"] = int(args["max_model_len"])
+        max_model_len = args.get("max_model_len") if kind is Kind.LLM else None
         try:
             return spawn_engine(
                 str(kind),
@@ -275,7 +252,7 @@ def _spawn(
                 port=port or 0,
                 timeout_s=timeout,
                 extra=extra,
-                **more,
+                max_model_len=max_model_len,
             )
         except SpawnError as exc:
             raise fail(f"{name} {exc} (see sage llm logs {name})") from None
@@ -351,14 +328,20 @@ def start(
         except ValidationError as exc:
             reason = exc.errors()[0]["msg"]
             raise usage(f"--id {instance_id!r}: {reason}; e.g. --id {kind}-2") from None
-    host = str(args.get("host") or state["host"])
+    host = str(state["host"])
     gateway = _Gateway(state)
     if instance_id is not None and instance_id in {i["instance_id"] for i in gateway.instances()}:
         raise usage(f"--id {instance_id!r} is already an instance of the gateway; pick another")
     if port is not None:
         check_port(port, f"{kind} engine", "--port", host)
     name = _next_name(state, kind)
-    extra = _engine_options(kind, chosen, args, max_batch)
+    extra = engine_options(
+        kind,
+        chosen,
+        args.get("sim_profile"),
+        max_batch=max_batch or args.get("max_batch") or 8,
+        dtype=args.get("dtype"),
+    )
     pid, bound, served = _spawn(name, kind, model, chosen, host, port, args, extra, timeout)
     try:
         body: dict[str, Any] = {

@@ -26,7 +26,7 @@ def stack_processes(state: Mapping[str, Any] | None) -> dict[int, str]:
     """``{pid: name}`` of the stack's processes that still run (none without a state)."""
     if not state:
         return {}
-    return {int(pid): name for name, pid in state["pids"].items() if alive(dict(state), name)}
+    return {int(pid): name for name, pid in state["pids"].items() if alive(state, name)}
 
 
 def process_owner(pid: int, stack: Mapping[int, str]) -> str:

@@ -16,7 +16,16 @@ from typing import Any
 
 from sage.cli.errors import fail, stderr, usage
 from sage.cli.llm.app import console
-from sage.cli.llm.serve_args import CPU_DTYPES, CPU_ENGINES, Dtype, Engine, ServeArgs, check_args
+from sage.cli.llm.serve_args import (
+    CPU_DTYPES,
+    CPU_ENGINES,
+    STAND_INS,
+    Dtype,
+    Engine,
+    ServeArgs,
+    check_args,
+    embedding_engine,
+)
 from sage.cli.llm.state import alive, load_state, state_dir, stop_all, write_state
 from sage.common.config.ports import SagePorts
 from sage.common.errors import ConfigError
@@ -28,6 +37,7 @@ __all__ = [
     "Plan",
     "check_models",
     "check_port",
+    "engine_options",
     "launch",
     "prepare",
     "read_tenants",
@@ -44,6 +54,32 @@ def check_port(port: int, what: str, option: str, host: str) -> None:
     if not SagePorts.is_port_free(port, host):
         free = SagePorts.find_free_port(port + 1, host)
         raise fail(f"port {port} ({what}) is in use; pick a free one, e.g. {option} {free}")
+
+
+def engine_options(
+    kind: str,
+    engine: Engine,
+    sim_profile: str | None,
+    *,
+    max_batch: int = 8,
+    dtype: str | None = None,
+) -> list[str]:
+    """The serving options ``serve`` gives an engine server of ``kind`` (``llm`` or
+    ``embedding``) run by ``engine``; ``sage llm engine start`` gives its engines the same.
+
+    Args:
+        sim_profile: The simulated engine's profile, as JSON (``None``: its defaults).
+        max_batch: Sequences the LLM engine decodes together.
+        dtype: The CPU LLM engines' precision (``None``: their default).
+    """
+    options: list[str] = []
+    if kind == "llm":
+        options += ["--max-batch", str(max_batch)]
+        if dtype and engine in CPU_ENGINES:
+            options += ["--dtype", str(dtype)]
+    if sim_profile is not None and engine is Engine.SIMULATED:
+        options += ["--sim-profile", sim_profile]
+    return options
 
 
 def start_engine(
@@ -193,7 +229,7 @@ def prepare(args: ServeArgs) -> Plan:
     except ConfigError as exc:
         raise usage(str(exc)) from None
     tenants = read_tenants(Path(args.tenants)) if args.tenants is not None else None
-    if args.engine not in (Engine.STUB, Engine.SIMULATED):  # these serve any name
+    if args.engine not in STAND_INS:  # these serve any name
         check_models(
             args.engine,
             args.model,
@@ -208,7 +244,7 @@ def prepare(args: ServeArgs) -> Plan:
     return Plan(args, tenants)
 
 
-def _start_llm(args: ServeArgs, logs: Path | None, sim_args: list[str]) -> tuple[int, str]:
+def _start_llm(args: ServeArgs, logs: Path | None) -> tuple[int, str]:
     """Start the LLM engine (vLLM's server, or a SAGE engine server): its pid and name."""
     if args.engine is Engine.VLLM:
         from sage.inference.engines.vllm import launch_vllm
@@ -228,9 +264,6 @@ def _start_llm(args: ServeArgs, logs: Path | None, sim_args: list[str]) -> tuple
         except ConfigError as exc:
             raise fail(str(exc)) from None
         return pid, args.model  # vLLM serves the model under the name it was given
-    cpu_args = ["--max-batch", str(args.max_batch), *sim_args]
-    if args.dtype and args.engine in CPU_ENGINES:
-        cpu_args += ["--dtype", str(args.dtype)]
     return start_engine(
         "llm",
         args.model,
@@ -239,7 +272,9 @@ def _start_llm(args: ServeArgs, logs: Path | None, sim_args: list[str]) -> tuple
         args.llm_port,
         logs,
         args.timeout,
-        *cpu_args,
+        *engine_options(
+            "llm", args.engine, args.sim_profile, max_batch=args.max_batch, dtype=args.dtype
+        ),
         max_model_len=args.max_model_len,
     )
 
@@ -256,11 +291,6 @@ def launch(plan: Plan, api_key: str | None) -> None:
     state = load_state()
     if state and any(alive(state, name) for name in state["pids"]):
         raise fail("the stack is already running (see sage llm status); run sage llm stop first")
-    sim_args: list[str] = []
-    if args.sim_profile is not None:
-        from sage.inference.engines.simulated import SimulatorProfile
-
-        sim_args = ["--sim-profile", SimulatorProfile.from_json(args.sim_profile).to_json()]
     check_port(args.llm_port, "LLM engine", "--llm-port", args.host)
     if args.embedding:
         check_port(args.embedding_port, "embedding engine", "--embedding-port", args.host)
@@ -273,7 +303,7 @@ def launch(plan: Plan, api_key: str | None) -> None:
     pids: dict[str, int] = {}
     try:
         with console.status("starting the LLM engine (loading the model)..."):
-            pids["llm"], llm_name = _start_llm(args, logs, sim_args)
+            pids["llm"], llm_name = _start_llm(args, logs)
         backends: dict[str, list[dict[str, Any]]] = {
             "llm_backends": [{"host": args.host, "port": args.llm_port, "model_name": llm_name}],
             "embedding_backends": [],
@@ -281,16 +311,17 @@ def launch(plan: Plan, api_key: str | None) -> None:
         emb_name = None
         if args.embedding:
             with console.status("starting the embedding engine..."):
-                stand_in = args.engine in (Engine.STUB, Engine.SIMULATED)
+                emb_engine = embedding_engine(args.engine)
+                options = engine_options("embedding", emb_engine, args.sim_profile)
                 pids["embedding"], emb_name = start_engine(
                     "embedding",
                     args.embedding_model,
-                    args.engine if stand_in else "cpu",
+                    emb_engine,
                     args.host,
                     args.embedding_port,
                     logs,
                     args.timeout,
-                    *sim_args,
+                    *options,
                 )
             backends["embedding_backends"] = [
                 {

@@ -16,7 +16,7 @@ import typer
 
 from sage.cli.errors import fail, usage
 from sage.cli.llm.app import llm_app
-from sage.cli.llm.control import stop_stack
+from sage.cli.llm.control import ForceOption, stop_stack
 from sage.cli.llm.launch import launch, prepare
 from sage.cli.llm.serve_args import ServeArgs
 from sage.cli.llm.state import load_state, state_file
@@ -27,12 +27,7 @@ __all__ = ["restart"]
 
 @llm_app.command()
 def restart(
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force", "-f", help="Kill at once instead of letting requests in flight finish."
-        ),
-    ] = False,
+    force: ForceOption = False,
     api_key: Annotated[
         str | None,
         typer.Option(

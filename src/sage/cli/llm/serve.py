@@ -3,8 +3,7 @@ foreground with ``--foreground``).
 
 The command only gathers its options into :class:`~sage.cli.llm.serve_args.ServeArgs`;
 :func:`~sage.cli.llm.launch.start_stack` does the work, so ``sage llm restart`` starts the
-same stack again from the arguments the state file recorded. The helpers are re-exported
-here under their old import path (``from sage.cli.llm.serve import Engine, check_port``).
+same stack again from the arguments the state file recorded.
 """
 
 from __future__ import annotations
@@ -16,35 +15,11 @@ import typer
 
 from sage.cli.errors import usage
 from sage.cli.llm.app import llm_app
-from sage.cli.llm.launch import (
-    DEFAULT_EMBEDDING_MODEL,
-    Plan,
-    check_models,
-    check_port,
-    launch,
-    prepare,
-    read_tenants,
-    start_engine,
-    start_stack,
-    wait_for_a_signal,
-)
+from sage.cli.llm.launch import DEFAULT_EMBEDDING_MODEL, start_stack
 from sage.cli.llm.serve_args import Dtype, Engine, ServeArgs
 from sage.common.config.ports import SagePorts
 
-__all__ = [
-    "Dtype",
-    "Engine",
-    "Plan",
-    "check_models",
-    "check_port",
-    "launch",
-    "prepare",
-    "read_tenants",
-    "serve",
-    "start_engine",
-    "start_stack",
-    "wait_for_a_signal",
-]
+__all__ = ["serve"]
 
 
 @llm_app.command()

@@ -20,7 +20,16 @@ from typing import Any
 
 from sage.common.errors import ConfigError
 
-__all__ = ["CPU_DTYPES", "CPU_ENGINES", "Dtype", "Engine", "ServeArgs", "check_args"]
+__all__ = [
+    "CPU_DTYPES",
+    "CPU_ENGINES",
+    "STAND_INS",
+    "Dtype",
+    "Engine",
+    "ServeArgs",
+    "check_args",
+    "embedding_engine",
+]
 
 
 class Engine(StrEnum):
@@ -47,6 +56,14 @@ class Dtype(StrEnum):
 
 CPU_DTYPES = (Dtype.FLOAT32, Dtype.BFLOAT16)
 CPU_ENGINES = (Engine.CPU, Engine.LLAMA_CPP, Engine.TRANSFORMERS)
+STAND_INS = (Engine.STUB, Engine.SIMULATED)  # serve any model name; nothing is loaded
+
+
+def embedding_engine(engine: Engine) -> Engine:
+    """The engine that serves the embedding model of a stack whose chat model ``engine``
+    serves: a stand-in serves its own, any other engine leaves it to ``cpu``
+    (sentence-transformers)."""
+    return engine if engine in STAND_INS else Engine.CPU
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def stop_all(pids: dict[str, int]) -> None:
     state_file().unlink(missing_ok=True)
 
 
-def alive(state: dict[str, Any], name: str) -> bool:
+def alive(state: Mapping[str, Any], name: str) -> bool:
     """Whether the process ``name`` of ``state`` still runs (the same one: a pid reused by
     another process does not count)."""
     started = (state.get("started") or {}).get(name)
