@@ -169,6 +169,11 @@ def test_restart_starts_the_same_stack_again_and_asks_for_the_key_again(home: Ho
     assert reply.choices[0].message.content
     with pytest.raises(openai.AuthenticationError):
         home.client("other").models.list()
+    status = home.sage("status", env=key, timeout=60)  # its management routes want the key
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "stub-llm" in status.stdout
+    unkeyed = home.sage("status", timeout=60)
+    assert unkeyed.returncode == 1 and "set SAGE_API_KEY" in unkeyed.stderr
 
     assert home.sage("stop", "-f", timeout=120).returncode == 0
     nothing = home.sage("restart", timeout=60)

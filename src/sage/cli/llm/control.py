@@ -12,6 +12,7 @@ from rich.table import Table
 
 from sage.cli.errors import fail
 from sage.cli.llm.app import console, llm_app
+from sage.cli.llm.gateway import StackGateway
 from sage.cli.llm.state import alive, load_state, state_dir, state_file
 from sage.inference.deploy.processes import terminate
 
@@ -29,8 +30,6 @@ ForceOption = Annotated[
 @llm_app.command()
 def status() -> None:
     """Show the instances behind the gateway and whether they are healthy."""
-    import httpx
-
     state = load_state()
     if not state:
         raise fail("nothing is running; start it with sage llm serve")
@@ -41,11 +40,7 @@ def status() -> None:
         running = alive(state, name)
         table.add_row(name, str(pid), "[green]yes[/green]" if running else "[red]no[/red]")
     console.print(table)
-    url = f"http://{state['host']}:{state['ports']['gateway']}/v1/management/instances"
-    try:
-        instances = httpx.get(url, timeout=5).json()["instances"]
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
-        raise fail(f"the gateway did not answer at {url}: {exc}") from None
+    instances = StackGateway(state).instances()  # with SAGE_API_KEY: the routes check it
     view = Table(title="instances")
     for column in (
         "instance",

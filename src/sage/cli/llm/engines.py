@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import httpx
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from sage.cli.errors import fail, usage
 from sage.cli.llm.app import console
+from sage.cli.llm.gateway import INSTANCES, StackGateway, error_code, error_message
 from sage.cli.llm.launch import check_port, engine_options
 from sage.cli.llm.serve_args import Engine, embedding_engine
 from sage.cli.llm.state import alive, load_state, state_dir, write_state
@@ -46,59 +46,12 @@ engine_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_INSTANCES = "/v1/management/instances"
-
 
 class Kind(StrEnum):
     """What an engine serves."""
 
     LLM = "llm"
     EMBEDDING = "embedding"
-
-
-class _Gateway:
-    """The running stack's gateway, called with the API key of ``SAGE_API_KEY``."""
-
-    def __init__(self, state: dict[str, Any]) -> None:
-        from sage.common.config.settings import load_settings
-
-        self.url = f"http://{state['host']}:{state['ports']['gateway']}"
-        key = load_settings().SAGE_API_KEY
-        self.headers = {"authorization": f"Bearer {key}"} if key else {}
-
-    def call(self, method: str, path: str, timeout: float = 10.0, **kw: Any) -> httpx.Response:
-        """One request; exit 1 if the gateway does not answer."""
-        try:
-            return httpx.request(
-                method, self.url + path, headers=self.headers, timeout=timeout, **kw
-            )
-        except httpx.HTTPError as exc:
-            raise fail(f"the gateway did not answer at {self.url}: {exc}") from None
-
-    def instances(self) -> list[dict[str, Any]]:
-        """The gateway's instances (``GET /v1/management/instances``)."""
-        answer = self.call("GET", _INSTANCES)
-        if answer.status_code != 200:
-            raise fail(f"the gateway refused to list its instances: {_message(answer)}")
-        return list(answer.json()["instances"])
-
-
-def _message(answer: httpx.Response) -> str:
-    """The message of an OpenAI-style error answer (a hint added for a missing key)."""
-    try:
-        message = str(answer.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        message = f"{answer.status_code} {answer.text[:200]}"
-    if answer.status_code == 401:
-        message += "; set SAGE_API_KEY to the key the stack was started with"
-    return message
-
-
-def _code(answer: httpx.Response) -> str | None:
-    try:
-        return answer.json()["error"].get("code")  # type: ignore[no-any-return]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 def _running() -> dict[str, Any]:
@@ -143,7 +96,7 @@ def list_engines(
     state = _running()
     by_id = {e["instance_id"]: (name, e) for name, e in _engines(state).items()}
     rows: list[dict[str, Any]] = []
-    for i in _Gateway(state).instances():
+    for i in StackGateway(state).instances():
         name, entry = by_id.pop(i["instance_id"], (None, {}))
         rows.append({"name": name, **i, "pid": entry.get("pid"), "log": _log(name or "")})
     for started_name, started in by_id.values():  # started, not (or no longer) registered
@@ -258,7 +211,7 @@ def _spawn(
             raise fail(f"{name} {exc} (see sage llm logs {name})") from None
 
 
-def _register(gateway: _Gateway, name: str, body: dict[str, Any]) -> dict[str, Any]:
+def _register(gateway: StackGateway, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """Register the instance; its state once the gateway's first health probe passed.
 
     The engine answered its readiness check before this is called, and the gateway probes
@@ -269,12 +222,12 @@ def _register(gateway: _Gateway, name: str, body: dict[str, Any]) -> dict[str, A
         typer.Exit: 1 if the gateway refused it or its probe failed (it is unregistered
             again).
     """
-    answer = gateway.call("POST", _INSTANCES, json=body, timeout=30.0)
+    answer = gateway.call("POST", INSTANCES, json=body, timeout=30.0)
     if answer.status_code != 201:
-        raise fail(f"the gateway refused {name}: {_message(answer)}")
+        raise fail(f"the gateway refused {name}: {error_message(answer)}")
     instance: dict[str, Any] = answer.json()["instance"]
     if not instance["healthy"]:
-        gateway.call("DELETE", f"{_INSTANCES}/{quote(instance['instance_id'], safe='')}")
+        gateway.call("DELETE", f"{INSTANCES}/{quote(instance['instance_id'], safe='')}")
         raise fail(f"the gateway could not reach {name}: {instance['last_error']}")
     return instance
 
@@ -329,7 +282,7 @@ def start(
             reason = exc.errors()[0]["msg"]
             raise usage(f"--id {instance_id!r}: {reason}; e.g. --id {kind}-2") from None
     host = str(state["host"])
-    gateway = _Gateway(state)
+    gateway = StackGateway(state)
     if instance_id is not None and instance_id in {i["instance_id"] for i in gateway.instances()}:
         raise usage(f"--id {instance_id!r} is already an instance of the gateway; pick another")
     if port is not None:
@@ -375,7 +328,7 @@ def start(
     )
 
 
-def _resolve(state: dict[str, Any], gateway: _Gateway, target: str) -> tuple[str | None, str]:
+def _resolve(state: dict[str, Any], gateway: StackGateway, target: str) -> tuple[str | None, str]:
     """``(name or None, instance id)`` of a name or an instance id (exit 2 if unknown)."""
     if target == "gateway":
         raise usage("the gateway is not an engine; sage llm stop stops the whole stack")
@@ -413,7 +366,7 @@ def stop(
 ) -> None:
     """Drain an engine on the gateway (no request lost), then stop its process."""
     state = _running()
-    gateway = _Gateway(state)
+    gateway = StackGateway(state)
     name, instance_id = _resolve(state, gateway, target)
     if name in ("llm", "embedding") and state.get("foreground"):
         raise fail(
@@ -423,17 +376,17 @@ def stop(
     params = {"drain": "true", "timeout_s": str(timeout)}
     if force:
         params["force"] = "true"
-    path = f"{_INSTANCES}/{quote(instance_id, safe='')}"
+    path = f"{INSTANCES}/{quote(instance_id, safe='')}"
     with console.status(f"draining {instance_id} (waiting for its requests in flight)..."):
         answer = gateway.call("DELETE", path, params=params, timeout=timeout + 30.0)
     if answer.status_code == 404:
         console.print(f"the gateway has no instance {escape(instance_id)} (already removed)")
-    elif answer.status_code == 409 and _code(answer) == "last_instance":
-        raise fail(f"{_message(answer)} (here: sage llm engine stop {target} --force)")
-    elif answer.status_code == 409 and _code(answer) == "drain_timeout":
-        raise fail(f"{_message(answer)} (--timeout); its process is left running")
+    elif answer.status_code == 409 and error_code(answer) == "last_instance":
+        raise fail(f"{error_message(answer)} (here: sage llm engine stop {target} --force)")
+    elif answer.status_code == 409 and error_code(answer) == "drain_timeout":
+        raise fail(f"{error_message(answer)} (--timeout); its process is left running")
     elif answer.status_code != 200:
-        raise fail(f"the gateway refused to drain {instance_id}: {_message(answer)}")
+        raise fail(f"the gateway refused to drain {instance_id}: {error_message(answer)}")
     drained = answer.json().get("drained") if answer.status_code == 200 else None
     if name is None:
         console.print(f"drained {escape(instance_id)}; it was not started by the stack")

@@ -254,7 +254,7 @@ def _start_llm(args: ServeArgs, logs: Path | None) -> tuple[int, str]:
                 args.model,
                 args.host,
                 args.llm_port,
-                state_dir() / "llm.log",
+                (logs or state_dir()) / "llm.log",  # where sage llm logs reads it
                 args.gpu_memory,
                 None if args.dtype is None else str(args.dtype),
                 args.timeout,
