@@ -252,9 +252,10 @@ async def _calibrate(
     return Capacity(per_kind, _mix(config, per_kind), "calibration")
 
 
-async def _gateway_instances(url: str, api_key: str | None = None) -> list[dict[str, Any]]:
+async def _gateway_instances(url: str) -> list[dict[str, Any]]:
+    """A running gateway's instances (``--control-plane``: never with tenants, so no key)."""
     try:
-        answer = await management(url, "GET", "/management/instances", api_key=api_key)
+        answer = await management(url, "GET", "/management/instances")
     except GatewayError as exc:
         logger.warning("could not read the gateway's instances: %s", exc)
         return []
