@@ -3,7 +3,7 @@ counters: request totals, mean latency, SLO compliance, throughput; its instance
 reference's field names beside ours) and as a table for the log; a health check of them all.
 
 :func:`read_figures` and :func:`probe_all` run on the gateway's loop; the rest are pure
-functions of what was read, so they are tested without a server.
+functions of what was read (they need no server).
 """
 
 from __future__ import annotations
