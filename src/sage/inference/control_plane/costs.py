@@ -9,9 +9,10 @@ with a free slot that is *expected* to answer it before its deadline:
   last byte, over its last 512 requests answered under COST_OPTIMIZED) times the request's
   predicted tokens (``PendingRequest.tokens``: ``max_tokens`` for generation), compared with
   the time left until ``arrival + slo_ms``. It reflects the load the instance ran at
-  lately, not the load it is about to get. An instance that has answered nothing yet is predicted with
-  its model's P95 per token over all instances (the dispatcher's ``predict_s``); with no
-  sample at all the prediction is 0 (every instance is expected in time).
+  lately, not the load it is about to get. An instance that has answered nothing yet is
+  predicted with its model's P95 per token over all instances (the dispatcher's
+  ``predict_s``); with no sample at all the prediction is 0 (every instance is expected in
+  time).
 * If no instance is expected in time, the one expected to finish soonest (then the
   cheapest, then the least loaded) takes it: the request is late anyway.
 * A request without an SLO goes to the cheapest instance with a free slot.
