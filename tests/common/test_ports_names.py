@@ -62,3 +62,17 @@ def test_find_available_port_names_the_range_and_the_fix_when_all_are_taken(busy
 def test_find_available_port_rejects_bad_ranges(start: object, end: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         SagePorts.find_available_port(start, end)  # type: ignore[arg-type]
+
+
+def test_any_free_port_is_outside_the_range_outgoing_connections_take() -> None:
+    """A port chosen for a server started later is never one an outgoing connection made
+    meanwhile could be given (the kernel's ephemeral range), nor a SAGE default."""
+    path = "/proc/sys/net/ipv4/ip_local_port_range"
+    try:
+        with open(path, encoding="ascii") as fh:
+            ephemeral = int(fh.read().split()[0])
+    except OSError:
+        pytest.skip(f"no {path} (not Linux)")
+    chosen = {SagePorts.any_free_port() for _ in range(20)}
+    assert all(20000 <= port < ephemeral for port in chosen), chosen
+    assert all(SagePorts.is_port_free(port) for port in chosen)

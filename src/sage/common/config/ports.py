@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import socket
 
 from sage.common.errors import ConfigError
@@ -105,9 +106,34 @@ class SagePorts:
                 "range (end=), or use SagePorts.any_free_port() for any free port"
             ) from None
 
-    @staticmethod
-    def any_free_port(host: str = "127.0.0.1") -> int:
-        """A port the system reports free now (for servers started right after)."""
+    @classmethod
+    def any_free_port(cls, host: str = "127.0.0.1") -> int:
+        """A port free now, for a server started a moment later.
+
+        Chosen below the kernel's ephemeral range (``ip_local_port_range``, where outgoing
+        connections take their local ports) and above SAGE's defaults, so a connection made
+        between the choice and the server's bind (an engine's readiness probe, say) cannot
+        be given the same port. Where the range is unknown, or nothing below it is free,
+        the kernel picks (a bind to port 0).
+        """
+        below = _ephemeral_start()
+        if below is not None and below > _CHOSEN_FROM:
+            for _ in range(64):
+                port = random.randrange(_CHOSEN_FROM, below)
+                if cls.is_port_free(port, host):
+                    return port
         with socket.socket() as sock:
             sock.bind((host, 0))
             return int(sock.getsockname()[1])
+
+
+_CHOSEN_FROM = 20000  # any_free_port: above every SAGE default (the JobManager's is 19001)
+
+
+def _ephemeral_start() -> int | None:
+    """The first port of the kernel's ephemeral range (``None``: not Linux, or unreadable)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
